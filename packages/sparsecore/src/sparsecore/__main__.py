@@ -1,0 +1,7 @@
+"""``python -m sparsecore`` runs the console script."""
+
+import sys
+
+from sparsecore.cli import main
+
+sys.exit(main())

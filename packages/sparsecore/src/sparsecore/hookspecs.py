@@ -1,0 +1,357 @@
+"""Hook specifications of sparsecore.
+
+Every plugin (an algorithm, a kernel backend, a logger) is an object whose
+methods carry :data:`sparsecore.hookimpl` and have the name of one of the hooks
+below. Implementations may accept fewer arguments than the spec lists; pluggy
+passes only the ones they name. Arguments may be added to a spec in later
+releases, never renamed or removed.
+
+Two kinds of hook exist:
+
+* **broadcast** hooks call every implementation, newest registered first, and
+  ignore the return values;
+* **first-result** hooks stop at the first implementation that returns
+  something other than ``None``; that value is the answer. Within one run the
+  order is: the user's extra plugins (last passed first), then the active
+  algorithm, then the built-in defaults (registered ``trylast``). A plugin that
+  wants to fall back to the next one returns ``None``.
+
+The engine validates every first-result answer (type, shape, count, capacity)
+and raises :class:`sparsecore.HookResultError` naming the hook and the plugin
+at fault; nothing is silently corrected.
+
+Call order of one training step (see the docs page "Engine lifecycle")::
+
+    loss.backward()
+    optimizer.step()
+        -> before_optimizer_step     (gradients complete and unscaled)
+        -> [engine masks gradients if the policy says so]
+        -> the optimizer's update
+        -> [engine re-applies masks to weights]
+        -> on_step
+    sparsifier.epoch_end(epoch) -> on_epoch_end
+
+and of one topology update (``sparsifier.update_topology(rate)``)::
+
+    prune_counts -> select_prune (per layer) -> redistribute
+        -> select_grow (per layer) -> [masks, weights, optimizer state updated]
+        -> on_topology_update
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from sparsecore.layers import SparseLayer
+    from sparsecore.policy import MaskingPolicy
+    from sparsecore.reporting import TopologyReport
+    from sparsecore.sparsifier import Sparsifier
+
+PROJECT_NAME = "sparsecore"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+"""Marker for hook specifications (used only by this module)."""
+
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Marker for hook implementations: decorate plugin methods with ``@sparsecore.hookimpl``."""
+
+
+# --------------------------------------------------------------------------
+# Registration (process-wide manager, called once when plugins are loaded)
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def sparsecore_register_algorithms(register: Callable[..., None]) -> None:
+    """Register the sparse-training algorithms a distribution offers.
+
+    Called once per process, when the entry-point group ``sparsecore`` is
+    loaded (unless ``SPARSECORE_DISABLE_PLUGIN_AUTOLOAD=1``). Registering makes
+    an algorithm *available*; a run activates exactly one by name.
+
+    Args:
+        register: ``register(name, factory)``. ``name`` is the algorithm's public
+            name (e.g. ``"sparse-momentum"``); ``factory(**options)`` returns a
+            plugin object whose methods carry :data:`hookimpl`. Options the
+            factory does not accept raise :class:`TypeError`, which the engine
+            reports as an unknown option of that algorithm.
+
+    Returns:
+        Nothing. Broadcast.
+    """
+
+
+@hookspec
+def sparsecore_register_plugins(register: Callable[..., None]) -> None:
+    """Register non-algorithm plugins (kernel backends, loggers) by name.
+
+    Called once per process like :func:`sparsecore_register_algorithms`. Such
+    plugins are activated per run by name:
+    ``Sparsifier(..., plugins=["sparse-kernels-cuda"])``.
+
+    Args:
+        register: ``register(name, factory)``; ``factory(**options)`` returns the
+            plugin object.
+
+    Returns:
+        Nothing. Broadcast.
+    """
+
+
+# --------------------------------------------------------------------------
+# Set-up (per run)
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def engine_defaults() -> Mapping[str, Any] | None:
+    """Default engine options the active algorithm wants.
+
+    Called once while the :class:`~sparsecore.Sparsifier` is constructed,
+    before layers are selected. Keys the user passed explicitly win. Accepted
+    keys: ``distribution``, ``dense_first_layer``, ``dense_last_layer``,
+    ``include``, ``exclude``, ``layer_types``.
+
+    Returns:
+        A mapping of option name to default, or ``None``. First-result.
+    """
+
+
+@hookspec(firstresult=True)
+def masking_policy(sparsifier: Sparsifier) -> MaskingPolicy | None:
+    """How the engine treats inactive weights, gradients and optimizer state.
+
+    Called once while the sparsifier is constructed. Sparse momentum needs the
+    dense gradient and momentum of zero weights (``mask_gradients=False``,
+    ``mask_optimizer_state=False``); RigL, SNIP and DSD mask both; SWAT keeps
+    dense weights (``mask_weights=False``).
+
+    Args:
+        sparsifier: the engine being built (layers are known).
+
+    Returns:
+        A :class:`sparsecore.MaskingPolicy`, or ``None``. First-result; the
+        built-in default masks weights, gradients and optimizer state.
+    """
+
+
+@hookspec(firstresult=True)
+def init_masks(sparsifier: Sparsifier, layers: Mapping[str, SparseLayer]) -> Mapping[str, torch.Tensor] | None:
+    """Choose the initial masks, before the first optimizer step.
+
+    Called once while the sparsifier is constructed, after per-layer target
+    densities are known (``layer.target_density``). SNIP scores connections on
+    a batch here; DSD starts dense.
+
+    Args:
+        sparsifier: the engine.
+        layers: every sparse layer by name, in model order.
+
+    Returns:
+        ``dict[name, bool tensor]`` with one mask per layer, shaped like the
+        weight (``True`` = active), or ``None``. First-result; the built-in
+        default draws an exact random mask of ``round(target_density * numel)``
+        entries per layer from ``sparsifier.generator``.
+    """
+
+
+@hookspec(firstresult=True)
+def layer_forward(sparsifier: Sparsifier, layer: SparseLayer) -> Callable[..., Any] | None:
+    """Replace a sparse layer's forward (and so its backward).
+
+    Called once per sparse layer while the sparsifier is constructed. SWAT
+    returns a function whose custom autograd path uses top-K weights and
+    activations; kernel plugins return one that runs a sparse matmul. The
+    function receives the module's forward arguments and must read the current
+    ``layer.mask`` (``layer.version`` changes whenever the mask does, so
+    formats can be rebuilt only then). The engine installs it as the module's
+    forward and restores the original on :meth:`Sparsifier.remove`.
+
+    Args:
+        sparsifier: the engine.
+        layer: the layer whose forward may be replaced.
+
+    Returns:
+        A callable ``forward(*args, **kwargs)`` or ``None`` to keep the module's
+        own forward. First-result.
+    """
+
+
+@hookspec
+def on_setup(sparsifier: Sparsifier) -> None:
+    """The sparsifier is fully built: layers, initial masks, forwards, optimizer hooks.
+
+    Called once, at the end of :class:`~sparsecore.Sparsifier` construction.
+    Algorithms validate their options against the run here (e.g. a schedule
+    that needs ``total_steps``) and initialise state that depends on the
+    layers.
+
+    Args:
+        sparsifier: the engine.
+
+    Returns:
+        Nothing. Broadcast.
+    """
+
+
+# --------------------------------------------------------------------------
+# Training loop
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def before_optimizer_step(sparsifier: Sparsifier, step: int) -> None:
+    """Gradients are complete and unscaled; the optimizer is about to update.
+
+    Called from the optimizer's step pre-hook, before the engine masks
+    gradients (when the policy masks them), so the dense gradient is visible
+    here (RigL's growth criterion). Not called for a step AMP's GradScaler
+    skips.
+
+    Args:
+        sparsifier: the engine.
+        step: the number of optimizer steps completed so far (0 before the first).
+
+    Returns:
+        Nothing. Broadcast.
+    """
+
+
+@hookspec
+def on_step(sparsifier: Sparsifier, step: int) -> None:
+    """After every optimizer step that really happened, masks re-applied.
+
+    Called from the optimizer's step post-hook after the engine has zeroed the
+    inactive weights. A step that AMP's GradScaler skipped is not a step: this
+    hook is not called and the schedule does not advance. Algorithms that
+    update the topology every k steps call :meth:`Sparsifier.update_topology`
+    from here.
+
+    Args:
+        sparsifier: the engine.
+        step: the number of optimizer steps completed, counting this one (1 after the first).
+
+    Returns:
+        Nothing. Broadcast.
+    """
+
+
+@hookspec
+def on_epoch_end(sparsifier: Sparsifier, epoch: int) -> None:
+    """The training loop reported the end of an epoch.
+
+    Called by :meth:`Sparsifier.epoch_end`. Epoch-scheduled algorithms update
+    the topology here (sparse momentum: after every epoch except the last;
+    ``sparsifier.is_final_epoch(epoch)`` tells).
+
+    Args:
+        sparsifier: the engine.
+        epoch: the epoch that just ended, as the loop numbers it (usually from 0).
+
+    Returns:
+        Nothing. Broadcast.
+    """
+
+
+# --------------------------------------------------------------------------
+# Topology update
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def prune_counts(sparsifier: Sparsifier, layers: Mapping[str, SparseLayer], rate: float) -> Mapping[str, int] | None:
+    """How many active weights each layer loses in this topology update.
+
+    Called first in :meth:`Sparsifier.update_topology`.
+
+    Args:
+        sparsifier: the engine.
+        layers: every sparse layer by name.
+        rate: the prune rate the caller passed (a fraction of active weights).
+
+    Returns:
+        ``dict[name, int]`` for every layer, each between 0 and the layer's
+        active count, or ``None``. First-result; the built-in default is
+        ``floor(rate * nnz)`` per layer.
+    """
+
+
+@hookspec(firstresult=True)
+def select_prune(sparsifier: Sparsifier, layer: SparseLayer, n: int) -> torch.Tensor | None:
+    """Choose which active weights of one layer to remove.
+
+    Called during a topology update, once per sparse layer, in model order,
+    with the count from :func:`prune_counts`.
+
+    Args:
+        sparsifier: the engine.
+        layer: the layer; ``layer.mask`` is its mask before pruning.
+        n: how many weights to remove.
+
+    Returns:
+        A bool tensor shaped like the weight, ``True`` = remove, with exactly
+        ``n`` entries, all currently active; or ``None``. First-result; the
+        built-in default removes the ``n`` smallest ``|w|`` (ties broken by
+        position).
+    """
+
+
+@hookspec(firstresult=True)
+def redistribute(sparsifier: Sparsifier, layers: Mapping[str, SparseLayer], removed: Mapping[str, int]) -> Mapping[str, int] | None:
+    """Decide how many weights each layer regrows.
+
+    Called during a topology update after every layer was pruned
+    (``layer.mask`` is the pruned mask).
+
+    Args:
+        sparsifier: the engine.
+        layers: every sparse layer by name.
+        removed: how many weights each layer lost in this update.
+
+    Returns:
+        ``dict[name, int]`` for every layer, each between 0 and the layer's free
+        slots (``layer.capacity - layer.nnz``); or ``None``. First-result; the
+        built-in default regrows in each layer exactly what it lost.
+    """
+
+
+@hookspec(firstresult=True)
+def select_grow(sparsifier: Sparsifier, layer: SparseLayer, n: int) -> torch.Tensor | None:
+    """Choose which inactive weights of one layer to activate.
+
+    Called during a topology update, once per sparse layer, after
+    :func:`redistribute`. Weights pruned in this update are inactive and may be
+    chosen again (they keep their value; newly activated weights start at 0).
+
+    Args:
+        sparsifier: the engine.
+        layer: the layer; ``layer.mask`` is its mask after pruning.
+        n: how many weights to activate.
+
+    Returns:
+        A bool tensor shaped like the weight, ``True`` = activate, with exactly
+        ``n`` entries, all currently inactive; or ``None``. First-result; the
+        built-in default draws uniformly at random from ``sparsifier.generator``.
+    """
+
+
+@hookspec
+def on_topology_update(sparsifier: Sparsifier, report: TopologyReport) -> None:
+    """A topology update finished; masks, weights and optimizer state are final.
+
+    Called at the end of :meth:`Sparsifier.update_topology` and after
+    :meth:`Sparsifier.set_masks`. Loggers record the report; kernel plugins may
+    rebuild formats (or read ``layer.version`` lazily).
+
+    Args:
+        sparsifier: the engine.
+        report: per-layer pruned, grown and active counts of this update.
+
+    Returns:
+        Nothing. Broadcast.
+    """

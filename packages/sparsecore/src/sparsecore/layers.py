@@ -1,0 +1,69 @@
+"""The public layer object handed to every hook."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: Module types made sparse by default, with the short kind name each gets.
+DEFAULT_LAYER_TYPES: dict[type[nn.Module], str] = {
+    nn.Linear: "linear",
+    nn.Conv1d: "conv1d",
+    nn.Conv2d: "conv2d",
+    nn.Conv3d: "conv3d",
+}
+
+
+class SparseLayer:
+    """One sparse weight tensor and its mask.
+
+    Plugins read everything they need from here; only the engine changes
+    ``mask`` (through a topology update or :meth:`Sparsifier.set_masks`).
+
+    Attributes:
+        name: the module's qualified name in the model (``"features.0"``).
+        module: the ``nn.Module`` that owns the weight.
+        weight: the weight parameter.
+        mask: bool tensor shaped like ``weight``; ``True`` = active.
+        target_density: the density the distribution assigned to this layer.
+        index: position of the layer in model order (0 = first sparse layer).
+        kind: ``"linear"``, ``"conv1d"``, ``"conv2d"`` or ``"conv3d"``.
+        version: increases by one whenever the mask changes, so kernels can
+            cache formats per version.
+    """
+
+    def __init__(self, name: str, module: nn.Module, kind: str, index: int, target_density: float) -> None:
+        self.name = name
+        self.module = module
+        self.weight: nn.Parameter = module.weight
+        self.kind = kind
+        self.index = index
+        self.target_density = float(target_density)
+        self.mask = torch.ones_like(self.weight, dtype=torch.bool)
+        self.version = 0
+        #: output positions per sample (H*W for conv2d, 1 for linear), recorded at the first forward.
+        self.output_positions: int | None = None
+
+    @property
+    def capacity(self) -> int:
+        """How many weights the layer can hold: the weight's number of elements."""
+        return self.weight.numel()
+
+    @property
+    def nnz(self) -> int:
+        """Number of active weights."""
+        return int(self.mask.sum().item())
+
+    @property
+    def density(self) -> float:
+        """Fraction of active weights, ``nnz / capacity``."""
+        return self.nnz / self.capacity
+
+    @property
+    def shape(self) -> torch.Size:
+        """Shape of the weight."""
+        return self.weight.shape
+
+    def __repr__(self) -> str:
+        return (f"SparseLayer(name={self.name!r}, kind={self.kind!r}, shape={tuple(self.shape)}, "
+                f"density={self.density:.4f}, target_density={self.target_density:.4f})")

@@ -1,0 +1,310 @@
+"""Plugin discovery, the process-wide registry of algorithms and plugins, and the per-run manager.
+
+Installed distributions expose one module in the entry-point group
+``sparsecore``; that module implements ``sparsecore_register_algorithms`` and/or
+``sparsecore_register_plugins``. Loading them only makes names *available*.
+Each :class:`~sparsecore.Sparsifier` builds a fresh :class:`pluggy.PluginManager`
+holding the built-in defaults, the one chosen algorithm and the user's plugins.
+
+Set ``SPARSECORE_DISABLE_PLUGIN_AUTOLOAD=1`` to skip entry-point loading;
+plugins passed as objects still work, and the core's built-in algorithms are
+always registered.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import pluggy
+
+from sparsecore import hookspecs
+from sparsecore.__about__ import __version__
+from sparsecore.errors import ConfigurationError, HookResultError, UnknownAlgorithmError
+
+ENTRY_POINT_GROUP = "sparsecore"
+AUTOLOAD_ENV = "SPARSECORE_DISABLE_PLUGIN_AUTOLOAD"
+HOOK_NAMES: tuple[str, ...] = tuple(
+    name for name, fn in vars(hookspecs).items()
+    if callable(fn) and hasattr(fn, f"{hookspecs.PROJECT_NAME}_spec"))
+REGISTRATION_HOOKS = ("sparsecore_register_algorithms", "sparsecore_register_plugins")
+RUN_HOOKS = tuple(h for h in HOOK_NAMES if h not in REGISTRATION_HOOKS)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One registered algorithm or plugin.
+
+    Attributes:
+        name: public name (``"sparse-momentum"``).
+        kind: ``"algorithm"`` or ``"plugin"``.
+        factory: ``factory(**options)`` returns the plugin object.
+        distribution: the distribution that registered it (``"sparsecore"`` for built-ins).
+        version: that distribution's version.
+        module: the module that called ``register``.
+    """
+
+    name: str
+    kind: str
+    factory: Callable[..., Any]
+    distribution: str
+    version: str
+    module: str
+
+    def hooks(self) -> list[str]:
+        """Names of the run hooks the factory's plugin objects implement."""
+        return implemented_hooks(self.factory)
+
+
+@dataclass
+class Distribution:
+    """A distribution that contributes to the registry (for ``sparsecore plugins``)."""
+
+    name: str
+    version: str
+    module: str
+    registrations: list[Registration] = field(default_factory=list)
+
+
+def implemented_hooks(obj: Any) -> list[str]:
+    """Names of hooks implemented (marked with :data:`sparsecore.hookimpl`) by a plugin object or class."""
+    marker = f"{hookspecs.PROJECT_NAME}_impl"
+    found = []
+    for name in dir(obj):
+        if name.startswith("__"):
+            continue
+        try:
+            attr = inspect.getattr_static(obj, name)
+        except AttributeError:
+            continue
+        fn = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
+        if hasattr(fn, marker):
+            found.append(name)
+    return sorted(found)
+
+
+class Registry:
+    """Process-wide registry of algorithms and non-algorithm plugins by name."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._loaded = False
+        self.algorithms: dict[str, Registration] = {}
+        self.plugins: dict[str, Registration] = {}
+        self.distributions: dict[str, Distribution] = {}
+        self.load_errors: list[str] = []
+
+    # -- loading -------------------------------------------------------
+    def _register_module(self, module: Any, dist_name: str, dist_version: str) -> None:
+        manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        manager.add_hookspecs(hookspecs)
+        manager.register(module, name=f"{dist_name}:{getattr(module, '__name__', module)!s}")
+        manager.check_pending()
+        mod_name = getattr(module, "__name__", repr(module))
+        dist = self.distributions.setdefault(dist_name, Distribution(dist_name, dist_version, mod_name))
+
+        def make_register(kind: str, table: dict[str, Registration]) -> Callable[..., None]:
+            def register(name: str, factory: Callable[..., Any]) -> None:
+                if not isinstance(name, str) or not name:
+                    raise ConfigurationError(f"{dist_name}: {kind} name must be a non-empty string, got {name!r}")
+                if not callable(factory):
+                    raise ConfigurationError(f"{dist_name}: factory for {kind} {name!r} is not callable")
+                existing = table.get(name)
+                if existing is not None and existing.distribution != dist_name:
+                    raise ConfigurationError(
+                        f"{kind} {name!r} is registered by both {existing.distribution!r} and {dist_name!r}; "
+                        f"uninstall one, or block it with {AUTOLOAD_ENV}=1 and pass plugins in code")
+                reg = Registration(name, kind, factory, dist_name, dist_version, mod_name)
+                table[name] = reg
+                dist.registrations.append(reg)
+            return register
+
+        manager.hook.sparsecore_register_algorithms(register=make_register("algorithm", self.algorithms))
+        manager.hook.sparsecore_register_plugins(register=make_register("plugin", self.plugins))
+
+    def load(self) -> None:
+        """Register the built-ins and (unless disabled) every entry point of group ``sparsecore``. Idempotent."""
+        with self._lock:
+            if self._loaded:
+                return
+            self._loaded = True
+            from sparsecore import algorithms
+
+            self._register_module(algorithms, "sparsecore", __version__)
+            if os.environ.get(AUTOLOAD_ENV, "").strip() not in ("", "0", "false", "False"):
+                return
+            from importlib.metadata import entry_points
+
+            for ep in entry_points(group=ENTRY_POINT_GROUP):
+                dist = getattr(ep, "dist", None)
+                dist_name = dist.metadata["Name"] if dist is not None else ep.name
+                dist_version = dist.version if dist is not None else "unknown"
+                if dist_name == "sparsecore":
+                    continue
+                module = ep.load()
+                self._register_module(module, dist_name, dist_version)
+
+    def reset(self) -> None:
+        """Forget everything loaded (tests use this with the environment switch)."""
+        with self._lock:
+            self.__init__()
+
+    # -- registering in code ---------------------------------------------
+    def register_algorithm(self, name: str, factory: Callable[..., Any], distribution: str = "<code>",
+                           version: str = "") -> Registration:
+        """Register an algorithm from code (tests, notebooks). Returns the registration."""
+        self.load()
+        if name in self.algorithms and self.algorithms[name].distribution != distribution:
+            raise ConfigurationError(f"algorithm {name!r} is already registered by {self.algorithms[name].distribution!r}")
+        reg = Registration(name, "algorithm", factory, distribution, version, getattr(factory, "__module__", ""))
+        self.algorithms[name] = reg
+        return reg
+
+    def register_plugin(self, name: str, factory: Callable[..., Any], distribution: str = "<code>",
+                        version: str = "") -> Registration:
+        """Register a non-algorithm plugin from code. Returns the registration."""
+        self.load()
+        if name in self.plugins and self.plugins[name].distribution != distribution:
+            raise ConfigurationError(f"plugin {name!r} is already registered by {self.plugins[name].distribution!r}")
+        reg = Registration(name, "plugin", factory, distribution, version, getattr(factory, "__module__", ""))
+        self.plugins[name] = reg
+        return reg
+
+    def unregister(self, name: str) -> None:
+        """Remove an algorithm or plugin registered under ``name``."""
+        self.algorithms.pop(name, None)
+        self.plugins.pop(name, None)
+
+    # -- lookup ----------------------------------------------------------
+    def algorithm(self, name: str) -> Registration:
+        """The registration of algorithm ``name``; the error lists the available ones."""
+        self.load()
+        if name not in self.algorithms:
+            hint = ""
+            if name in self.plugins:
+                hint = f" ({name!r} is a plugin, not an algorithm: pass it in plugins=[...])"
+            raise UnknownAlgorithmError(
+                f"unknown algorithm {name!r}{hint}; available: {', '.join(sorted(self.algorithms))}. "
+                f"Install the distribution that provides it (e.g. `pip install sparse-momentum`).")
+        return self.algorithms[name]
+
+    def plugin(self, name: str) -> Registration:
+        """The registration of plugin ``name``; the error lists the available ones."""
+        self.load()
+        if name not in self.plugins:
+            hint = f" ({name!r} is an algorithm: pass it as algorithm=)" if name in self.algorithms else ""
+            raise UnknownAlgorithmError(
+                f"unknown plugin {name!r}{hint}; available: {', '.join(sorted(self.plugins)) or 'none'}")
+        return self.plugins[name]
+
+
+registry = Registry()
+
+
+def available_algorithms() -> list[str]:
+    """Names of every algorithm registered in this process."""
+    registry.load()
+    return sorted(registry.algorithms)
+
+
+def available_plugins() -> list[str]:
+    """Names of every non-algorithm plugin registered in this process."""
+    registry.load()
+    return sorted(registry.plugins)
+
+
+def instantiate(reg: Registration, options: Mapping[str, Any]) -> Any:
+    """Call a registration's factory with ``options``; unknown options raise a clear error."""
+    try:
+        sig = inspect.signature(reg.factory)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None and not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        accepted = [n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ConfigurationError(
+                f"{reg.kind} {reg.name!r} does not accept option(s) {unknown}; accepted: {accepted}")
+    return reg.factory(**options)
+
+
+def plugin_display_name(plugin: Any) -> str:
+    """A readable name for a plugin object in error messages."""
+    name = getattr(plugin, "name", None)
+    if isinstance(name, str):
+        return name
+    return type(plugin).__name__ if not inspect.ismodule(plugin) else plugin.__name__
+
+
+class RunManager:
+    """The per-run plugin manager: defaults (``trylast``), one algorithm, the user's plugins.
+
+    First-result hooks are called through :meth:`call_first`, which also tells
+    which plugin answered, so errors can name it.
+    """
+
+    def __init__(self, algorithm: Any, algorithm_name: str, extra: Iterable[tuple[str, Any]]) -> None:
+        from sparsecore import defaults
+
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.names: dict[int, str] = {}
+        self._register(defaults.BuiltinDefaults(), "sparsecore-defaults")
+        self._register(algorithm, algorithm_name)
+        for name, plugin in extra:
+            self._register(plugin, name)
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise ConfigurationError(
+                f"plugin {exc.plugin!r} implements a hook that does not exist: {exc}. "
+                f"Valid hooks: {', '.join(RUN_HOOKS)}") from None
+        self.algorithm = algorithm
+
+    def _register(self, plugin: Any, name: str) -> None:
+        if not implemented_hooks(plugin):
+            raise ConfigurationError(
+                f"plugin {name!r} ({type(plugin).__name__}) implements no sparsecore hook; "
+                "decorate its methods with @sparsecore.hookimpl")
+        base, i = name, 1
+        while self.pm.get_plugin(name) is not None:
+            i += 1
+            name = f"{base}#{i}"
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise ConfigurationError(f"plugin {name!r} is invalid: {exc}") from None
+        except ValueError as exc:
+            raise ConfigurationError(f"plugin {name!r} could not be registered: {exc}") from None
+        self.names[id(plugin)] = name
+
+    @property
+    def hook(self) -> Any:
+        """The pluggy hook relay (``manager.hook.on_step(...)``)."""
+        return self.pm.hook
+
+    def plugins(self) -> list[tuple[str, Any]]:
+        """Registered (name, plugin) pairs, defaults first."""
+        return [(n, p) for n, p in self.pm.list_name_plugin()]
+
+    def call_first_or_none(self, hook_name: str, **kwargs: Any) -> tuple[Any, str]:
+        """Like :meth:`call_first`, but ``(None, "")`` when no plugin answers."""
+        caller = getattr(self.pm.hook, hook_name)
+        impls = caller.get_hookimpls()
+        if any(i.hookwrapper or i.wrapper for i in impls):
+            return caller(**kwargs), "<wrapped hook>"
+        for impl in reversed(impls):  # pluggy calls the last registered (and tryfirst) first
+            result = impl.function(**{name: kwargs[name] for name in impl.argnames})
+            if result is not None:
+                return result, impl.plugin_name
+        return None, ""
+
+    def call_first(self, hook_name: str, **kwargs: Any) -> tuple[Any, str]:
+        """Call a first-result hook; return ``(result, name of the plugin that answered)``."""
+        result, who = self.call_first_or_none(hook_name, **kwargs)
+        if result is not None:
+            return result, who
+        raise HookResultError(hook_name, "<none>", "no plugin answered, not even the built-in default")

@@ -1,0 +1,167 @@
+"""Density, nonzero counts and analytic training FLOPs of a sparse model against dense."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Mapping
+
+from sparsecore.layers import SparseLayer
+from sparsecore.policy import MaskingPolicy
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Per-layer numbers of a :class:`DensityReport`.
+
+    FLOPs are per sample (multiply-add = 2 FLOPs) and ``None`` until the layer
+    has run one forward pass (conv output size is only known then).
+
+    Attributes:
+        name: layer name.
+        kind: ``"linear"``, ``"conv2d"``, ...
+        shape: weight shape.
+        numel: number of weights.
+        nnz: active weights.
+        density: ``nnz / numel``.
+        target_density: density the distribution assigned.
+        forward_flops: sparse forward FLOPs per sample.
+        backward_flops: sparse backward FLOPs per sample (input and weight gradient).
+        dense_forward_flops: dense forward FLOPs per sample.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    numel: int
+    nnz: int
+    density: float
+    target_density: float
+    forward_flops: int | None
+    backward_flops: int | None
+    dense_forward_flops: int | None
+
+
+@dataclass(frozen=True)
+class DensityReport:
+    """Density and training cost of every sparse layer and of the whole model.
+
+    Attributes:
+        layers: one :class:`LayerStats` per sparse layer, in model order.
+        dense_params: parameters the engine does not sparsify (biases, norms, dense layers).
+    """
+
+    layers: tuple[LayerStats, ...]
+    dense_params: int
+
+    @property
+    def nnz(self) -> int:
+        """Active weights over all sparse layers."""
+        return sum(s.nnz for s in self.layers)
+
+    @property
+    def numel(self) -> int:
+        """Weights over all sparse layers."""
+        return sum(s.numel for s in self.layers)
+
+    @property
+    def density(self) -> float:
+        """Overall density of the sparse layers."""
+        return self.nnz / self.numel if self.numel else 1.0
+
+    @property
+    def train_flops(self) -> int | None:
+        """Sparse training FLOPs per sample (forward + backward), or ``None`` before a forward."""
+        if any(s.forward_flops is None for s in self.layers):
+            return None
+        return sum(s.forward_flops + s.backward_flops for s in self.layers)  # type: ignore[operator]
+
+    @property
+    def dense_train_flops(self) -> int | None:
+        """Dense training FLOPs per sample of the same layers (3x forward)."""
+        if any(s.dense_forward_flops is None for s in self.layers):
+            return None
+        return sum(3 * s.dense_forward_flops for s in self.layers)  # type: ignore[operator]
+
+    @property
+    def train_flops_ratio(self) -> float | None:
+        """Sparse over dense training FLOPs of the sparse layers."""
+        sparse, dense = self.train_flops, self.dense_train_flops
+        return None if sparse is None or not dense else sparse / dense
+
+    def as_dict(self) -> dict:
+        """Plain-data form (JSON-serialisable)."""
+        return {"layers": [asdict(s) for s in self.layers], "dense_params": self.dense_params, "nnz": self.nnz,
+                "numel": self.numel, "density": self.density, "train_flops": self.train_flops,
+                "dense_train_flops": self.dense_train_flops, "train_flops_ratio": self.train_flops_ratio}
+
+    def table(self) -> str:
+        """A Markdown table of the layers and the total."""
+        rows = ["| layer | shape | density | nnz / numel | train FLOPs vs dense |", "|---|---|---|---|---|"]
+        for s in self.layers:
+            ratio = "n/a" if s.forward_flops is None else \
+                f"{(s.forward_flops + s.backward_flops) / (3 * s.dense_forward_flops):.3f}"  # type: ignore[operator]
+            rows.append(f"| {s.name} | {'x'.join(map(str, s.shape))} | {s.density:.4f} | {s.nnz:,} / {s.numel:,} | {ratio} |")
+        total = "n/a" if self.train_flops_ratio is None else f"{self.train_flops_ratio:.3f}"
+        rows.append(f"| **total** | | {self.density:.4f} | {self.nnz:,} / {self.numel:,} | {total} |")
+        return "\n".join(rows)
+
+
+def layer_stats(layer: SparseLayer, policy: MaskingPolicy) -> LayerStats:
+    """Numbers of one layer. The weight gradient is dense when the policy keeps gradients dense."""
+    nnz, numel = layer.nnz, layer.capacity
+    positions = layer.output_positions
+    if positions is None:
+        fwd = bwd = dense = None
+    else:
+        fwd = 2 * nnz * positions
+        grad_w = nnz if policy.mask_gradients else numel
+        bwd = 2 * nnz * positions + 2 * grad_w * positions
+        dense = 2 * numel * positions
+    return LayerStats(layer.name, layer.kind, tuple(layer.shape), numel, nnz, nnz / numel, layer.target_density,
+                      fwd, bwd, dense)
+
+
+@dataclass(frozen=True)
+class LayerUpdate:
+    """What one topology update did to one layer.
+
+    Attributes:
+        pruned: weights deactivated.
+        grown: weights activated that were inactive before the update.
+        nnz: active weights after the update.
+        density: density after the update.
+    """
+
+    pruned: int
+    grown: int
+    nnz: int
+    density: float
+
+
+@dataclass(frozen=True)
+class TopologyReport:
+    """The outcome of one topology update (or :meth:`Sparsifier.set_masks`).
+
+    Attributes:
+        step: optimizer steps completed when the update ran.
+        epoch: last epoch reported, or ``None``.
+        rate: prune rate passed to the update (``None`` for ``set_masks``).
+        layers: per-layer :class:`LayerUpdate`, in model order.
+        reason: ``"update"`` or ``"set_masks"``.
+    """
+
+    step: int
+    epoch: int | None
+    rate: float | None
+    layers: Mapping[str, LayerUpdate] = field(default_factory=dict)
+    reason: str = "update"
+
+    @property
+    def nnz(self) -> int:
+        """Active weights over all layers after the update."""
+        return sum(u.nnz for u in self.layers.values())
+
+    def as_dict(self) -> dict:
+        """Plain-data form (JSON-serialisable)."""
+        return {"step": self.step, "epoch": self.epoch, "rate": self.rate, "reason": self.reason,
+                "layers": {k: asdict(v) for k, v in self.layers.items()}, "nnz": self.nnz}

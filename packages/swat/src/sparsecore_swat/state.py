@@ -1,0 +1,156 @@
+"""Per-layer top-K state: densities, recompute period and the frozen thresholds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sparsecore_swat import topk
+
+
+def _check_fraction(value: float, what: str) -> float:
+    value = float(value)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"swat: {what} must be in (0, 1], got {value!r}")
+    return value
+
+
+class TopKState:
+    """What one SWAT layer keeps and when it recomputes its thresholds.
+
+    The thresholds (one for the weights, one for the input activations) are
+    recomputed from an exact top-K on every ``period``-th training forward call
+    (the first call included) and reused in between: between recomputes the
+    *threshold* is frozen, not the selection, so the kept count can drift, as
+    in the reference implementation. With ``period=1`` every training call is
+    exact.
+
+    Args:
+        weight_density: fraction of weights (or of kernel slices / filters for
+            structured layers) the forward and the input gradient use, in (0, 1].
+        activation_density: fraction of input activations kept for the weight
+            gradient, in (0, 1]; ``None`` follows ``weight_density`` (also when
+            that changes, as in SWAT-M).
+        period: recompute the thresholds every ``period`` training calls (>= 1).
+        structure: ``None``, ``"channel"`` or ``"filter"`` (see :mod:`sparsecore_swat.topk`).
+
+    Attributes:
+        weight_threshold: the frozen weight threshold (0-dim tensor), or ``None`` before the first call.
+        activation_threshold: the frozen activation threshold, or ``None``.
+        calls: training forward calls seen so far.
+    """
+
+    def __init__(self, weight_density: float = 1.0, activation_density: float | None = None,
+                 period: int = 1, structure: str | None = None) -> None:
+        self._weight_density = _check_fraction(weight_density, "weight density")
+        self._activation_density = (None if activation_density is None
+                                    else _check_fraction(activation_density, "activation_density"))
+        if int(period) != period or period < 1:
+            raise ValueError(f"swat: period must be an integer >= 1, got {period!r}")
+        self.period = int(period)
+        self.structure = topk.check_structure(structure)
+        self.weight_threshold: torch.Tensor | None = None
+        self.activation_threshold: torch.Tensor | None = None
+        self.calls = 0
+        self._eval_cache: tuple[Any, torch.Tensor] | None = None
+
+    @property
+    def weight_density(self) -> float:
+        """Fraction of weights kept; setting it takes effect at the next recompute."""
+        return self._weight_density
+
+    @weight_density.setter
+    def weight_density(self, value: float) -> None:
+        self._weight_density = _check_fraction(value, "weight density")
+        self._eval_cache = None
+
+    @property
+    def activation_density(self) -> float:
+        """Fraction of input activations kept (follows the weight density unless set)."""
+        return self._weight_density if self._activation_density is None else self._activation_density
+
+    @property
+    def dense(self) -> bool:
+        """``True`` when both densities are 1: the layer runs the plain dense ops."""
+        return self._weight_density >= 1.0 and self.activation_density >= 1.0
+
+    @property
+    def recompute_due(self) -> bool:
+        """Whether the next training call recomputes the thresholds."""
+        return self.calls % self.period == 0 or self.weight_threshold is None and self._weight_density < 1.0 \
+            or self.activation_threshold is None and self.activation_density < 1.0
+
+    def training_thresholds(self, weight: torch.Tensor, activation: torch.Tensor
+                            ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Advance by one training call and return the thresholds it uses.
+
+        Args:
+            weight: the layer's dense weight.
+            activation: the layer's input.
+
+        Returns:
+            ``(weight_threshold, activation_threshold)``; ``None`` for a side kept dense.
+        """
+        due = self.recompute_due
+        self.calls += 1
+        if self._weight_density >= 1.0:
+            self.weight_threshold = None
+        elif due:
+            self.weight_threshold = topk.weight_threshold(weight, self._weight_density, self.structure)
+        if self.activation_density >= 1.0:
+            self.activation_threshold = None
+        elif due:
+            self.activation_threshold = topk.kth_largest(activation.detach().abs(), self.activation_density)
+        return self.weight_threshold, self.activation_threshold
+
+    def exact_weight_mask(self, weight: torch.Tensor) -> torch.Tensor:
+        """The exact top-K selection of ``weight`` at the current density (what inference uses)."""
+        if self._weight_density >= 1.0:
+            return torch.ones_like(weight, dtype=torch.bool)
+        return topk.weight_mask(weight, topk.weight_threshold(weight, self._weight_density, self.structure),
+                                self.structure)
+
+    def inference_weight_mask(self, weight: torch.Tensor) -> torch.Tensor:
+        """:meth:`exact_weight_mask`, cached until the weight is modified in place."""
+        key = (weight.data_ptr(), weight._version, self._weight_density)
+        if self._eval_cache is None or self._eval_cache[0] != key:
+            self._eval_cache = (key, self.exact_weight_mask(weight))
+        return self._eval_cache[1]
+
+    def weight_mask(self, weight: torch.Tensor) -> torch.Tensor:
+        """The selection the next training forward will use for ``weight`` as it is now."""
+        if self._weight_density >= 1.0:
+            return torch.ones_like(weight, dtype=torch.bool)
+        if self.recompute_due or self.weight_threshold is None:
+            return self.exact_weight_mask(weight)
+        return topk.weight_mask(weight, self.weight_threshold, self.structure)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: densities, call count and thresholds."""
+        return {
+            "weight_density": self._weight_density,
+            "activation_density": self._activation_density,
+            "period": self.period,
+            "structure": self.structure,
+            "calls": self.calls,
+            "weight_threshold": self.weight_threshold,
+            "activation_threshold": self.activation_threshold,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self._weight_density = _check_fraction(state["weight_density"], "weight density")
+        act = state["activation_density"]
+        self._activation_density = None if act is None else _check_fraction(act, "activation_density")
+        self.period = int(state["period"])
+        self.structure = topk.check_structure(state["structure"])
+        self.calls = int(state["calls"])
+        self.weight_threshold = state["weight_threshold"]
+        self.activation_threshold = state["activation_threshold"]
+        self._eval_cache = None
+
+    def __repr__(self) -> str:
+        return (f"TopKState(weight_density={self._weight_density:.4f}, "
+                f"activation_density={self.activation_density:.4f}, period={self.period}, "
+                f"structure={self.structure!r}, calls={self.calls})")
