@@ -24,6 +24,8 @@ def _plugins_command(args: argparse.Namespace) -> int:
         for reg in dist.registrations:
             hooks = ", ".join(reg.hooks()) or "none"
             rows.append(f"  {reg.kind} {reg.name}: hooks {hooks}")
+    for error in registry.load_errors:
+        rows.append(f"failed to load: {error}")
     if args.json:
         import json
 

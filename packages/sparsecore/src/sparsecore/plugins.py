@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import os
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -144,8 +145,13 @@ class Registry:
                 dist_version = dist.version if dist is not None else "unknown"
                 if dist_name == "sparsecore":
                     continue
-                module = ep.load()
-                self._register_module(module, dist_name, dist_version)
+                try:
+                    module = ep.load()
+                    self._register_module(module, dist_name, dist_version)
+                except Exception as exc:  # a broken plugin must not take the others down
+                    message = f"{dist_name} {dist_version}: entry point {ep.value!r} failed to load: {exc!r}"
+                    self.load_errors.append(message)
+                    warnings.warn(f"sparsecore plugin {message}", RuntimeWarning, stacklevel=2)
 
     def reset(self) -> None:
         """Forget everything loaded (tests use this with the environment switch)."""
@@ -188,7 +194,8 @@ class Registry:
                 hint = f" ({name!r} is a plugin, not an algorithm: pass it in plugins=[...])"
             raise UnknownAlgorithmError(
                 f"unknown algorithm {name!r}{hint}; available: {', '.join(sorted(self.algorithms))}. "
-                f"Install the distribution that provides it (e.g. `pip install sparse-momentum`).")
+                f"Install the distribution that provides it (e.g. `pip install sparse-momentum`)."
+                + (f" Plugins that failed to load: {'; '.join(self.load_errors)}" if self.load_errors else ""))
         return self.algorithms[name]
 
     def plugin(self, name: str) -> Registration:

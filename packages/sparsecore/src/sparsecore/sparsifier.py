@@ -228,6 +228,8 @@ class Sparsifier:
     # optimizer hooks
     # ------------------------------------------------------------------
     def _before_step(self, optimizer, args, kwargs) -> None:
+        if self._step_was_skipped(optimizer, kwargs):
+            return
         self.manager.hook.before_optimizer_step(sparsifier=self, step=self.step)
         if self.policy.mask_gradients:
             for layer in self.layers.values():
@@ -237,9 +239,10 @@ class Sparsifier:
 
     @staticmethod
     def _step_was_skipped(optimizer, kwargs) -> bool:
-        # Fused optimizers are stepped by GradScaler even on inf/nan and skip internally.
-        found_inf = kwargs.get("found_inf") if kwargs else None
-        if found_inf is not None:
+        # GradScaler steps optimizers that support AMP scaling (fused ones) even on inf/nan and
+        # hands them ``found_inf`` (an attribute during the step, or the scaler as a kwarg).
+        found_inf = getattr(optimizer, "found_inf", None)
+        if torch.is_tensor(found_inf):
             return bool(found_inf.item())
         scaler = kwargs.get("grad_scaler") if kwargs else None
         if scaler is not None:
