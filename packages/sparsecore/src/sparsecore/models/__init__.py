@@ -21,11 +21,11 @@ from .vgg import VGG16
 from .wide_resnet import WideBasicBlock, WideResNet
 
 __all__ = [
-    "AlexNet",
-    "LeNet300100",
-    "LeNet5Caffe",
-    "ModelInfo",
     "VGG16",
+    "AlexNet",
+    "LeNet5Caffe",
+    "LeNet300100",
+    "ModelInfo",
     "WideBasicBlock",
     "WideResNet",
     "create_model",

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LeNet300100", "LeNet5Caffe"]
+__all__ = ["LeNet5Caffe", "LeNet300100"]
 
 
 class LeNet300100(nn.Module):

@@ -24,7 +24,6 @@ def resnet50(num_classes: int = 1000) -> nn.Module:
         from torchvision.models import resnet50 as tv_resnet50
     except ImportError as exc:
         raise ImportError(
-            "model 'resnet-50' needs torchvision, which is not installed; "
-            "install it with: pip install torchvision"
+            "model 'resnet-50' needs torchvision, which is not installed; install it with: pip install torchvision"
         ) from exc
     return tv_resnet50(weights=None, num_classes=num_classes)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["WideResNet", "WideBasicBlock"]
+__all__ = ["WideBasicBlock", "WideResNet"]
 
 
 class WideBasicBlock(nn.Module):
