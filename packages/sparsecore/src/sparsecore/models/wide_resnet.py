@@ -57,7 +57,8 @@ class WideResNet(nn.Module):
 
     Each group has ``(depth - 4) / 6`` blocks; groups 2 and 3 halve the
     resolution. Convs use He-normal init (fan-out), batch norm starts at
-    weight 1 / bias 0 and the linear bias at 0.
+    weight 1 / bias 0 and the linear bias at 0. The final pooling is global
+    (the reference code's 8x8 average pool, which is the same on 32x32 inputs).
 
     Args:
         depth: Total depth; ``(depth - 4)`` must be divisible by 6.
