@@ -78,8 +78,9 @@ class TopKState:
     @property
     def recompute_due(self) -> bool:
         """Whether the next training call recomputes the thresholds."""
-        return self.calls % self.period == 0 or self.weight_threshold is None and self._weight_density < 1.0 \
-            or self.activation_threshold is None and self.activation_density < 1.0
+        return (self.calls % self.period == 0
+                or (self.weight_threshold is None and self._weight_density < 1.0)
+                or (self.activation_threshold is None and self.activation_density < 1.0))
 
     def training_thresholds(self, weight: torch.Tensor, activation: torch.Tensor
                             ) -> tuple[torch.Tensor | None, torch.Tensor | None]:

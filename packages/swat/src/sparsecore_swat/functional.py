@@ -1,0 +1,272 @@
+"""SWAT's autograd path for linear and convolution layers.
+
+Forward: ``y = op(x, topK(W)) + b`` with the dense input ``x``.
+Backward: ``dx`` from ``topK(W)``; ``dW`` (dense-shaped, so every weight keeps
+training) from ``dy`` against ``topK(x)``, the top-K of the whole input tensor,
+batch included; ``db = sum(dy)``.
+
+Only what backward needs is saved: the weight parameter itself (no copy), the
+0-dim thresholds (the weight selection is recomputed from them, which is exact
+because autograd forbids modifying the weight in between), and the input
+activations compressed as a packed bitmask plus the kept values
+(:mod:`sparsecore_swat.compress`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from sparsecore_swat import topk
+from sparsecore_swat.compress import compress, decompress
+from sparsecore_swat.state import TopKState
+
+_CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
+
+
+def _used_weight(weight: torch.Tensor, threshold: torch.Tensor | None, structure: str | None) -> torch.Tensor:
+    if threshold is None:
+        return weight
+    return weight * topk.weight_mask(weight, threshold, structure)
+
+
+def _save(ctx: Any, x: torch.Tensor, weight: torch.Tensor, w_thr: torch.Tensor | None,
+          x_thr: torch.Tensor | None) -> None:
+    """Save the weight (the parameter, no copy) and the compressed input (only if dW is needed)."""
+    need_dw = ctx.needs_input_grad[1]
+    tensors: list[torch.Tensor | None] = [weight, w_thr]
+    ctx.x_shape = x.shape
+    ctx.x_compressed = need_dw and x_thr is not None
+    if not need_dw:
+        tensors += [None, None]
+    elif x_thr is None:
+        tensors += [x, None]
+    else:
+        packed = compress(x, topk.above(x.abs(), x_thr))
+        tensors += [packed.bits, packed.values]
+    ctx.save_for_backward(*tensors)
+
+
+def _saved(ctx: Any) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Return ``(weight, weight threshold, input with only its top-K entries)`` from the context."""
+    weight, w_thr, first, second = ctx.saved_tensors
+    if ctx.x_compressed:
+        return weight, w_thr, decompress(first, second, ctx.x_shape)
+    return weight, w_thr, first
+
+
+class SwatLinearFunction(torch.autograd.Function):
+    """``y = x @ topK(W).T + b`` with SWAT's backward (see the module docstring).
+
+    ``apply(x, weight, bias, weight_threshold, activation_threshold, structure)``;
+    a ``None`` threshold keeps that side dense.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                w_thr: torch.Tensor | None, x_thr: torch.Tensor | None, structure: str | None) -> torch.Tensor:
+        """Linear forward with the top-K weights; saves the compressed top-K input."""
+        ctx.structure = structure
+        ctx.has_bias = bias is not None
+        _save(ctx, x, weight, w_thr, x_thr)
+        return F.linear(x, _used_weight(weight, w_thr, structure), bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """``dx = dy @ topK(W)``, ``dW = dy.T @ topK(x)``, ``db = sum(dy)``."""
+        weight, w_thr, x = _saved(ctx)
+        grad2 = grad.reshape(-1, grad.shape[-1])
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = (grad2 @ _used_weight(weight, w_thr, ctx.structure)).view(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            dw = grad2.t() @ x.reshape(-1, x.shape[-1])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = grad2.sum(0)
+        return dx, dw, db, None, None, None
+
+
+class SwatConvFunction(torch.autograd.Function):
+    """N-d convolution (1-d, 2-d, 3-d) with the top-K weights and SWAT's backward.
+
+    ``apply(x, weight, bias, weight_threshold, activation_threshold, structure,
+    stride, padding, dilation, groups)`` with integer-tuple ``padding``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                w_thr: torch.Tensor | None, x_thr: torch.Tensor | None, structure: str | None,
+                stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                groups: int) -> torch.Tensor:
+        """Convolution forward with the top-K weights; saves the compressed top-K input."""
+        ctx.structure = structure
+        ctx.conv = (list(stride), list(padding), list(dilation), groups)
+        ctx.bias_sizes = None if bias is None else [bias.shape[0]]
+        _save(ctx, x, weight, w_thr, x_thr)
+        conv = _CONV[weight.dim()]
+        return conv(x, _used_weight(weight, w_thr, structure), bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """``dx`` against the top-K weights and ``dW`` against the top-K input, in one aten call."""
+        weight, w_thr, x = _saved(ctx)
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_db = ctx.bias_sizes is not None and ctx.needs_input_grad[2]
+        stride, padding, dilation, groups = ctx.conv
+        # dx reads only the input's shape; dW reads only the weight's shape.
+        if x is None:
+            x = grad.new_zeros(ctx.x_shape)
+        w = _used_weight(weight, w_thr, ctx.structure) if need_dx else weight
+        dx, dw, db = torch.ops.aten.convolution_backward(
+            grad, x, w, ctx.bias_sizes, stride, padding, dilation, False,
+            [0] * len(stride), groups, [need_dx, need_dw, need_db])
+        return dx, dw, db, None, None, None, None, None, None, None
+
+
+def swat_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: TopKState,
+                training: bool = True) -> torch.Tensor:
+    """SWAT linear layer.
+
+    Args:
+        x: input ``(*, in_features)``.
+        weight: dense weight ``(out_features, in_features)``.
+        bias: bias or ``None`` (never sparsified).
+        state: the layer's :class:`TopKState`; a training call advances it.
+        training: ``False`` (or autograd disabled) runs inference: the exact
+            top-K weights, nothing saved, the state untouched.
+
+    Returns:
+        The output ``(*, out_features)``.
+    """
+    if state.dense:
+        return F.linear(x, weight, bias)
+    if not (training and torch.is_grad_enabled()):
+        return F.linear(x, weight * state.inference_weight_mask(weight), bias)
+    w_thr, x_thr = state.training_thresholds(weight, x)
+    return SwatLinearFunction.apply(x, weight, bias, w_thr, x_thr, state.structure)
+
+
+def swat_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: TopKState,
+              stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int = 1,
+              training: bool = True) -> torch.Tensor:
+    """SWAT convolution (1-d, 2-d or 3-d, chosen by ``weight.dim()``).
+
+    Args:
+        x: input ``(N, C_in, *spatial)``.
+        weight: dense weight ``(C_out, C_in / groups, *kernel)``.
+        bias: bias or ``None`` (never sparsified).
+        state: the layer's :class:`TopKState`; a training call advances it.
+        stride: per-dim stride.
+        padding: per-dim symmetric zero padding (integers).
+        dilation: per-dim dilation.
+        groups: convolution groups.
+        training: ``False`` (or autograd disabled) runs inference with the exact top-K weights.
+
+    Returns:
+        The convolution output.
+    """
+    if weight.dim() not in _CONV:
+        raise ValueError(f"swat: convolution weight must have 3 to 5 dims, got shape {tuple(weight.shape)}")
+    conv = _CONV[weight.dim()]
+    if state.dense:
+        return conv(x, weight, bias, stride, padding, dilation, groups)
+    if not (training and torch.is_grad_enabled()):
+        return conv(x, weight * state.inference_weight_mask(weight), bias, stride, padding, dilation, groups)
+    w_thr, x_thr = state.training_thresholds(weight, x)
+    return SwatConvFunction.apply(x, weight, bias, w_thr, x_thr, state.structure,
+                                  tuple(stride), tuple(padding), tuple(dilation), groups)
+
+
+def _conv_padding(module: nn.modules.conv._ConvNd, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Turn the module's padding (mode, ``"same"``/``"valid"``) into a padded input and integer padding."""
+    dims = len(module.kernel_size)
+    if isinstance(module.padding, str):
+        if module.padding == "valid":
+            pads = [(0, 0)] * dims
+        else:  # "same" (stride 1): total padding dilation*(k-1), extra on the right as PyTorch does
+            totals = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
+            pads = [(t // 2, t - t // 2) for t in totals]
+    else:
+        pads = [(p, p) for p in module.padding]
+    if module.padding_mode == "zeros" and all(lo == hi for lo, hi in pads):
+        return x, tuple(lo for lo, _ in pads)
+    flat: list[int] = []
+    for lo, hi in reversed(pads):
+        flat += [lo, hi]
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    return F.pad(x, flat, mode=mode), (0,) * dims
+
+
+class SwatForward:
+    """A callable that runs a ``Linear`` or ``Conv1d/2d/3d`` module through SWAT.
+
+    Installed as the module's ``forward`` (by the engine through the
+    ``layer_forward`` hook, or by :func:`install`). Training calls advance
+    :attr:`state`; ``module.eval()`` uses the exact top-K weights.
+
+    Args:
+        module: an ``nn.Linear`` or ``nn.Conv1d``/``Conv2d``/``Conv3d`` (not transposed).
+        state: the layer's :class:`TopKState`.
+
+    Raises:
+        TypeError: for any other module type.
+    """
+
+    def __init__(self, module: nn.Module, state: TopKState) -> None:
+        if isinstance(module, nn.Linear):
+            self.kind = "linear"
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            self.kind = "conv"
+        else:
+            raise TypeError(f"swat: cannot run {type(module).__name__} sparsely; "
+                            "supported: Linear, Conv1d, Conv2d, Conv3d")
+        self.module = module
+        self.state = state
+
+    def __call__(self, input: torch.Tensor) -> torch.Tensor:
+        """Run the module's forward with SWAT's top-K weights and activations."""
+        m = self.module
+        if self.kind == "linear":
+            return swat_linear(input, m.weight, m.bias, self.state, m.training)
+        x, padding = _conv_padding(m, input)
+        return swat_conv(x, m.weight, m.bias, self.state, m.stride, padding, m.dilation, m.groups, m.training)
+
+    def __repr__(self) -> str:
+        return f"SwatForward({type(self.module).__name__}, {self.state!r})"
+
+
+def install(module: nn.Module, weight_density: float, activation_density: float | None = None,
+            period: int = 1, structure: str | None = None) -> TopKState:
+    """Run one module through SWAT without the engine (tests, benchmarks, custom loops).
+
+    Args:
+        module: an ``nn.Linear`` or ``nn.Conv1d``/``Conv2d``/``Conv3d``.
+        weight_density: weight keep fraction.
+        activation_density: activation keep fraction (``None`` = ``weight_density``).
+        period: threshold recompute period in training calls.
+        structure: ``None``, ``"channel"`` or ``"filter"``.
+
+    Returns:
+        The module's :class:`TopKState`. ``uninstall(module)`` restores the forward.
+    """
+    state = TopKState(weight_density, activation_density, period, structure)
+    module.forward = SwatForward(module, state)
+    return state
+
+
+def uninstall(module: nn.Module) -> None:
+    """Restore the module's own forward after :func:`install`."""
+    if isinstance(module.__dict__.get("forward"), SwatForward):
+        del module.forward
+
+
+def swat_forward_of(module: nn.Module) -> SwatForward | None:
+    """The :class:`SwatForward` installed on ``module`` (by the engine or :func:`install`), or ``None``."""
+    forward = module.__dict__.get("forward")
+    return forward if isinstance(forward, SwatForward) else None

@@ -1,0 +1,190 @@
+"""The ``swat`` algorithm: registration and hook implementations.
+
+Registered through the entry-point group ``sparsecore``::
+
+    sparsifier = sparsecore.Sparsifier(model, optimizer, algorithm="swat", density=0.1,
+                                       variant="uniform", period=1)
+
+The dense weights are the trainable parameters (nothing is masked by the
+engine); each sparse layer's forward is replaced by :class:`SwatForward`,
+which selects the top-K weights and input activations on the fly.
+``layer.mask`` reports the current weight selection: it is set at start-up
+and refreshed at every epoch end (and by :meth:`SwatAlgorithm.sync_masks`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+
+import sparsecore
+from sparsecore_swat.budget import momentum_budgets, momentum_shares
+from sparsecore_swat.functional import SwatForward
+from sparsecore_swat.state import TopKState
+from sparsecore_swat.topk import check_structure
+
+VARIANTS = ("uniform", "erk", "momentum")
+
+
+class SwatAlgorithm:
+    """SWAT (Raihan & Aamodt 2020): sparse weights and activations in forward and backward.
+
+    Args:
+        variant: ``"uniform"`` (SWAT-U: every sparse layer at the overall
+            density), ``"erk"`` (SWAT-ERK: the engine's ERK distribution) or
+            ``"momentum"`` (SWAT-M: per-layer budgets recomputed after every
+            optimizer step from normalised mean momentum).
+        structure: ``None`` (element-wise), ``"channel"`` (whole kernel slices
+            ``W[o, i]`` by L1 norm) or ``"filter"`` (whole output filters).
+            Activations are always selected element-wise.
+        activation_density: fraction of input activations kept for the weight
+            gradient in every sparse layer; ``None`` uses each layer's weight
+            density, as the reference does.
+        period: recompute the top-K thresholds every ``period`` training
+            forward calls and reuse them in between (the reference's CIFAR runs
+            use 10, or 20 for SWAT-M); 1 is exact every step.
+        sparsify_first_layer: make the first prunable layer sparse. Default:
+            ``False`` for ``uniform`` and ``momentum``, ``True`` for ``erk``.
+        sparsify_last_layer: make the last prunable layer sparse (default ``True``).
+
+    Raises:
+        ValueError: an unknown variant or structure, a density outside (0, 1],
+            or a period below 1.
+    """
+
+    def __init__(self, variant: str = "uniform", structure: str | None = None,
+                 activation_density: float | None = None, period: int = 1,
+                 sparsify_first_layer: bool | None = None, sparsify_last_layer: bool = True) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"swat: variant must be one of {VARIANTS}, got {variant!r}")
+        self.variant = variant
+        self.structure = check_structure(structure)
+        if activation_density is not None and not 0.0 < float(activation_density) <= 1.0:
+            raise ValueError(f"swat: activation_density must be in (0, 1], got {activation_density!r}")
+        self.activation_density = None if activation_density is None else float(activation_density)
+        if int(period) != period or period < 1:
+            raise ValueError(f"swat: period must be an integer >= 1, got {period!r}")
+        self.period = int(period)
+        self.sparsify_first_layer = (variant == "erk") if sparsify_first_layer is None else bool(sparsify_first_layer)
+        self.sparsify_last_layer = bool(sparsify_last_layer)
+        #: layer name -> :class:`TopKState`, filled while the sparsifier is built.
+        self.states: dict[str, TopKState] = {}
+        self._pending_state: dict[str, Any] | None = None
+
+    # -- set-up ---------------------------------------------------------------
+    @sparsecore.hookimpl
+    def engine_defaults(self) -> Mapping[str, Any]:
+        """Distribution (ERK for SWAT-ERK) and which end layers stay dense."""
+        return {
+            "distribution": "erk" if self.variant == "erk" else "uniform",
+            "dense_first_layer": not self.sparsify_first_layer,
+            "dense_last_layer": not self.sparsify_last_layer,
+        }
+
+    @sparsecore.hookimpl
+    def masking_policy(self) -> sparsecore.MaskingPolicy:
+        """Dense weights, gradients and optimizer state: every weight keeps training."""
+        return sparsecore.MaskingPolicy(mask_weights=False, mask_gradients=False,
+                                        mask_optimizer_state=False, reset_grown_state=False)
+
+    def state_for(self, layer: sparsecore.SparseLayer) -> TopKState:
+        """The :class:`TopKState` of a sparse layer, created at its target density on first use."""
+        state = self.states.get(layer.name)
+        if state is None:
+            state = TopKState(layer.target_density, self.activation_density, self.period, self.structure)
+            self.states[layer.name] = state
+        return state
+
+    @sparsecore.hookimpl
+    def init_masks(self, layers: Mapping[str, sparsecore.SparseLayer]) -> dict[str, torch.Tensor]:
+        """Report the initial top-K selection of each layer's weights as its mask."""
+        return {name: self.state_for(layer).weight_mask(layer.weight) for name, layer in layers.items()}
+
+    @sparsecore.hookimpl
+    def layer_forward(self, layer: sparsecore.SparseLayer) -> Callable[..., Any]:
+        """SWAT's forward for ``Linear`` and ``Conv1d/2d/3d`` layers.
+
+        Raises:
+            TypeError: the layer's module is of another type (it would silently run dense).
+        """
+        try:
+            return SwatForward(layer.module, self.state_for(layer))
+        except TypeError as err:
+            raise TypeError(f"{err} (layer {layer.name!r}); exclude it from the sparse layers") from None
+
+    @sparsecore.hookimpl
+    def on_setup(self, sparsifier: sparsecore.Sparsifier) -> None:
+        """Apply state restored before the layers existed (see :meth:`load_state_dict`)."""
+        if self._pending_state is not None:
+            self.load_state_dict(self._pending_state)
+
+    # -- training loop ----------------------------------------------------------
+    @sparsecore.hookimpl
+    def on_step(self, sparsifier: sparsecore.Sparsifier) -> None:
+        """SWAT-M: recompute every layer's density from its momentum after each step."""
+        if self.variant == "momentum":
+            self.update_momentum_budgets(sparsifier)
+
+    @sparsecore.hookimpl
+    def on_epoch_end(self, sparsifier: sparsecore.Sparsifier) -> None:
+        """Refresh ``layer.mask`` with the current selections, for reports."""
+        self.sync_masks(sparsifier)
+
+    def update_momentum_budgets(self, sparsifier: sparsecore.Sparsifier) -> dict[str, float]:
+        """Set each layer's density from normalised mean ``|momentum|`` over its selected weights.
+
+        The overall budget is the engine's ``density`` over the sparse layers
+        (``sum(target_density * numel)``). Layers without momentum yet (before
+        the optimizer's first step) leave the budgets unchanged.
+
+        Returns:
+            Layer name to its new weight density (empty when nothing changed).
+        """
+        layers = sparsifier.layers
+        means: dict[str, float] = {}
+        for name, layer in layers.items():
+            momentum = sparsifier.momentum(layer)
+            if momentum is None:
+                return {}
+            selected = self.state_for(layer).weight_mask(layer.weight)
+            means[name] = float(momentum.detach().abs()[selected].mean()) if bool(selected.any()) else 0.0
+        sizes = {name: layer.capacity for name, layer in layers.items()}
+        overall = sum(l.target_density * l.capacity for l in layers.values()) / sum(sizes.values())
+        densities = momentum_budgets(sizes, momentum_shares(means), overall)
+        for name, density in densities.items():
+            self.states[name].weight_density = density
+        return densities
+
+    def sync_masks(self, sparsifier: sparsecore.Sparsifier) -> None:
+        """Write each layer's current weight selection to ``layer.mask`` (through ``set_masks``)."""
+        masks = {name: self.state_for(layer).weight_mask(layer.weight) for name, layer in sparsifier.layers.items()}
+        sparsifier.set_masks(masks)
+
+    # -- checkpointing ------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Per-layer thresholds, densities and call counts (``weights_only``-loadable)."""
+        return {"states": {name: state.state_dict() for name, state in self.states.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; layers not built yet are restored at ``on_setup``."""
+        saved = state["states"]
+        if not self.states:
+            self._pending_state = dict(state)
+            return
+        unknown = sorted(set(saved) - set(self.states))
+        if unknown:
+            raise ValueError(f"swat: checkpoint has state for unknown layers {unknown}")
+        for name, layer_state in saved.items():
+            self.states[name].load_state_dict(layer_state)
+        self._pending_state = None
+
+    def __repr__(self) -> str:
+        return (f"SwatAlgorithm(variant={self.variant!r}, structure={self.structure!r}, "
+                f"activation_density={self.activation_density}, period={self.period})")
+
+
+@sparsecore.hookimpl
+def sparsecore_register_algorithms(register: Callable[..., None]) -> None:
+    """Register the ``swat`` algorithm."""
+    register("swat", SwatAlgorithm)

@@ -1,0 +1,67 @@
+import torch
+
+from sparsecore_swat import topk
+
+
+def test_keep_count_is_ceil_without_float_noise():
+    assert topk.keep_count(10, 0.2) == 2          # 0.2 * 10 == 2.0000000000000004
+    assert topk.keep_count(10, 0.21) == 3
+    assert topk.keep_count(10, 1e-9) == 1         # at least one
+    assert topk.keep_count(7, 1.0) == 7
+
+
+def test_topk_mask_keeps_exactly_k_without_ties(distinct):
+    x = distinct(5, 13)
+    mask = topk.topk_mask(x, 0.3)
+    k = topk.keep_count(65, 0.3)
+    assert int(mask.sum()) == k
+    assert x.abs()[mask].min() > x.abs()[~mask].max()
+
+
+def test_ties_at_the_threshold_are_all_kept():
+    x = torch.tensor([5.0, -3.0, 3.0, 3.0, 1.0, 0.5])
+    mask = topk.topk_mask(x, 0.5)               # k = 3, threshold 3, four entries reach it
+    assert mask.tolist() == [True, True, True, True, False, False]
+
+
+def test_exact_zeros_are_never_kept():
+    x = torch.tensor([0.0, 0.0, 0.0, 2.0, 0.0, -1.0])
+    mask = topk.topk_mask(x, 0.8)               # threshold 0: only the nonzeros
+    assert mask.tolist() == [False, False, False, True, False, True]
+
+
+def test_keep_one_keeps_every_nonzero(distinct):
+    x = distinct(4, 4)
+    assert bool(topk.topk_mask(x, 1.0).all())
+
+
+def test_channel_structure_keeps_whole_kernel_slices_by_l1_norm(distinct):
+    w = distinct(6, 5, 3, 3)
+    thr = topk.weight_threshold(w, 0.3, "channel")
+    mask = topk.weight_mask(w, thr, "channel")
+    per_slice = mask.flatten(2)
+    assert bool((per_slice.all(-1) | ~per_slice.any(-1)).all())          # all-or-nothing
+    kept = per_slice.all(-1)
+    assert int(kept.sum()) == topk.keep_count(30, 0.3)
+    norms = w.abs().sum((2, 3))
+    assert norms[kept].min() > norms[~kept].max()
+
+
+def test_filter_structure_keeps_whole_output_filters(distinct):
+    w = distinct(8, 3, 3, 3)
+    mask = topk.weight_mask(w, topk.weight_threshold(w, 0.25, "filter"), "filter")
+    per_filter = mask.flatten(1)
+    assert bool((per_filter.all(-1) | ~per_filter.any(-1)).all())
+    assert int(per_filter.all(-1).sum()) == 2
+
+
+def test_structure_is_element_wise_for_linear_weights(distinct):
+    w = distinct(6, 10)
+    assert torch.equal(topk.weight_mask(w, topk.weight_threshold(w, 0.2, "channel"), "channel"),
+                       topk.topk_mask(w, 0.2))
+
+
+def test_unknown_structure_is_rejected():
+    import pytest
+    with pytest.raises(ValueError, match="structure"):
+        topk.check_structure("rows")
