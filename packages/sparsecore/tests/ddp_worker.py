@@ -1,0 +1,66 @@
+"""Run by test_distributed.py: two gloo ranks seeded differently train with sparsecore and compare masks."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import sparsecore
+from sparsecore import MaskingPolicy, hookimpl, selection
+
+
+class MomentumGrowth:
+    name = "momentum-growth"
+
+    @hookimpl
+    def masking_policy(self):
+        return MaskingPolicy(mask_gradients=False, mask_optimizer_state=False, reset_grown_state=False)
+
+    @hookimpl
+    def select_grow(self, sparsifier, layer, n):
+        return selection.largest(sparsifier.momentum(layer).abs(), ~layer.mask, n)
+
+
+def gathered_equal(masks):
+    flat = torch.cat([m.reshape(-1).to(torch.uint8) for m in masks])
+    out = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, flat)
+    return all(torch.equal(out[0], o) for o in out[1:])
+
+
+def worker(rank, world, port, algorithm, result_path):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(100 + rank)  # ranks deliberately seeded differently
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+    algo = "set" if algorithm == "set" else MomentumGrowth()
+    kwargs = {"update_every": 2, "total_steps": 10} if algorithm == "set" else {}
+    sp = sparsecore.Sparsifier(ddp, opt, algorithm=algo, density=0.2, **kwargs)
+    checks = [gathered_equal([l.mask for l in sp.layers.values()])]
+    for step in range(6):
+        x, y = torch.randn(8, 16), torch.randint(0, 4, (8,))  # different data per rank
+        opt.zero_grad()
+        nn.functional.cross_entropy(ddp(x), y).backward()
+        opt.step()
+        if algorithm != "set" and step % 2 == 1:
+            sp.update_topology(0.3)
+        checks.append(gathered_equal([l.mask for l in sp.layers.values()]))
+    weights_equal = gathered_equal([(p.detach() != 0) for p in model.parameters()])
+    if rank == 0:
+        with open(result_path, "w") as f:
+            json.dump({"checks": checks, "updates": len(sp.history), "weights_equal": weights_equal}, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    algorithm, result_path, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    mp.spawn(worker, args=(2, port, algorithm, result_path), nprocs=2, join=True)
