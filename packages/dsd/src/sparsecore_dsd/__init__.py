@@ -1,0 +1,12 @@
+"""sparsecore-dsd: Dense-Sparse-Dense training (Han et al., ICLR 2017) for sparsecore.
+
+Activate it by name: ``sparsecore.Sparsifier(model, optimizer, algorithm="dsd",
+density=0.7, total_steps=...)``.
+"""
+
+from sparsecore_dsd.__about__ import __version__
+from sparsecore_dsd.algorithm import DSD
+from sparsecore_dsd.lr import StepLRFactor
+from sparsecore_dsd.schedule import DENSE, REDENSE, SPARSE, PhaseSchedule, phase_names
+
+__all__ = ["DENSE", "DSD", "PhaseSchedule", "REDENSE", "SPARSE", "StepLRFactor", "__version__", "phase_names"]
