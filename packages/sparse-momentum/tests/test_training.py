@@ -1,0 +1,173 @@
+"""Sparse momentum inside a training loop: schedule, masking policy, name lookup, checkpoints."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import sparsecore
+from sparse_momentum import SparseMomentum
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def make(algorithm="sparse-momentum", steps_per_epoch=3, epochs=3, density=0.25, seed=0, **options):
+    model = mlp(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    return sparsecore.Sparsifier(model, optimizer, algorithm=algorithm, density=density,
+                                 total_steps=steps_per_epoch * epochs, seed=seed, **options)
+
+
+def train(sparsifier, steps_per_epoch=3, epochs=3, seed=0, check=None):
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        for _ in range(steps_per_epoch):
+            x = torch.randn(8, 12, generator=gen)
+            y = torch.randint(0, 3, (8,), generator=gen)
+            sparsifier.optimizer.zero_grad()
+            F.cross_entropy(sparsifier.model(x), y).backward()
+            sparsifier.optimizer.step()
+            if check is not None:
+                check(sparsifier)
+        sparsifier.epoch_end(epoch)
+
+
+def test_reachable_by_name_with_options():
+    assert "sparse-momentum" in sparsecore.available_algorithms()
+    sparsifier = make(prune_rate=0.3, redistribution="none")
+    assert isinstance(sparsifier.algorithm, SparseMomentum)
+    assert sparsifier.algorithm_name == "sparse-momentum"
+    assert (sparsifier.algorithm.prune_rate, sparsifier.algorithm.redistribution) == (0.3, "none")
+    assert sparsifier.policy == sparsecore.MaskingPolicy(mask_weights=True, mask_gradients=False,
+                                                         mask_optimizer_state=False, reset_grown_state=False)
+
+
+def test_cosine_prune_rate_values():
+    algo = make(steps_per_epoch=25, epochs=4).algorithm  # T_max = 100
+    assert algo.rate(0) == 0.5
+    assert algo.rate(50) == pytest.approx(0.2525, abs=1e-15)
+    assert algo.rate(25) == pytest.approx(0.005 + 0.495 * (1 + math.sqrt(0.5)) / 2, abs=1e-15)
+    assert algo.rate(100) == pytest.approx(0.005, abs=1e-15)
+
+
+def test_updates_after_every_epoch_but_the_last_with_scheduled_rate():
+    sparsifier = make(steps_per_epoch=3, epochs=3)
+    train(sparsifier, 3, 3)
+    updates = [r for r in sparsifier.history if r.reason == "update"]
+    assert [(r.step, r.epoch) for r in updates] == [(3, 0), (6, 1)]
+    assert [r.rate for r in updates] == [sparsifier.algorithm.rate(3), sparsifier.algorithm.rate(6)]
+    assert updates[0].rate == pytest.approx(0.005 + 0.495 * (1 + math.cos(math.pi / 3)) / 2)
+
+
+def test_no_update_after_final_epoch_of_two():
+    sparsifier = make(steps_per_epoch=4, epochs=2)
+    train(sparsifier, 4, 2)
+    assert [r.step for r in sparsifier.history if r.reason == "update"] == [4]
+
+
+def test_update_every_k_steps():
+    sparsifier = make(steps_per_epoch=3, epochs=3, update_every=4)
+    train(sparsifier, 3, 3)
+    # steps 4 and 8 of 9; none at epoch ends
+    assert [r.step for r in sparsifier.history if r.reason == "update"] == [4, 8]
+
+
+def test_weights_masked_but_gradients_and_momentum_dense():
+    seen = {"grad": 0, "momentum": 0}
+
+    def check(sparsifier):
+        for layer in sparsifier.layers.values():
+            assert bool((layer.weight.detach()[~layer.mask] == 0).all())
+            seen["grad"] += int((layer.weight.grad[~layer.mask] != 0).sum())
+            seen["momentum"] += int((sparsifier.momentum(layer)[~layer.mask] != 0).sum())
+
+    sparsifier = make()
+    train(sparsifier, check=check)
+    assert seen["grad"] > 0 and seen["momentum"] > 0
+
+
+def test_biases_never_masked():
+    sparsifier = make()
+    train(sparsifier)
+    assert list(sparsifier.layers) == ["0", "2", "4"]
+    for module in sparsifier.model:
+        if isinstance(module, nn.Linear):
+            assert bool((module.bias.detach() != 0).all())
+
+
+def test_total_stays_at_baseline_during_training():
+    sparsifier = make(steps_per_epoch=2, epochs=8)
+    baseline = sparsifier.algorithm.baseline_nonzero
+    assert baseline == 0.25 * (12 * 16 + 16 * 8 + 8 * 3)
+    train(sparsifier, 2, 8)
+    updates = [r for r in sparsifier.history if r.reason == "update"]
+    assert len(updates) == 7
+    for report in updates:
+        assert abs(sum(u.nnz for u in report.layers.values()) - baseline) <= len(report.layers)
+
+
+def test_checkpoint_round_trip_restores_plugin_state():
+    sparsifier = make(steps_per_epoch=3, epochs=4)
+    train(sparsifier, 3, 2)
+    sparsifier.algorithm.adjusted_growth = 1.25  # a non-trivial drift state
+    sparsifier.algorithm.adjustments.append(-2.0)
+    buffer = io.BytesIO()
+    torch.save(sparsifier.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    assert state["plugins"]["sparse-momentum"]["adjusted_growth"] == 1.25
+
+    restored = make(steps_per_epoch=3, epochs=4, seed=1)
+    restored.load_state_dict(state)
+    assert restored.algorithm.state_dict() == sparsifier.algorithm.state_dict()
+    for name, layer in restored.layers.items():
+        assert torch.equal(layer.mask, sparsifier.layers[name].mask)
+    assert restored.step == 6
+
+
+def test_bernoulli_init_matches_reference_draw():
+    sparsifier = make(density=0.25, seed=7, init="bernoulli")
+    gen = torch.Generator().manual_seed(7)
+    for layer in sparsifier.layers.values():
+        expected = torch.rand(layer.shape, generator=gen) < 0.25
+        assert torch.equal(layer.mask, expected)
+
+
+def test_exact_init_is_the_default():
+    sparsifier = make(density=0.25)
+    assert [layer.nnz for layer in sparsifier.layers.values()] == [48, 32, 6]
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"redistribution": "variance"}, "redistribution"),
+    ({"growth": "global_momentum"}, "growth"),
+    ({"prune": "SET"}, "prune"),
+    ({"init": "linear"}, "init"),
+    ({"prune_rate": 0.0}, "prune_rate"),
+    ({"update_every": 0}, "update_every"),
+])
+def test_bad_options(options, match):
+    with pytest.raises(sparsecore.ConfigurationError, match=match):
+        make(**options)
+
+
+def test_optimizer_without_momentum_is_rejected():
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(sparsecore.ConfigurationError, match="momentum 0"):
+        sparsecore.Sparsifier(model, optimizer, algorithm="sparse-momentum", density=0.5, total_steps=10)
+
+
+def test_cosine_decay_needs_total_steps():
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(sparsecore.ConfigurationError, match="total_steps"):
+        sparsecore.Sparsifier(model, optimizer, algorithm="sparse-momentum", density=0.5)
