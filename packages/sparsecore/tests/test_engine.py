@@ -218,3 +218,56 @@ def test_grown_weights_start_at_zero_with_zero_momentum():
         assert torch.all(sp.momentum(layer)[grown] == 0)
         assert torch.equal(layer.weight[kept], values[name][kept])
         assert layer.version == 2
+
+
+def test_block_sparse_topology_keeps_whole_blocks():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = sparsecore.Sparsifier(model, opt, algorithm="set", density=0.25, total_steps=10, seed=0, block=(4, 8))
+    from sparsecore import selection
+
+    for layer in sp.layers.values():
+        assert layer.block == (4, 8)
+        assert selection.is_block_structured(layer.mask, (4, 8))
+    assert sp.layers["0"].nnz == round(0.25 * 512 / 32) * 32  # 4 of 16 blocks
+    assert sp.layers["2"].nnz == round(0.25 * 128 / 32) * 32  # 1 of 4 blocks
+    train_steps(model, opt, 2, in_features=32)
+    report = sp.update_topology(0.5)
+    assert report.layers["0"].nnz == 128 and report.layers["2"].nnz == 32
+    for layer in sp.layers.values():
+        assert selection.is_block_structured(layer.mask, (4, 8))
+
+
+def test_block_option_errors():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(sparsecore.ConfigurationError, match="layer '4'.*not divisible.*exclude"):
+        sparsecore.Sparsifier(model, opt, algorithm="static", density=0.5, block=(8, 8))
+
+    class ElementPrune:
+        name = "element-prune"
+
+        @hookimpl
+        def select_prune(self, layer, n):
+            from sparsecore import selection
+            return selection.smallest(layer.weight.abs(), layer.mask, n)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = sparsecore.Sparsifier(model, opt, algorithm="static", density=0.5, block=(4, 8), plugins=[ElementPrune()])
+
+    class OddCounts:
+        name = "odd-counts"
+
+        @hookimpl
+        def prune_counts(self, layers):
+            return {name: 3 for name in layers}
+
+    with pytest.raises(sparsecore.HookResultError, match="whole 4x8 blocks"):
+        sp.update_topology(0.5)
+    sp.remove()
+    sp = sparsecore.Sparsifier(model, opt, algorithm="static", density=0.5, block=(4, 8), plugins=[OddCounts()])
+    with pytest.raises(sparsecore.HookResultError, match="not a multiple of the block size 32"):
+        sp.update_topology(0.5)

@@ -35,22 +35,23 @@ class BuiltinDefaults:
 
     @hookimpl(trylast=True)
     def init_masks(self, sparsifier, layers: Mapping[str, SparseLayer]) -> dict[str, torch.Tensor]:
-        """Exactly ``round(target_density * numel)`` active entries per layer, at random positions."""
+        """Exactly ``round(target_density * numel)`` active entries per layer (whole blocks for block layers)."""
         return {
-            name: selection.random_mask(layer.shape, round(layer.target_density * layer.capacity),
-                                        sparsifier.generator, layer.weight.device)
+            name: selection.random_mask(layer.shape, layer.active_count(layer.target_density),
+                                        sparsifier.generator, layer.weight.device, layer.block)
             for name, layer in layers.items()
         }
 
     @hookimpl(trylast=True)
     def prune_counts(self, layers: Mapping[str, SparseLayer], rate: float) -> dict[str, int]:
-        """``floor(rate * nnz)`` per layer."""
-        return {name: int(math.floor(rate * layer.nnz)) for name, layer in layers.items()}
+        """``floor(rate * nnz)`` per layer (in whole blocks for block layers)."""
+        return {name: int(math.floor(rate * layer.nnz / layer.block_size)) * layer.block_size
+                for name, layer in layers.items()}
 
     @hookimpl(trylast=True)
     def select_prune(self, layer: SparseLayer, n: int) -> torch.Tensor:
         """The ``n`` active weights of smallest magnitude."""
-        return selection.smallest(layer.weight.detach().abs(), layer.mask, n)
+        return selection.smallest(layer.weight.detach().abs(), layer.mask, n, layer.block)
 
     @hookimpl(trylast=True)
     def redistribute(self, removed: Mapping[str, int]) -> dict[str, int]:
@@ -60,4 +61,4 @@ class BuiltinDefaults:
     @hookimpl(trylast=True)
     def select_grow(self, sparsifier, layer: SparseLayer, n: int) -> torch.Tensor:
         """``n`` inactive weights drawn uniformly from ``sparsifier.generator``."""
-        return selection.random_choice(~layer.mask, n, sparsifier.generator)
+        return selection.random_choice(~layer.mask, n, sparsifier.generator, layer.block)

@@ -30,6 +30,8 @@ class SparseLayer:
         kind: ``"linear"``, ``"conv1d"``, ``"conv2d"`` or ``"conv3d"``.
         version: increases by one whenever the mask changes, so kernels can
             cache formats per version.
+        block: ``(rows, cols)`` when the engine keeps this layer block-sparse
+            (the weight seen as a ``shape[0] x prod(shape[1:])`` matrix), else ``None``.
     """
 
     def __init__(self, name: str, module: nn.Module, kind: str, index: int, target_density: float) -> None:
@@ -41,6 +43,7 @@ class SparseLayer:
         self.target_density = float(target_density)
         self.mask = torch.ones_like(self.weight, dtype=torch.bool)
         self.version = 0
+        self.block: tuple[int, int] | None = None
         #: output positions per sample (H*W for conv2d, 1 for linear), recorded at the first forward.
         self.output_positions: int | None = None
 
@@ -58,6 +61,15 @@ class SparseLayer:
     def density(self) -> float:
         """Fraction of active weights, ``nnz / capacity``."""
         return self.nnz / self.capacity
+
+    @property
+    def block_size(self) -> int:
+        """Weights per block (1 for element-wise layers)."""
+        return 1 if self.block is None else self.block[0] * self.block[1]
+
+    def active_count(self, density: float) -> int:
+        """Active weights for ``density``: ``round(density * capacity)``, in whole blocks for block layers."""
+        return round(density * self.capacity / self.block_size) * self.block_size
 
     @property
     def shape(self) -> torch.Size:

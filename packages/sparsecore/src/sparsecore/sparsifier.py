@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from sparsecore import distributed, distributions, optim_state
+from sparsecore import distributed, distributions, optim_state, selection
 from sparsecore.errors import CheckpointError, ConfigurationError, HookResultError, NoPrunableLayersError
 from sparsecore.layers import DEFAULT_LAYER_TYPES, SparseLayer
 from sparsecore.plugins import RunManager, instantiate, plugin_display_name, registry
@@ -64,6 +64,11 @@ class Sparsifier:
         exclude: glob patterns of module names to keep dense.
         layer_types: module types to make sparse (default Linear and Conv1d/2d/3d).
         seed: seed of :attr:`generator`; by default drawn from torch's global RNG.
+        block: ``(rows, cols)`` to keep every sparse layer block-sparse: masks,
+            prune/grow choices and counts come in whole blocks of the weight seen
+            as a ``shape[0] x prod(shape[1:])`` matrix (for block-sparse kernels).
+            Every sparse layer must divide into such blocks; keep the others
+            dense with ``exclude`` or ``dense_last_layer``.
         algorithm_options: options passed to the algorithm's factory.
         **options: more algorithm options (merged into ``algorithm_options``).
 
@@ -80,6 +85,7 @@ class Sparsifier:
                  dense_first_layer: bool | None = None, dense_last_layer: bool | None = None,
                  include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
                  layer_types: Sequence[type[nn.Module]] | None = None, seed: int | None = None,
+                 block: Sequence[int] | None = None,
                  algorithm_options: Mapping[str, Any] | None = None, **options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -126,6 +132,7 @@ class Sparsifier:
         cfg = {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
         self.distribution = cfg["distribution"] or "uniform"
         self.layers: dict[str, SparseLayer] = self._select_layers(cfg)
+        self.block = self._set_blocks(block)
         shapes = {name: tuple(layer.shape) for name, layer in self.layers.items()}
         for name, d in distributions.resolve(self.distribution, shapes, self.density).items():
             self.layers[name].target_density = d
@@ -199,6 +206,21 @@ class Sparsifier:
             kind = next(k for t, k in kinds.items() if isinstance(module, t))
             layers[name] = SparseLayer(name, module, kind, i, self.density)
         return layers
+
+    def _set_blocks(self, block: Sequence[int] | None) -> tuple[int, int] | None:
+        if block is None:
+            return None
+        if len(block) != 2 or not all(isinstance(b, int) and b > 0 for b in block):
+            raise ConfigurationError(f"block must be two positive ints (rows, cols), got {block!r}")
+        block = (int(block[0]), int(block[1]))
+        for layer in self.layers.values():
+            try:
+                selection.block_view_shape(layer.shape, block)
+            except ValueError as exc:
+                raise ConfigurationError(f"layer {layer.name!r}: {exc}; keep it dense with exclude=[{layer.name!r}] "
+                                         "(or dense_first_layer/dense_last_layer)") from None
+            layer.block = block
+        return block
 
     def _install_forwards(self) -> None:
         for name, layer in self.layers.items():
@@ -418,6 +440,9 @@ class Sparsifier:
                                              f"{tuple(layer.shape)}")
         if t.device != layer.weight.device:
             raise HookResultError(hook, who, f"layer {layer.name!r}: tensor on {t.device}, weight on {layer.weight.device}")
+        if layer.block is not None and not selection.is_block_structured(t, layer.block):
+            raise HookResultError(hook, who, f"layer {layer.name!r}: not made of whole {layer.block[0]}x{layer.block[1]} "
+                                             "blocks (the run is block-sparse; see sparsecore.selection's block= option)")
 
     def _check_selection(self, hook: str, who: str, layer: SparseLayer, chosen: Any, n: int,
                          allowed: torch.Tensor, allowed_name: str) -> None:
@@ -443,6 +468,10 @@ class Sparsifier:
                                                                               and not value.is_floating_point()):
                 raise HookResultError(hook, who, f"layer {name!r}: count must be an int, got {value!r}")
             value = int(value)
+            block_size = self.layers[name].block_size
+            if value % block_size:
+                raise HookResultError(hook, who, f"layer {name!r}: count {value} is not a multiple of the block size "
+                                                 f"{block_size}")
             if value < 0 or value > limits[name]:
                 raise HookResultError(hook, who, f"layer {name!r}: count {value} is outside [0, {limits[name]}] "
                                                  f"({limit_name})")
@@ -487,6 +516,7 @@ class Sparsifier:
             "total_steps": self.total_steps,
             "seed": self.seed,
             "generator": self.generator.get_state(),
+            "block": list(self.block) if self.block else None,
             "masks": {name: layer.mask.clone() for name, layer in self.layers.items()},
             "versions": {name: layer.version for name, layer in self.layers.items()},
             "target_densities": {name: layer.target_density for name, layer in self.layers.items()},
