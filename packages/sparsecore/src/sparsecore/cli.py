@@ -12,6 +12,7 @@ import sys
 from typing import Callable, Sequence
 
 from sparsecore.plugins import registry
+from sparsecore.templates import add_new_plugin_parser
 
 
 def _plugins_command(args: argparse.Namespace) -> int:
@@ -57,7 +58,8 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 
 
 #: Subcommand builders; each adds its parser and sets ``func``.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plugins, _add_train, _add_reproduce]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plugins, _add_train, _add_reproduce,
+                                                               add_new_plugin_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
