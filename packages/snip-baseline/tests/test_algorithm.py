@@ -242,6 +242,8 @@ def test_bad_scoring_options_raise_configuration_errors(mlp, batch):
     with pytest.raises(ConfigurationError, match="keep_every_layer=False"):
         build(density=0.0015, batch=batch)  # κ = 2 < 3 layers
     assert build(density=0.0015, batch=batch, keep_every_layer=False).nnz == 2
+    with pytest.raises(ConfigurationError, match="pass per_layer=True"):
+        build(batch=batch, distribution="erk")
 
 
 def test_snip_is_installed_under_the_sparsecore_entry_point():

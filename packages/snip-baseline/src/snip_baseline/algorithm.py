@@ -89,6 +89,8 @@ class Snip:
         per_layer: RigL's SNIP baseline: keep the top
             ``round(layer.target_density · numel)`` of ``|g ⊙ w|`` in each layer,
             with the densities of the engine's ``distribution`` (uniform, ERK).
+            Global SNIP (the default) rejects a non-uniform ``distribution``,
+            which it would otherwise ignore.
         score_init: ``"actual"`` scores the model's own initial weights;
             ``"fresh"`` scores a deep copy whose sparse-layer weights are
             redrawn with ``xavier_normal_`` from ``sparsifier.generator``, as the
@@ -189,6 +191,10 @@ class Snip:
     def init_masks(self, sparsifier: sparsecore.Sparsifier,
                    layers: Mapping[str, sparsecore.SparseLayer]) -> dict[str, torch.Tensor]:
         """Score every weight once and keep the top-κ globally (or per layer); see the class docs."""
+        if not self.per_layer and not (isinstance(sparsifier.distribution, str) and sparsifier.distribution == "uniform"):
+            raise ConfigurationError(
+                f"snip: distribution={sparsifier.distribution!r} sets per-layer densities, which global SNIP ignores "
+                "(it keeps the global top-κ); pass per_layer=True to use them, or leave distribution unset")
         scores = self.scores(sparsifier, layers)
         total = sum(layer.capacity for layer in layers.values())
         if self.per_layer:
