@@ -50,7 +50,7 @@ def kth_largest(scores: torch.Tensor, keep: float) -> torch.Tensor:
 
     Uses :func:`torch.kthvalue` (a selection, not a sort): on CPU it measured
     faster than :func:`torch.topk` and ~10x faster than a sort for 0.3M-2M
-    entries (``benchmarks/swat/topk_speed.py``).
+    entries (``benchmarks/swat/swat_bench.py topk``).
 
     Args:
         scores: non-negative scores of any shape.
