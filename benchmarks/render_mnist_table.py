@@ -1,0 +1,152 @@
+"""Render ``benchmarks/results/mnist_table.md`` from every row of ``benchmarks/results/mnist_runs.jsonl``.
+
+Each line of the JSON-lines file is one finished run::
+
+    {"method": "sparse-momentum", "model": "lenet-300-100", "density": 0.05, "seed": 0,
+     "epochs": 100, "test_error": 1.52, "wall_s": 600.0}
+
+(``test_error`` in %, ``density`` 1.0 for dense; extra keys such as ``machine``
+and ``torch`` are shown in the notes). Any script may append rows; rows are
+grouped by (model, method, density, epochs) and shown as mean ± sample std
+over seeds beside the published number where the paper gives one. The rows the
+paper's MNIST table needs are always listed, marked "not run" when absent.
+
+Usage::
+
+    python benchmarks/render_mnist_table.py [--runs FILE] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "benchmarks" / "results" / "mnist_runs.jsonl"
+OUT = ROOT / "benchmarks" / "results" / "mnist_table.md"
+
+#: Published test error (%) of Dettmers & Zettlemoyer 2019 (sparse momentum), by (model, method, density).
+PUBLISHED = {
+    ("lenet-300-100", "sparse-momentum", 0.01): 2.36,
+    ("lenet-300-100", "sparse-momentum", 0.02): 1.99,
+    ("lenet-300-100", "sparse-momentum", 0.05): 1.53,
+    ("lenet-5-caffe", "sparse-momentum", 0.05): 0.69,
+}
+
+#: Rows always listed (model, method, density), in this order.
+EXPECTED = [
+    ("lenet-300-100", "dense", 1.0),
+    ("lenet-300-100", "static", 0.05),
+    ("lenet-300-100", "sparse-momentum", 0.01),
+    ("lenet-300-100", "sparse-momentum", 0.02),
+    ("lenet-300-100", "sparse-momentum", 0.05),
+    ("lenet-300-100", "sparse-momentum (redistribution=none)", 0.05),
+    ("lenet-5-caffe", "dense", 1.0),
+    ("lenet-5-caffe", "static", 0.05),
+    ("lenet-5-caffe", "sparse-momentum", 0.05),
+    ("lenet-5-caffe", "sparse-momentum (redistribution=none)", 0.05),
+]
+
+#: How the rows of each method were produced (shown under the table).
+COMMANDS = {
+    "sparse-momentum": "python benchmarks/sparse_momentum/reproduce_mnist.py --models MODEL "
+                       "--methods sparse-momentum --densities D --seeds S",
+    "sparse-momentum (redistribution=none)": "python benchmarks/sparse_momentum/reproduce_mnist.py "
+                                             "--methods none --densities 0.05 --seeds S",
+    "static": "python benchmarks/sparse_momentum/reproduce_mnist.py --methods static --densities 0.05 --seeds S",
+    "dense": "python benchmarks/sparse_momentum/reproduce_mnist.py --methods dense --seeds S",
+}
+
+REQUIRED = ("method", "model", "density", "seed", "epochs", "test_error", "wall_s")
+
+
+def load_rows(path: Path) -> list[dict]:
+    """Every valid row of the JSON-lines file (rows missing a required key are an error)."""
+    rows = []
+    if not path.exists():
+        return rows
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        missing = [k for k in REQUIRED if k not in row]
+        if missing:
+            raise SystemExit(f"{path}:{number}: row lacks {missing}")
+        rows.append(row)
+    return rows
+
+
+def fmt_mean(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def render(rows: list[dict]) -> str:
+    """The markdown table and notes."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["model"], row["method"], float(row["density"]), int(row["epochs"]))].append(row)
+    keys = []
+    for model, method, density in EXPECTED:
+        found = sorted(k for k in groups if k[:3] == (model, method, density))
+        keys.extend(found or [(model, method, density, None)])
+    keys.extend(sorted((k for k in groups if k not in keys), key=lambda k: (k[0], k[1], k[2], k[3])))
+
+    lines = [
+        "# MNIST: sparse momentum and baselines against the published numbers",
+        "",
+        "Test error (%) on the 10,000 MNIST test images after the last epoch; mean ± sample std over seeds.",
+        "Recipe of the reference code (TimDettmers/sparse_learning `mnist_cifar/main.py`): batch 100, SGD lr 0.1,",
+        "momentum 0.9 nesterov, weight decay 5e-4, lr ×0.1 every 25,000 iterations, training on the first 54,000",
+        "training images (`--valid_split 0.1`). Published: Dettmers & Zettlemoyer 2019 (sparse momentum rows only).",
+        "",
+        "| model | method | density | epochs | seeds | test error % | per seed | published | Δ vs published | wall per run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, method, density, epochs in keys:
+        published = PUBLISHED.get((model, method, density))
+        pub = f"{published:.2f}" if published is not None else "—"
+        if epochs is None:
+            lines.append(f"| {model} | {method} | {density:g} | — | 0 | not run | — | {pub} | — | — |")
+            continue
+        group = sorted(groups[(model, method, density, epochs)], key=lambda r: r["seed"])
+        errors = [float(r["test_error"]) for r in group]
+        per_seed = ", ".join(f"s{r['seed']}: {float(r['test_error']):.2f}" for r in group)
+        delta = f"{statistics.mean(errors) - published:+.2f}" if published is not None else "—"
+        wall = statistics.mean(float(r["wall_s"]) for r in group)
+        lines.append(f"| {model} | {method} | {density:g} | {epochs} | {len(group)} | {fmt_mean(errors)} | "
+                     f"{per_seed} | {pub} | {delta} | {wall / 60:.1f} min |")
+
+    machines = sorted({f"{r.get('machine', 'unknown machine')}, torch {r.get('torch', '?')}" for r in rows})
+    lines += ["", "## Notes", ""]
+    lines.append("- Machines of the rows: " + ("; ".join(machines) if machines else "none yet") + ".")
+    lines.append("- Rows with fewer than 100 epochs are shorter runs than the paper's and not comparable to it.")
+    lines.append("- \"not run\": no run of that row was made (CPU time was the limit); it is not a result.")
+    lines.append("")
+    lines.append("## Commands")
+    lines.append("")
+    for method in sorted({k[1] for k in keys}):
+        if method in COMMANDS:
+            lines.append(f"- {method}: `nice -n 10 {COMMANDS[method]}`")
+    lines.append("- table: `python benchmarks/render_mnist_table.py`")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Render the MNIST results table from the JSON-lines runs.")
+    parser.add_argument("--runs", type=Path, default=RUNS)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    text = render(load_rows(args.runs))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
