@@ -19,14 +19,13 @@ import platform
 import statistics
 import time
 
+import sparsecore
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-import sparsecore
 from sparsecore import distributions
 from sparsecore.models import create_model
 from sparsecore_swat import SwatAlgorithm
+from torch import nn
 
 MODELS = {"lenet-5-caffe": (1, 28, 28), "vgg16-c": (3, 32, 32), "wrn-16-8": (3, 32, 32)}
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -243,8 +242,9 @@ def cmd_topk(args) -> None:
         a = torch.randn(n).abs()
         for keep in (0.2, 0.1):
             k = math.ceil(keep * n)
-            fns = (lambda: torch.kthvalue(a, n - k + 1).values, lambda: torch.topk(a, k, sorted=False).values.min(),
-                   lambda: torch.sort(a).values[n - k])
+            fns = (lambda a=a, n=n, k=k: torch.kthvalue(a, n - k + 1).values,
+                   lambda a=a, k=k: torch.topk(a, k, sorted=False).values.min(),
+                   lambda a=a, n=n, k=k: torch.sort(a).values[n - k])
             cells = []
             for fn in fns:
                 fn()

@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from sparsecore_swat.compress import compress, decompress, pack_bits, unpack_bits
 
 

@@ -3,10 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from sparsecore_swat import TopKState, install, swat_conv, swat_linear, topk, uninstall
 from torch import nn
-
-from sparsecore_swat import TopKState, install, swat_conv, swat_linear, uninstall
-from sparsecore_swat import topk
 
 W_KEEP, X_KEEP = 0.3, 0.4
 
@@ -185,7 +183,7 @@ def test_dx_and_db_pass_gradcheck_with_sparse_weights(distinct):
     conv.weight.requires_grad_(False)
     state = TopKState(0.4, 0.5)
     x = distinct(2, 2, 4, 4, seed=9).requires_grad_()
-    fn = lambda x, b: swat_conv(x, conv.weight, b, state, (1, 1), (1, 1), (1, 1), 1)  # noqa: E731
+    fn = lambda x, b: swat_conv(x, conv.weight, b, state, (1, 1), (1, 1), (1, 1), 1)
     assert torch.autograd.gradcheck(fn, (x, conv.bias.detach().clone().requires_grad_()))
 
 

@@ -3,13 +3,12 @@
 import io
 
 import pytest
+import sparsecore
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-import sparsecore
 from sparsecore_swat import SwatAlgorithm, SwatForward, hard_prune, topk
 from sparsecore_swat.plugin import sparsecore_register_algorithms
+from torch import nn
 
 
 def _model():

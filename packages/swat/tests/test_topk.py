@@ -1,5 +1,4 @@
 import torch
-
 from sparsecore_swat import topk
 
 

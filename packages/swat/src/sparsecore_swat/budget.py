@@ -10,7 +10,7 @@ overflow is spread evenly over all layers, in the loop of Sparse Momentum
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 
 def momentum_shares(means: Mapping[str, float]) -> dict[str, float]:

@@ -14,7 +14,8 @@ activations compressed as a packed bitmask plus the kept values
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -14,11 +14,12 @@ and refreshed at every epoch end (and by :meth:`SwatAlgorithm.sync_masks`).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
-
-import torch
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import sparsecore
+import torch
+
 from sparsecore_swat.budget import momentum_budgets, momentum_shares
 from sparsecore_swat.functional import SwatForward
 from sparsecore_swat.state import TopKState
