@@ -374,3 +374,20 @@ def test_fraction_schedule_needs_total_steps():
         build(total_steps=None)
     _, _, sp = build(total_steps=None, phase_epochs=(1, 1, 1))  # epochs need no total_steps
     assert sp.algorithm.schedule.boundaries == (1, 2)
+
+
+def test_iterations_follow_the_engine_distribution():
+    _, _, sp = build(density=0.9, total_steps=30, distribution="erk", iterations=[0.5, 0.75])
+    shapes = {n: tuple(l.shape) for n, l in sp.layers.items()}
+    assert sp.algorithm.sparse_densities == [sparsecore.distributions.erk(shapes, 0.5),
+                                             sparsecore.distributions.erk(shapes, 0.75)]
+    assert sp.algorithm.sparse_densities[0]["2"] != sp.algorithm.sparse_densities[0]["4"]
+    with pytest.raises(ConfigurationError, match="mapping"):
+        build(total_steps=30, distribution={"2": 0.5, "4": 0.5}, iterations=[0.5])
+
+
+def test_default_sparse_phase_uses_the_layer_target_density():
+    _, _, sp = build(density=0.6, total_steps=30, distribution={"2": 0.5, "4": 0.8})
+    assert sp.algorithm.sparse_densities == [{"2": 0.5, "4": 0.8}]
+    masks = DSD.prune_masks(sp, sp.algorithm.sparse_densities[0])
+    assert [int(m.sum()) for m in masks.values()] == [15, 12]
