@@ -340,6 +340,28 @@ def select_grow(sparsifier: Sparsifier, layer: SparseLayer, n: int) -> torch.Ten
     """
 
 
+@hookspec(firstresult=True)
+def layer_train_flops(sparsifier: Sparsifier, layer: SparseLayer) -> tuple[int, int] | None:
+    """Analytic training FLOPs of one layer per sample, for reports.
+
+    Called by :meth:`Sparsifier.report` for every sparse layer once its output
+    size is known (``layer.output_positions``). Algorithms whose cost does not
+    follow from the mask alone (SWAT: the weight gradient is computed from
+    sparse activations) answer here.
+
+    Args:
+        sparsifier: the engine.
+        layer: the layer.
+
+    Returns:
+        ``(forward_flops, backward_flops)`` per sample (a multiply-add counts 2),
+        or ``None``. First-result; the built-in rule is forward ``2·nnz·P``,
+        backward ``2·nnz·P`` for the input gradient plus ``2·nnz·P`` (masked
+        gradients) or ``2·numel·P`` (dense gradients) for the weight gradient,
+        with ``P = layer.output_positions``.
+    """
+
+
 @hookspec
 def on_topology_update(sparsifier: Sparsifier, report: TopologyReport) -> None:
     """A topology update finished; masks, weights and optimizer state are final.

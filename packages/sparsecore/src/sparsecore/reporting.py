@@ -106,17 +106,21 @@ class DensityReport:
         return "\n".join(rows)
 
 
-def layer_stats(layer: SparseLayer, policy: MaskingPolicy) -> LayerStats:
-    """Numbers of one layer. The weight gradient is dense when the policy keeps gradients dense."""
+def default_train_flops(layer: SparseLayer, policy: MaskingPolicy) -> tuple[int, int]:
+    """Forward and backward FLOPs per sample from the mask; the weight gradient is dense under a dense-gradient policy."""
+    nnz, positions = layer.nnz, layer.output_positions or 0
+    grad_w = nnz if policy.mask_gradients else layer.capacity
+    return 2 * nnz * positions, 2 * nnz * positions + 2 * grad_w * positions
+
+
+def layer_stats(layer: SparseLayer, flops: tuple[int, int] | None) -> LayerStats:
+    """Numbers of one layer, with its ``(forward, backward)`` FLOPs per sample (``None`` before a forward)."""
     nnz, numel = layer.nnz, layer.capacity
-    positions = layer.output_positions
-    if positions is None:
+    if flops is None or layer.output_positions is None:
         fwd = bwd = dense = None
     else:
-        fwd = 2 * nnz * positions
-        grad_w = nnz if policy.mask_gradients else numel
-        bwd = 2 * nnz * positions + 2 * grad_w * positions
-        dense = 2 * numel * positions
+        fwd, bwd = int(flops[0]), int(flops[1])
+        dense = 2 * numel * layer.output_positions
     return LayerStats(layer.name, layer.kind, tuple(layer.shape), numel, nnz, nnz / numel, layer.target_density,
                       fwd, bwd, dense)
 

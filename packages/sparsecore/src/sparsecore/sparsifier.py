@@ -14,7 +14,7 @@ from sparsecore.errors import CheckpointError, ConfigurationError, HookResultErr
 from sparsecore.layers import DEFAULT_LAYER_TYPES, SparseLayer
 from sparsecore.plugins import RunManager, instantiate, plugin_display_name, registry
 from sparsecore.policy import MaskingPolicy
-from sparsecore.reporting import DensityReport, LayerUpdate, TopologyReport, layer_stats
+from sparsecore.reporting import DensityReport, LayerUpdate, TopologyReport, default_train_flops, layer_stats
 
 STATE_FORMAT = 1
 _ENGINE_DEFAULT_KEYS = ("distribution", "dense_first_layer", "dense_last_layer", "include", "exclude", "layer_types")
@@ -71,6 +71,17 @@ class Sparsifier:
             dense with ``exclude`` or ``dense_last_layer``.
         algorithm_options: options passed to the algorithm's factory.
         **options: more algorithm options (merged into ``algorithm_options``).
+
+    Attributes:
+        layers: name → :class:`SparseLayer`, in model order.
+        density: the overall density asked for.
+        step: optimizer steps completed (steps GradScaler skipped do not count).
+        epoch: the last epoch reported to :meth:`epoch_end` (``None`` before).
+        total_steps: the run's length in optimizer steps, if given.
+        generator: ``torch.Generator`` for random choices, identical on every DDP rank.
+        policy: the :class:`MaskingPolicy` in force.
+        algorithm: the active algorithm's plugin object; ``algorithm_name`` its name.
+        history: the :class:`TopologyReport` of every recorded update.
 
     Raises:
         ConfigurationError: bad density, distribution, option or layer selection.
@@ -368,7 +379,7 @@ class Sparsifier:
                 layer.mask = old_masks[name]
         return self._commit_masks(new_masks, reason="update", rate=rate)
 
-    def set_masks(self, masks: Mapping[str, torch.Tensor]) -> TopologyReport:
+    def set_masks(self, masks: Mapping[str, torch.Tensor], record: bool = True) -> TopologyReport:
         """Replace the masks of some or all layers (e.g. DSD's phase changes).
 
         Weights and optimizer state follow the masking policy exactly as after
@@ -376,13 +387,17 @@ class Sparsifier:
 
         Args:
             masks: layer name to bool tensor shaped like the weight.
+            record: append the report to :attr:`history` and call
+                ``on_topology_update``. ``False`` for frequent refreshes that
+                only keep ``layer.mask`` describing a selection the forward makes
+                itself (SWAT).
 
         Returns:
             The :class:`TopologyReport` (reason ``"set_masks"``).
         """
         full = {name: layer.mask for name, layer in self.layers.items()}
         full.update(self._check_masks("set_masks", "<caller>", masks, partial=True))
-        return self._commit_masks(full, reason="set_masks", rate=None)
+        return self._commit_masks(full, reason="set_masks", rate=None, notify=record)
 
     def _commit_masks(self, masks: Mapping[str, torch.Tensor], reason: str, rate: float | None,
                       notify: bool = True) -> TopologyReport:
@@ -485,7 +500,17 @@ class Sparsifier:
         """Per-layer and total density, nonzeros, and training FLOPs against dense."""
         sparse_ids = {id(l.weight) for l in self.layers.values()}
         dense_params = sum(p.numel() for p in self.model.parameters() if id(p) not in sparse_ids)
-        return DensityReport(tuple(layer_stats(l, self.policy) for l in self.layers.values()), dense_params)
+        stats = []
+        for layer in self.layers.values():
+            flops = None
+            if layer.output_positions is not None:
+                flops, who = self.manager.call_first_or_none("layer_train_flops", sparsifier=self, layer=layer)
+                if flops is None:
+                    flops = default_train_flops(layer, self.policy)
+                elif not (isinstance(flops, tuple) and len(flops) == 2):
+                    raise HookResultError("layer_train_flops", who, f"must return (forward, backward), got {flops!r}")
+            stats.append(layer_stats(layer, flops))
+        return DensityReport(tuple(stats), dense_params)
 
     @property
     def nnz(self) -> int:
