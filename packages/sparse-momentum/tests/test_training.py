@@ -171,3 +171,16 @@ def test_cosine_decay_needs_total_steps():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     with pytest.raises(sparsecore.ConfigurationError, match="total_steps"):
         sparsecore.Sparsifier(model, optimizer, algorithm="sparse-momentum", density=0.5)
+
+
+def test_plugin_object_reused_starts_with_fresh_drift_state():
+    algo = SparseMomentum()
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    first = sparsecore.Sparsifier(model, optimizer, algorithm=algo, density=0.5, total_steps=10)
+    algo.adjusted_growth, algo.adjustments = 3.0, [3.0]
+    first.remove()
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sparsecore.Sparsifier(model, optimizer, algorithm=algo, density=0.25, total_steps=10)
+    assert algo.state_dict() == {"baseline_nonzero": 86.0, "adjusted_growth": 0.0, "adjustments": []}

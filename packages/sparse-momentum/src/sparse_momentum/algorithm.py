@@ -151,14 +151,16 @@ class SparseMomentum:
 
     @hookimpl
     def on_setup(self, sparsifier) -> None:
-        """Build the prune-rate schedule, fix the target count and check that the optimizer has momentum."""
+        """Build the prune-rate schedule, fix the target count, reset the drift state, check the optimizer."""
         try:
             self._schedule = make_decay(self.decay, self.prune_rate, sparsifier.total_steps, self.eta_min)
         except ValueError as exc:
             raise ConfigurationError(f"sparse-momentum: {exc}") from None
-        if self.baseline_nonzero is None:
-            self.baseline_nonzero = float(sum(layer.target_density * layer.capacity
-                                              for layer in sparsifier.layers.values()))
+        self.baseline_nonzero = float(sum(layer.target_density * layer.capacity
+                                          for layer in sparsifier.layers.values()))
+        self.adjusted_growth = 0.0
+        self.adjustments = []
+        self._cycle = None
         if self._needs_momentum():
             for group in sparsifier.optimizer.param_groups:
                 if "momentum" in group and "betas" not in group and not group["momentum"]:
