@@ -1,0 +1,207 @@
+"""The sparsecore plugin: replaces sparse Linear forwards with the fastest kernel per layer.
+
+Activate it per run by name (``Sparsifier(..., plugins=["sparse-kernels-cuda"])``,
+``sparsecore train --plugins sparse-kernels-cuda``) or as an object with options
+(``plugins=[KernelPlugin(backend="csr")]``). Without options the backend comes
+from the environment variable ``SPARSE_KERNELS_CUDA_BACKEND`` (default ``auto``).
+
+What it changes: the layer's forward and backward products. What it does not
+change: results (every backend equals masked dense up to reduction order),
+the dense ``weight.grad`` (zero off the mask, as the engine's masking would
+make it), the optimizer and its state.
+
+It steps aside (keeps the module's own forward) where a kernel would change
+what the algorithm sees: when the masking policy keeps gradients dense
+(sparse momentum reads the momentum of inactive weights) or keeps weights
+dense (SWAT), and for convolutions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sparse_kernels_cuda import _grad_pool
+from sparse_kernels_cuda.backends import default_backends
+from sparse_kernels_cuda.backends.base import detect_pattern
+from sparse_kernels_cuda.backends.masked_dense import MaskedDenseBackend
+from sparse_kernels_cuda.dispatch import DispatchKey, Dispatcher, time_backend
+
+try:  # the hook marker; only the registration below needs sparsecore itself
+    from sparsecore.hookspecs import hookimpl
+except ImportError:  # pragma: no cover - sparsecore is a dependency
+    import pluggy
+
+    hookimpl = pluggy.HookimplMarker("sparsecore")
+
+__all__ = ["KernelPlugin", "LayerKernel", "sparsecore_register_plugins"]
+
+PLUGIN_NAME = "sparse-kernels-cuda"
+BACKEND_ENV = "SPARSE_KERNELS_CUDA_BACKEND"
+
+log = logging.getLogger(__name__)
+
+
+class LayerKernel:
+    """The replacement forward of one sparse ``nn.Linear``.
+
+    Reads ``layer.mask`` and ``layer.version`` at every call; formats are
+    rebuilt only when the version changes.
+
+    Args:
+        layer: the engine's layer object.
+        dispatcher: the run's dispatcher.
+    """
+
+    def __init__(self, layer: Any, dispatcher: Dispatcher) -> None:
+        self.layer = layer
+        self.dispatcher = dispatcher
+        self._version: int | None = None
+        self._pattern: str | None = None
+        self._density = 0.0
+        self._plans: dict[str, Any] = {}
+        #: name of the backend used by the last call (for reports and tests)
+        self.last_backend: str | None = None
+
+    def invalidate(self) -> None:
+        """Drop the formats built for the current mask."""
+        self._version = None
+        self._plans.clear()
+
+    def _refresh(self) -> None:
+        version = self.layer.version
+        if version != self._version:
+            mask = self.layer.mask
+            self._plans.clear()
+            self._pattern = detect_pattern(mask)
+            self._density = round(float(mask.sum().item()) / max(1, mask.numel()), 3)
+            self._version = version
+
+    def plan(self, backend_name: str) -> Any:
+        """The plan of ``backend_name`` for the current mask (built on first use)."""
+        self._refresh()
+        plan = self._plans.get(backend_name)
+        if plan is None:
+            mask = self.layer.mask
+            plan = self.dispatcher.by_name(backend_name).plan(mask)
+            self._plans[backend_name] = plan
+        return plan
+
+    def key(self, x: Tensor) -> DispatchKey:
+        """The dispatch key of a call on ``x``."""
+        self._refresh()
+        w = self.layer.weight
+        grad = torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)
+        return DispatchKey(
+            shape=(w.shape[0], w.shape[1]),
+            tokens=x.numel() // max(1, x.shape[-1]),
+            density=self._density,
+            dtype=x.dtype,
+            device=x.device.type,
+            pattern=self._pattern or "unstructured",
+            grad=grad,
+        )
+
+    def __call__(self, input: Tensor) -> Tensor:
+        """``F.linear(input, weight ⊙ mask, bias)`` through the chosen backend."""
+        w = self.layer.weight
+        bias = self.layer.module.bias
+        if input.dtype != w.dtype or input.device != w.device:
+            self.last_backend = self.dispatcher.fallback.name
+            return self.dispatcher.fallback.linear(input, w, bias, self.layer.mask)
+        key = self.key(input)
+
+        def run(backend):
+            return time_backend(backend, input, w, bias, self.plan(backend.name), key.grad)
+
+        backend = self.dispatcher.choose(key, run)
+        self.last_backend = backend.name
+        return backend.linear(input, w, bias, self.plan(backend.name))
+
+
+class KernelPlugin:
+    """sparsecore plugin that runs sparse layers on sparse kernels.
+
+    Args:
+        backend: ``"auto"`` (measure per layer), or one of ``"masked-dense"``,
+            ``"csr"``, ``"triton-block"``, ``"2:4"`` to force it wherever it
+            supports the layer (masked dense elsewhere). Default: the
+            ``SPARSE_KERNELS_CUDA_BACKEND`` environment variable, else ``"auto"``.
+        max_density: densest mask for which the CSR backend is even tried.
+        margin: how much faster than masked dense a backend must measure.
+        repeats: timed calls per candidate when deciding.
+        grad_pool: reuse dense gradient buffers across steps (saves the
+            page faults of a fresh multi-megabyte tensor per step on CPU).
+    """
+
+    def __init__(
+        self,
+        backend: str | None = None,
+        max_density: float = 0.3,
+        margin: float = 0.05,
+        repeats: int = 3,
+        grad_pool: bool = True,
+    ) -> None:
+        self.backend = backend or os.environ.get(BACKEND_ENV, "auto")
+        self.max_density = max_density
+        self.margin = margin
+        self.repeats = repeats
+        self.grad_pool = grad_pool
+        self.kernels: dict[str, LayerKernel] = {}
+        self._dispatcher: Dispatcher | None = None
+        self._warned = False
+
+    def dispatcher(self, premasked: bool) -> Dispatcher:
+        """The run's dispatcher (created on first use)."""
+        if self._dispatcher is None:
+            self._dispatcher = Dispatcher(
+                default_backends(),
+                MaskedDenseBackend(premasked=premasked),
+                force=self.backend,
+                max_density=self.max_density,
+                margin=self.margin,
+                repeats=self.repeats,
+            )
+        return self._dispatcher
+
+    @hookimpl
+    def layer_forward(self, sparsifier: Any, layer: Any):
+        """Return the kernel forward of a sparse ``nn.Linear``; ``None`` elsewhere."""
+        if layer.kind != "linear" or not isinstance(layer.module, nn.Linear):
+            return None
+        policy = getattr(sparsifier, "policy", None)
+        if policy is not None and not (policy.mask_weights and policy.mask_gradients):
+            if not self._warned:
+                warnings.warn(
+                    f"{PLUGIN_NAME}: the active algorithm keeps dense weights or gradients "
+                    f"(mask_weights={policy.mask_weights}, mask_gradients={policy.mask_gradients}); "
+                    "sparse kernels would change its results, so layers keep their own forward",
+                    stacklevel=2,
+                )
+                self._warned = True
+            return None
+        _grad_pool.set_grad_pool_enabled(self.grad_pool)
+        kernel = LayerKernel(layer, self.dispatcher(premasked=policy is not None))
+        self.kernels[layer.name] = kernel
+        return kernel
+
+    @hookimpl
+    def on_topology_update(self, sparsifier: Any, report: Any) -> None:
+        """Drop the formats of the old masks (rebuilt at the next forward)."""
+        for kernel in self.kernels.values():
+            kernel.invalidate()
+
+    def summary(self) -> dict[str, str | None]:
+        """Layer name -> backend used by its last forward."""
+        return {name: k.last_backend for name, k in self.kernels.items()}
+
+
+@hookimpl
+def sparsecore_register_plugins(register) -> None:
+    """Register ``"sparse-kernels-cuda"`` (a non-algorithm plugin activated by name)."""
+    register(PLUGIN_NAME, KernelPlugin)

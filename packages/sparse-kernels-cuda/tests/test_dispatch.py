@@ -1,0 +1,98 @@
+"""Dispatch: fastest measured backend, margin over masked dense, forcing, caching, fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparse_kernels_cuda import Backend, CsrBackend, DispatchKey, Dispatcher, MaskedDenseBackend
+
+
+class Fake(Backend):
+    def __init__(self, name, pattern="unstructured", available=True):
+        self.name = name
+        self._pattern = pattern
+        self._available = available
+
+    def is_available(self):
+        return self._available
+
+    def supports(self, shape, dtype, pattern, device):
+        return pattern == self._pattern
+
+    def plan(self, mask):
+        return mask
+
+    def linear(self, x, weight, bias, plan):
+        return x
+
+
+def key(density=0.01, pattern="unstructured"):
+    return DispatchKey((64, 64), 8, density, torch.float32, "cpu", pattern, True)
+
+
+def timer(times, calls):
+    def run(b):
+        calls.append(b.name)
+        return times[b.name]
+    return run
+
+
+def test_picks_fastest_and_caches():
+    d = Dispatcher([Fake("a"), Fake("b")], MaskedDenseBackend())
+    calls = []
+    chosen = d.choose(key(), timer({"a": 0.5, "b": 0.2, "masked-dense": 1.0}, calls))
+    assert chosen.name == "b"
+    n = len(calls)
+    assert n == 3 * (1 + d.repeats)  # one warm-up + repeats, every contender
+    assert d.choose(key(), timer({}, calls)).name == "b" and len(calls) == n, "decision must be cached"
+    assert d.timings[key()]["b"] == 0.2
+
+
+def test_not_faster_beyond_margin_falls_back():
+    d = Dispatcher([Fake("a")], MaskedDenseBackend(), margin=0.05)
+    assert d.choose(key(), timer({"a": 0.97, "masked-dense": 1.0}, [])).name == "masked-dense"
+    assert d.choose(key(0.02), timer({"a": 0.90, "masked-dense": 1.0}, [])).name == "a"
+
+
+def test_unavailable_or_unsupported_backends_are_skipped():
+    d = Dispatcher([Fake("gone", available=False), Fake("blocky", pattern="block64")], MaskedDenseBackend())
+    calls = []
+    assert d.choose(key(), timer({}, calls)).name == "masked-dense"
+    assert calls == [], "nothing to compare: no timing"
+    assert [b.name for b in d.candidates(key(pattern="block64"))] == ["blocky"]
+
+
+def test_csr_is_not_tried_on_dense_masks():
+    d = Dispatcher([CsrBackend()], MaskedDenseBackend(), max_density=0.3)
+    assert [b.name for b in d.candidates(key(0.1))] == ["csr"]
+    assert d.candidates(key(0.5)) == []
+
+
+def test_force_and_unknown_force():
+    d = Dispatcher([Fake("a"), Fake("blocky", pattern="block64")], MaskedDenseBackend(), force="a")
+    calls = []
+    assert d.choose(key(), timer({}, calls)).name == "a" and calls == []
+    d = Dispatcher([Fake("blocky", pattern="block64")], MaskedDenseBackend(), force="blocky")
+    assert d.choose(key(), timer({}, [])).name == "masked-dense", "forced backend that cannot run falls back"
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        Dispatcher([Fake("a")], MaskedDenseBackend(), force="nope")
+
+
+def test_real_timing_on_cpu_never_picks_csr_at_high_density(gen):
+    """At 50 % density CSR is excluded; at 1 % on a big layer it must win the measurement."""
+    from sparse_kernels_cuda.dispatch import time_backend
+    from sparse_kernels_cuda.formats import CsrPlan
+
+    w = torch.randn(1024, 1024, generator=gen)
+    x = torch.randn(128, 1024, generator=gen)
+    d = Dispatcher([CsrBackend()], MaskedDenseBackend())
+    mask = torch.rand(1024, 1024, generator=gen) < 0.01
+    plans = {"csr": CsrPlan.from_mask(mask), "masked-dense": mask}
+
+    def run(b):
+        return time_backend(b, x, w, None, plans[b.name], True)
+
+    assert d.choose(key(0.01), run).name == "csr"
+    t = d.timings[key(0.01)]
+    assert t["csr"] < t["masked-dense"]
