@@ -115,6 +115,7 @@ class Sparsifier:
         self.history: list[TopologyReport] = []
         self._handles: list[Any] = []
         self._original_forwards: dict[str, Any] = {}
+        self._mask_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
         # -- plugins ---------------------------------------------------------
         all_options = {**(algorithm_options or {}), **options}
@@ -268,7 +269,18 @@ class Sparsifier:
             for layer in self.layers.values():
                 grad = layer.weight.grad
                 if grad is not None:
-                    grad.mul_(layer.mask)
+                    grad.mul_(self._mask_like(layer, grad))
+
+    def _mask_like(self, layer: SparseLayer, tensor: torch.Tensor) -> torch.Tensor:
+        # Multiplying by a bool mask takes a slow mixed-dtype path (about 7x a same-dtype multiply on
+        # CPU), so the per-step hooks use a copy of the mask in the tensor's dtype, rebuilt whenever
+        # the engine replaces the mask (it never changes a mask in place).
+        cached = self._mask_cache.get(layer.name)
+        if cached is None or cached[0] is not layer.mask or cached[1].dtype != tensor.dtype \
+                or cached[1].device != tensor.device:
+            cached = (layer.mask, layer.mask.to(device=tensor.device, dtype=tensor.dtype))
+            self._mask_cache[layer.name] = cached
+        return cached[1]
 
     @staticmethod
     def _step_was_skipped(optimizer, kwargs) -> bool:
@@ -288,7 +300,7 @@ class Sparsifier:
         if self.policy.mask_weights:
             with torch.no_grad():
                 for layer in self.layers.values():
-                    layer.weight.mul_(layer.mask)
+                    layer.weight.mul_(self._mask_like(layer, layer.weight))
         self.step += 1
         self.manager.hook.on_step(sparsifier=self, step=self.step)
 
