@@ -79,20 +79,27 @@ def test_force_and_unknown_force():
         Dispatcher([Fake("a")], MaskedDenseBackend(), force="nope")
 
 
-def test_real_timing_on_cpu_never_picks_csr_at_high_density(gen):
-    """At 50 % density CSR is excluded; at 1 % on a big layer it must win the measurement."""
+def test_real_timing_on_cpu_picks_csr_only_when_sparse(gen):
+    """At 50 % density CSR is not even tried; at 1 % on a big layer it wins the measurement.
+
+    The machine may be shared, so the measured decision gets three attempts.
+    """
     from sparse_kernels_cuda.dispatch import time_backend
     from sparse_kernels_cuda.formats import CsrPlan
 
     w = torch.randn(1024, 1024, generator=gen)
-    x = torch.randn(128, 1024, generator=gen)
-    d = Dispatcher([CsrBackend()], MaskedDenseBackend())
+    x = torch.randn(256, 1024, generator=gen)
     mask = torch.rand(1024, 1024, generator=gen) < 0.01
     plans = {"csr": CsrPlan.from_mask(mask), "masked-dense": mask}
 
     def run(b):
         return time_backend(b, x, w, None, plans[b.name], True)
 
-    assert d.choose(key(0.01), run).name == "csr"
-    t = d.timings[key(0.01)]
-    assert t["csr"] < t["masked-dense"]
+    assert Dispatcher([CsrBackend()], MaskedDenseBackend()).choose(key(0.5), run).name == "masked-dense"
+    decisions = []
+    for _ in range(3):
+        d = Dispatcher([CsrBackend()], MaskedDenseBackend(), repeats=2)
+        decisions.append(d.choose(key(0.01), run).name)
+        if decisions[-1] == "csr":
+            break
+    assert decisions[-1] == "csr", decisions

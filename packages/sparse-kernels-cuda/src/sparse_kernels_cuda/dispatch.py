@@ -151,8 +151,11 @@ class Dispatcher:
             return self.by_name(name)
         cands = self.candidates(key)
         if self.force is not None:
-            if self.force == self.fallback.name or self.force in {b.name for b in cands}:
-                chosen = self.by_name(self.force)
+            forced = self.by_name(self.force)
+            if forced is self.fallback or (
+                forced.is_available() and forced.supports(key.shape, key.dtype, key.pattern, key.device)
+            ):
+                chosen = forced
             else:
                 log.warning("backend %r does not support %s; using %s", self.force, key, self.fallback.name)
                 chosen = self.fallback
