@@ -1,4 +1,4 @@
-"""MkDocs hook: embed benchmark result tables from ``benchmarks/results/`` into the docs.
+"""MkDocs hooks: embed benchmark result tables, and API sections of modules that may be absent.
 
 A page writes ``<!-- results: GLOB [GLOB ...] -->`` on a line of its own (e.g.
 ``<!-- results: dsd*.md -->``); the hook replaces it with every matching
@@ -7,6 +7,10 @@ below the page's own, or with a note saying how to produce the results when no
 file matches. Links and images in the embedded files that point at local files
 become plain text, since those files are not part of the site, so a missing or
 changing results file never breaks ``mkdocs build --strict``.
+
+``<!-- api: package.module -->`` becomes ``::: package.module`` (rendered by
+mkdocstrings) when the module exists under ``packages/*/src/``, and a note
+otherwise: for parts of a package that are optional or still being written.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import re
 from pathlib import Path
 
 RESULTS_DIR = Path("benchmarks") / "results"
+_API = re.compile(r"^<!-- api: (?P<module>[\w.]+) -->[ \t]*$", re.MULTILINE)
 _MARKER = re.compile(r"^<!-- results: (?P<glob>[^>]+?) -->[ \t]*$", re.MULTILINE)
 _HEADING = re.compile(r"^(#{1,6})(?= )", re.MULTILINE)
 _FENCE = re.compile(r"^(```|~~~)")
@@ -50,7 +55,17 @@ def render_results(root: Path, patterns: str) -> str:
     return "\n".join(parts)
 
 
+def render_api(root: Path, module: str) -> str:
+    """The Markdown that replaces one ``<!-- api: module -->`` marker."""
+    rel = Path(*module.split("."))
+    for src in sorted(root.glob("packages/*/src")):
+        if (src / rel / "__init__.py").is_file() or (src / rel).with_suffix(".py").is_file():
+            return f"::: {module}\n"
+    return f'!!! note "Not in this checkout"\n    The module `{module}` is not part of this checkout.\n'
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    """Replace every results marker on the page."""
+    """Replace every results and API marker on the page."""
     root = Path(config["config_file_path"]).parent
+    markdown = _API.sub(lambda m: render_api(root, m.group("module")), markdown)
     return _MARKER.sub(lambda m: render_results(root, m.group("glob").strip()), markdown)

@@ -43,3 +43,15 @@ def test_markers_on_a_page_are_replaced(tmp_path: Path) -> None:
     page = "intro\n\n<!-- results: dsd*.md swat*.md -->\n\nend\n"
     out = _hooks().on_page_markdown(page, None, config, None)
     assert out == "intro\n\n<small>From `benchmarks/results/dsd.md`.</small>\n\n| a |\n|---|\n| 1 |\n\n\nend\n"
+
+
+def test_api_marker_renders_present_modules_and_notes_absent_ones(tmp_path: Path) -> None:
+    pkg = tmp_path / "packages" / "core" / "src" / "core"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "engine.py").write_text("")
+    hooks = _hooks()
+    assert hooks.render_api(tmp_path, "core") == "::: core\n"
+    assert hooks.render_api(tmp_path, "core.engine") == "::: core.engine\n"
+    assert hooks.render_api(tmp_path, "core.train") == ('!!! note "Not in this checkout"\n'
+                                                        "    The module `core.train` is not part of this checkout.\n")

