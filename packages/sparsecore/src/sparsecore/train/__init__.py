@@ -1,0 +1,32 @@
+"""The training job behind ``sparsecore train`` and ``sparsecore reproduce``.
+
+Example:
+    ```python
+    from sparsecore.train import TrainConfig, run_training, resume_training
+
+    result = run_training(TrainConfig(algorithm="set", density=0.05, epochs=5))
+    print(f"{result.test_accuracy:.2%} at density {result.density:.3f}; run folder {result.run_dir}")
+    resume_training(result.run_dir, epochs=10)   # train five more epochs
+    ```
+"""
+
+from sparsecore.train.config import TrainConfig, parse_options, parse_value
+from sparsecore.train.job import RunResult, evaluate, load_checkpoint, resume_training, run_training, train_epoch
+from sparsecore.train.recipes import RECIPES, Recipe, get_recipe, list_recipes, recipe_config
+
+__all__ = [
+    "RECIPES",
+    "Recipe",
+    "RunResult",
+    "TrainConfig",
+    "evaluate",
+    "get_recipe",
+    "list_recipes",
+    "load_checkpoint",
+    "parse_options",
+    "parse_value",
+    "recipe_config",
+    "resume_training",
+    "run_training",
+    "train_epoch",
+]

@@ -1,0 +1,136 @@
+"""``sparsecore train``: the command-line face of :func:`sparsecore.train.run_training`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from sparsecore.errors import SparsecoreError
+from sparsecore.train.config import LR_SCHEDULES, OPTIMIZERS, TrainConfig, parse_options
+from sparsecore.train.recipes import RECIPES, get_recipe
+
+S = argparse.SUPPRESS
+
+EPILOG = """examples:
+  sparsecore train                                  LeNet-300-100, MNIST, 5% density, 5 epochs
+  sparsecore train --dense                          the same recipe without sparsity
+  sparsecore train --algorithm set --density 0.02 --epochs 10 --option prune_rate=0.5
+  sparsecore train --recipe snfs-mnist              the sparse momentum paper's MNIST recipe
+  sparsecore train --resume runs/<folder>           continue a stopped run exactly
+recipes: """ + ", ".join(RECIPES)
+
+
+def _csv(kind: type):
+    def parse(text: str) -> list:
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    return parse
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``train`` subcommand to the ``sparsecore`` parser."""
+    p = subparsers.add_parser(
+        "train", help="train a reference model sparse (or dense) and leave a run folder with metrics and plots",
+        description="Train a reference model with a sparse training algorithm; writes "
+                    "runs/<timestamp>-<algorithm>-<model>/ (config.json, metrics.jsonl, checkpoint.pt, summary.md, "
+                    "plots). Flags override the --recipe values; unset flags keep the defaults.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=S)
+    d = TrainConfig()
+    g = p.add_argument_group("what to train")
+    g.add_argument("--recipe", metavar="NAME", help=f"a paper recipe: {', '.join(RECIPES)}")
+    g.add_argument("--algorithm", metavar="NAME",
+                   help="registered algorithm (see `sparsecore plugins`); default sparse-momentum, or set when "
+                        "sparse-momentum is not installed")
+    g.add_argument("--density", type=float, help=f"fraction of weights kept (default {d.density})")
+    g.add_argument("--distribution", metavar="NAME", help="per-layer densities: uniform, erk, er "
+                                                          "(default: the algorithm's choice, else uniform)")
+    g.add_argument("--option", action="append", metavar="KEY=VALUE", dest="option_items",
+                   help="algorithm option, repeatable; values parse as int/float/bool/JSON (e.g. prune_rate=0.5)")
+    g.add_argument("--plugins", nargs="+", metavar="NAME", help="extra non-algorithm plugins by name")
+    g.add_argument("--dense", action="store_true", help="train the same recipe without sparsity (baseline)")
+    g.add_argument("--model", metavar="NAME", help=f"reference model (default {d.model})")
+    g.add_argument("--dataset", metavar="NAME", help=f"mnist, fashion-mnist, cifar10, cifar100, imagenet, random "
+                                                     f"(default {d.dataset})")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--epochs", type=int, help=f"default {d.epochs}")
+    g.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
+    g.add_argument("--lr", type=float, help=f"initial learning rate (default {d.lr})")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {d.optimizer}")
+    g.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum})")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum (default on)")
+    g.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay}")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help=f"step: x gamma every --lr-step-size iterations; multistep: x gamma at --lr-milestones "
+                        f"epochs; cosine: to 0 over the run; none (default {d.lr_schedule})")
+    g.add_argument("--lr-step-size", type=int, metavar="ITERS", help=f"default {d.lr_step_size}")
+    g.add_argument("--lr-gamma", type=float, help=f"default {d.lr_gamma}")
+    g.add_argument("--lr-milestones", type=_csv(int), metavar="E1,E2", help="epochs of the multistep decays")
+    g.add_argument("--seed", type=int, help=f"default {d.seed}")
+    g = p.add_argument_group("data and machine")
+    g.add_argument("--data-dir", metavar="DIR", help="torchvision data directory (default: offline packages)")
+    g.add_argument("--download", action="store_true", help="let torchvision download missing data")
+    g.add_argument("--augment", action="store_true", help="use the dataset's training augmentation (CIFAR)")
+    g.add_argument("--limit-train", type=int, metavar="N", help="train on the first N samples only")
+    g.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N test samples only")
+    g.add_argument("--device", choices=("cpu", "cuda", "auto"), help="default auto")
+    g.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    g = p.add_argument_group("output")
+    g.add_argument("--runs-dir", metavar="DIR", help=f"parent of run folders (default {d.runs_dir}/)")
+    g.add_argument("--run-name", metavar="NAME", help="run folder name (default <timestamp>-<algorithm>-<model>)")
+    g.add_argument("--no-plots", action="store_false", dest="plots", help="skip the PNG plots")
+    g.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    g.add_argument("--resume", metavar="PATH", help="continue the run in this folder (or checkpoint file)")
+    g.add_argument("--stop-after", type=int, metavar="N",
+                   help="stop after N epochs of this invocation, leaving a resumable checkpoint")
+    p.set_defaults(func=train_command)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Build the config from parsed flags: defaults, then the recipe, then explicit flags.
+
+    Raises:
+        ConfigurationError: unknown recipe, bad option syntax or value.
+    """
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "resume", "option_items", "recipe")}
+    values: dict[str, Any] = {}
+    recipe = getattr(args, "recipe", None)
+    if recipe is not None:
+        values.update(get_recipe(recipe).values)
+        values["recipe"] = recipe
+    options = dict(values.get("options", {}))
+    options.update(parse_options(getattr(args, "option_items", None) or []))
+    if "plugins" in given:
+        given["plugins"] = [n for item in given["plugins"] for n in item.split(",") if n]
+    values.update(given)
+    if options:
+        values["options"] = options
+    if values.get("dense"):
+        values.pop("options", None)
+        if "option_items" in vars(args):
+            values["options"] = parse_options(args.option_items)  # validate() rejects them with a clear message
+    return TrainConfig.from_dict(values).validate()
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """Run ``sparsecore train``; errors print one clear line and return 2."""
+    from sparsecore.data import DatasetIntegrityError, DatasetUnavailableError
+    from sparsecore.train.job import resume_training, run_training
+
+    try:
+        if getattr(args, "resume", None) is not None:
+            given = {k for k in vars(args) if k not in ("func", "command", "resume")}
+            resume_training(args.resume, **{k: getattr(args, k) for k in given})
+        else:
+            run_training(config_from_args(args))
+    except (SparsecoreError, DatasetUnavailableError, DatasetIntegrityError, ValueError) as exc:
+        print(f"sparsecore train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nsparsecore train: interrupted; the run folder keeps the checkpoint of the last finished epoch "
+              "(continue with --resume <run folder>)", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,516 @@
+"""The training job: data, model, optimizer, engine, loop, evaluation, checkpoints and the run folder."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsecore.errors import CheckpointError, ConfigurationError
+from sparsecore.layers import DEFAULT_LAYER_TYPES
+from sparsecore.plugins import registry
+from sparsecore.sparsifier import Sparsifier
+from sparsecore.train import rundir
+from sparsecore.train.config import DEFAULT_ALGORITHM, FALLBACK_ALGORITHM, TrainConfig, flag_name
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+#: Config fields that may change when a run is resumed; everything else comes from the checkpoint.
+RESUME_OVERRIDABLE = ("epochs", "stop_after", "device", "threads", "quiet", "plots")
+
+
+@dataclass
+class RunResult:
+    """What a finished (or stopped) run leaves behind.
+
+    Attributes:
+        run_dir: the run folder.
+        config: the resolved configuration (algorithm name filled in).
+        metrics: one record per completed epoch (the lines of ``metrics.jsonl``).
+        test_accuracy: final test accuracy in [0, 1].
+        test_loss: final mean test loss.
+        density: final density of the sparse layers (1.0 for ``dense``).
+        train_flops_ratio: sparse over dense training FLOPs of the sparse layers.
+        layers: per-layer rows: name, shape, density, nnz, numel, train FLOPs ratio.
+        wall_seconds: wall time of this call (data loading to summary).
+        train_seconds: time spent in training steps over all epochs of the run.
+        epochs_done: epochs completed so far (less than ``config.epochs`` after ``stop_after``).
+        completed: whether the run reached ``config.epochs``.
+        notices: one-line notices printed during the run (e.g. the algorithm fallback).
+        model: the trained model.
+        sparsifier: the engine (``None`` for ``dense``).
+    """
+
+    run_dir: Path
+    config: TrainConfig
+    metrics: list[dict[str, Any]]
+    test_accuracy: float
+    test_loss: float
+    density: float
+    train_flops_ratio: float | None
+    layers: list[dict[str, Any]]
+    wall_seconds: float
+    train_seconds: float
+    epochs_done: int
+    completed: bool
+    notices: list[str] = field(default_factory=list)
+    model: nn.Module | None = None
+    sparsifier: Sparsifier | None = None
+
+    @property
+    def test_error(self) -> float:
+        """``1 - test_accuracy``."""
+        return 1.0 - self.test_accuracy
+
+
+class TrainBatches:
+    """A re-iterable over shuffled training batches, for algorithms that take a ``loader`` (SNIP).
+
+    It has its own seeded generator, so handing it to a plugin does not change
+    the training data order.
+
+    Args:
+        split: the training split.
+        batch_size: samples per batch.
+        seed: seed of the shuffle.
+    """
+
+    def __init__(self, split: Any, batch_size: int, seed: int) -> None:
+        self.split = split
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.split.batches(self.batch_size, shuffle=True, generator=self.generator)
+
+    def __len__(self) -> int:
+        return self.split.num_batches(self.batch_size)
+
+
+# ----------------------------------------------------------------------
+# resolution of names
+# ----------------------------------------------------------------------
+def resolve_algorithm(config: TrainConfig) -> tuple[str, list[str]]:
+    """The algorithm a config trains with, and the notices that choice produced.
+
+    ``algorithm=None`` means :data:`DEFAULT_ALGORITHM`, or :data:`FALLBACK_ALGORITHM`
+    with a notice when that is not installed. ``dense`` gives ``"dense"``.
+
+    Raises:
+        UnknownAlgorithmError: an explicitly named algorithm nobody registered.
+    """
+    if config.dense:
+        return "dense", []
+    if config.algorithm is None:
+        registry.load()
+        if DEFAULT_ALGORITHM in registry.algorithms:
+            return DEFAULT_ALGORITHM, []
+        notice = (f"note: the default algorithm '{DEFAULT_ALGORITHM}' is not installed, so this run uses the core "
+                  f"'{FALLBACK_ALGORITHM}' algorithm instead; install it with `pip install {DEFAULT_ALGORITHM}` "
+                  f"(in the monorepo: `pip install -e packages/{DEFAULT_ALGORITHM}`)")
+        return FALLBACK_ALGORITHM, [notice]
+    registry.algorithm(config.algorithm)  # raises with the list of available names
+    return config.algorithm, []
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``auto`` (CUDA when available) as a device.
+
+    Raises:
+        ConfigurationError: ``cuda`` without a CUDA device.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError("--device cuda, but torch sees no CUDA device (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def _load_data(config: TrainConfig, device: torch.device, input_shape: tuple[int, ...], num_classes: int):
+    from sparsecore import data
+
+    if config.dataset == "random":
+        return data.random_dataset(input_shape, num_classes, n_train=config.limit_train or 1024,
+                                   n_test=config.limit_test or 256, seed=config.seed, device=device)
+    return data.load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
+                             limit_train=config.limit_train, limit_test=config.limit_test, device=device)
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer a config names, over all of the model's parameters."""
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               nesterov=bool(config.nesterov and config.momentum > 0), weight_decay=config.weight_decay)
+    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """The learning-rate schedule, stepped once per optimizer step (``None`` for ``"none"``)."""
+    sched = torch.optim.lr_scheduler
+    if config.lr_schedule == "step":
+        return sched.StepLR(optimizer, step_size=config.lr_step_size, gamma=config.lr_gamma)
+    if config.lr_schedule == "multistep":
+        return sched.MultiStepLR(optimizer, [m * steps_per_epoch for m in config.lr_milestones], gamma=config.lr_gamma)
+    if config.lr_schedule == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=steps_per_epoch * config.epochs)
+    return None
+
+
+def _algorithm_options(config: TrainConfig, algorithm: str, train_split: Any) -> dict[str, Any]:
+    options = dict(config.options)
+    try:
+        params = inspect.signature(registry.algorithm(algorithm).factory).parameters
+    except (TypeError, ValueError):
+        return options
+    if "loader" in params and "loader" not in options and "batch" not in options:
+        options["loader"] = TrainBatches(train_split, config.batch_size, config.seed + 1)
+    return options
+
+
+def algorithm_phase(sparsifier: Sparsifier | None) -> str | None:
+    """The algorithm's current phase when it exposes a string ``phase`` attribute (DSD), else ``None``."""
+    if sparsifier is None:
+        return None
+    phase = getattr(sparsifier.algorithm, "phase", None)
+    return phase if isinstance(phase, str) else None
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules of the engine's default layer types with a weight, in model order."""
+    types = tuple(DEFAULT_LAYER_TYPES)
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, types) and isinstance(getattr(m, "weight", None), torch.Tensor)}
+
+
+def layer_densities(model: nn.Module, sparsifier: Sparsifier | None) -> dict[str, float]:
+    """Density of each sparse layer (each prunable layer's nonzero fraction for dense runs)."""
+    if sparsifier is not None:
+        return {name: layer.density for name, layer in sparsifier.layers.items()}
+    return {n: float(torch.count_nonzero(m.weight)) / m.weight.numel() for n, m in prunable_layers(model).items()}
+
+
+def layer_rows(model: nn.Module, sparsifier: Sparsifier | None) -> tuple[list[dict[str, Any]], float, float | None]:
+    """Per-layer rows, overall density and training-FLOPs ratio for the summary."""
+    if sparsifier is not None:
+        report = sparsifier.report()
+        rows = []
+        for s in report.layers:
+            ratio = None if s.forward_flops is None else (s.forward_flops + s.backward_flops) / (3 * s.dense_forward_flops)
+            rows.append({"name": s.name, "shape": list(s.shape), "density": s.density, "nnz": s.nnz,
+                         "numel": s.numel, "train_flops_ratio": ratio})
+        return rows, report.density, report.train_flops_ratio
+    rows = []
+    for name, module in prunable_layers(model).items():
+        nnz, numel = int(torch.count_nonzero(module.weight)), module.weight.numel()
+        rows.append({"name": name, "shape": list(module.weight.shape), "density": nnz / numel, "nnz": nnz,
+                     "numel": numel, "train_flops_ratio": 1.0})
+    nnz, numel = sum(r["nnz"] for r in rows), sum(r["numel"] for r in rows)
+    return rows, (nnz / numel if numel else 1.0), 1.0
+
+
+# ----------------------------------------------------------------------
+# loop pieces
+# ----------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Any, batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on a split (eval mode, restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = 0
+    for x, y in split.batches(batch_size, shuffle=False):
+        out = model(x)
+        loss_sum += F.cross_entropy(out, y, reduction="sum").double().cpu()
+        correct += int((out.argmax(1) == y).sum())
+    model.train(was_training)
+    n = max(len(split), 1)
+    return float(loss_sum) / n, correct / n
+
+
+def _progress(total: int, desc: str, quiet: bool):
+    if quiet:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is in the train extra
+        return None
+    return tqdm(total=total, desc=desc, unit="step", leave=True, dynamic_ncols=True, file=sys.stderr)
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, split: Any, batch_size: int,
+                generator: torch.Generator, augment: bool = False, sparsifier: Sparsifier | None = None,
+                bar: Any = None, refresh_every: int = 25) -> tuple[float, float]:
+    """One epoch over ``split``; returns mean training loss and accuracy.
+
+    Args:
+        model: the model, put in training mode.
+        optimizer: its optimizer (the engine's hooks, if any, are on it).
+        scheduler: a per-step LR scheduler or ``None``.
+        split: the training split.
+        batch_size: samples per batch.
+        generator: the data-order generator (advanced by the epoch's shuffle).
+        augment: apply the split's training augmentation.
+        sparsifier: the engine, for the density shown in the progress bar.
+        bar: a tqdm bar to advance, or ``None``.
+        refresh_every: steps between updates of the bar's loss/accuracy/density.
+    """
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=next(model.parameters()).device)
+    correct = torch.zeros((), dtype=torch.int64, device=loss_sum.device)
+    seen = 0
+    for i, (x, y) in enumerate(split.batches(batch_size, shuffle=True, generator=generator, augment=augment or None)):
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        with torch.no_grad():
+            loss_sum += loss.detach().double() * y.shape[0]
+            correct += (out.argmax(1) == y).sum()
+        seen += y.shape[0]
+        if bar is not None:
+            bar.update(1)
+            if i % refresh_every == 0:
+                density = sparsifier.nnz / sum(l.capacity for l in sparsifier.layers.values()) if sparsifier else 1.0
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.2%}",
+                                density=f"{density:.4f}", refresh=False)
+    seen = max(seen, 1)
+    return float(loss_sum) / seen, int(correct) / seen
+
+
+def _rng_state(data_generator: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "data": data_generator.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], data_generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    data_generator.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """Load a run's checkpoint (``weights_only=True``) from a run folder or a checkpoint file.
+
+    Returns:
+        The checkpoint dict and the run folder.
+
+    Raises:
+        CheckpointError: no checkpoint there, or not one written by this job.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no run folder or checkpoint file at {path}")
+    file = path / CHECKPOINT_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise CheckpointError(f"no checkpoint at {file} (pass a run folder or its {CHECKPOINT_NAME})")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+        raise CheckpointError(f"cannot read checkpoint {file}: {exc}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{file} is not a sparsecore train checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt, file.parent
+
+
+def _save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    tmp = run_dir / (CHECKPOINT_NAME + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(run_dir / CHECKPOINT_NAME)
+
+
+# ----------------------------------------------------------------------
+# the job
+# ----------------------------------------------------------------------
+def run_training(config: TrainConfig | None = None, **changes: Any) -> RunResult:
+    """Train a reference model as ``config`` says and leave a run folder.
+
+    The run folder ``<runs_dir>/<timestamp>-<algorithm>-<model>/`` receives
+    ``config.json``, ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt``
+    (rewritten after every epoch; resumable with :func:`resume_training`),
+    ``summary.md`` and the PNG plots.
+
+    Example:
+        ```python
+        from sparsecore.train import TrainConfig, run_training
+        result = run_training(TrainConfig(epochs=1, limit_train=2000, limit_test=1000))
+        print(result.test_accuracy, result.run_dir)
+        ```
+
+    Args:
+        config: the run's configuration (default: the bare ``sparsecore train``).
+        **changes: fields to change on ``config`` (``run_training(epochs=1)``).
+
+    Returns:
+        The :class:`RunResult`.
+
+    Raises:
+        ConfigurationError: bad configuration (names the flag), unknown algorithm, model or dataset.
+        DatasetUnavailableError: the dataset is not on this machine (the message says how to get it).
+    """
+    config = (config or TrainConfig()).replace(**changes) if changes else (config or TrainConfig())
+    return _run(config.validate(), checkpoint=None, run_dir=None)
+
+
+def resume_training(path: str | Path, **overrides: Any) -> RunResult:
+    """Continue a run from its checkpoint, exactly where it stopped.
+
+    On the CPU the continued run is bit-for-bit the run that was never
+    interrupted (same weights, masks and metrics), as long as the thread count
+    is the same. Changing ``epochs`` extends (or shortens) the run; the LR and
+    sparsity schedules then span the new length from the resumed step on.
+
+    Args:
+        path: the run folder, or its ``checkpoint.pt``.
+        **overrides: fields in :data:`RESUME_OVERRIDABLE` to change.
+
+    Raises:
+        CheckpointError: missing or foreign checkpoint.
+        ConfigurationError: an override that cannot change on resume, or nothing left to train.
+    """
+    bad = sorted(set(overrides) - set(RESUME_OVERRIDABLE))
+    if bad:
+        raise ConfigurationError(f"{', '.join(map(flag_name, bad))} cannot change when resuming: a resumed run keeps "
+                                 f"its configuration (changeable: {', '.join(map(flag_name, RESUME_OVERRIDABLE))})")
+    ckpt, run_dir = load_checkpoint(path)
+    config = TrainConfig.from_dict(ckpt["config"])
+    config = config.replace(stop_after=None, **{k: v for k, v in overrides.items() if v is not None or k == "stop_after"})
+    config.validate()
+    if ckpt["epoch"] >= config.epochs:
+        raise ConfigurationError(f"the run in {run_dir} has already trained {ckpt['epoch']}/{config.epochs} epochs; "
+                                 f"pass a larger --epochs to train further")
+    return _run(config, checkpoint=ckpt, run_dir=run_dir)
+
+
+def _run(config: TrainConfig, checkpoint: dict[str, Any] | None, run_dir: Path | None) -> RunResult:
+    from sparsecore.models import create_model, model_info
+
+    started = time.perf_counter()
+    say = rundir.Printer(config.quiet)
+    algorithm, notices = resolve_algorithm(config)
+    for notice in notices:
+        say.notice(notice)
+    info = model_info(config.model)  # validates the name before any heavy work
+    device = resolve_device(config.device)
+    previous_threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        dataset = _load_data(config, device, info.input_shape, info.num_classes)
+        if tuple(dataset.input_shape) != tuple(info.input_shape):
+            raise ConfigurationError(f"model {config.model!r} takes inputs of shape {info.input_shape}, but dataset "
+                                     f"{config.dataset!r} has {tuple(dataset.input_shape)}; pick a matching "
+                                     f"--model/--dataset pair")
+        resolved = config.replace(algorithm=None if config.dense else algorithm)
+        torch.manual_seed(config.seed)
+        model = create_model(config.model, num_classes=dataset.num_classes).to(device)
+        optimizer = make_optimizer(config, model)
+        steps_per_epoch = dataset.train.num_batches(config.batch_size)
+        if steps_per_epoch == 0:
+            raise ConfigurationError(f"dataset {config.dataset!r} has no training samples")
+        scheduler = make_scheduler(config, optimizer, steps_per_epoch)
+        sparsifier = None
+        if not config.dense:
+            sparsifier = Sparsifier(model, optimizer, algorithm=algorithm, density=config.density,
+                                    distribution=config.distribution, total_steps=steps_per_epoch * config.epochs,
+                                    plugins=list(config.plugins), seed=config.seed,
+                                    algorithm_options=_algorithm_options(config, algorithm, dataset.train))
+        data_generator = torch.Generator().manual_seed(config.seed)
+
+        metrics: list[dict[str, Any]] = []
+        start_epoch = 0
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            if scheduler is not None and checkpoint.get("scheduler") is not None:
+                scheduler.load_state_dict(checkpoint["scheduler"])
+            if sparsifier is not None:
+                sparsifier.load_state_dict(checkpoint["sparsifier"])
+            _set_rng_state(checkpoint["rng"], data_generator)
+            start_epoch = int(checkpoint["epoch"])
+            if config.epochs != checkpoint["config"]["epochs"]:
+                say.notice(f"note: the run was planned for {checkpoint['config']['epochs']} epochs and now trains "
+                           f"{config.epochs}; its schedules span the new length from here on")
+            metrics = rundir.read_metrics(run_dir)[:start_epoch]
+            say.line(f"resuming {run_dir} after epoch {start_epoch}/{config.epochs}")
+        else:
+            run_dir = rundir.create_run_dir(config.runs_dir, config.run_name, "dense" if config.dense else algorithm,
+                                            config.model)
+        assert run_dir is not None
+        rundir.write_config(run_dir, resolved, algorithm=algorithm, dataset=dataset, model=model,
+                            notices=notices, device=device)
+        rundir.write_metrics(run_dir, metrics)
+        say.line(f"run folder {run_dir}  ({'dense' if config.dense else algorithm}, {config.model} on "
+                 f"{dataset.name} [{dataset.source}], {len(dataset.train)} train / {len(dataset.test)} test, "
+                 f"{device}, {torch.get_num_threads()} threads)")
+
+        end_epoch = config.epochs if config.stop_after is None else min(config.epochs, start_epoch + config.stop_after)
+        for epoch in range(start_epoch, end_epoch):
+            bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", config.quiet)
+            phase = algorithm_phase(sparsifier)
+            tick = time.perf_counter()
+            train_loss, train_acc = train_epoch(model, optimizer, scheduler, dataset.train, config.batch_size,
+                                                data_generator, config.augment, sparsifier, bar)
+            epoch_seconds = time.perf_counter() - tick
+            if bar is not None:
+                bar.close()
+            tick = time.perf_counter()
+            test_loss, test_acc = evaluate(model, dataset.test, config.eval_batch_size)
+            eval_seconds = time.perf_counter() - tick
+            densities = layer_densities(model, sparsifier)
+            overall = (sparsifier.nnz / sum(l.capacity for l in sparsifier.layers.values())) if sparsifier else 1.0
+            record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "train_loss": train_loss,
+                      "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc, "density": overall,
+                      "layer_densities": densities, "lr": optimizer.param_groups[0]["lr"],
+                      "epoch_seconds": epoch_seconds, "eval_seconds": eval_seconds}
+            if phase is not None:
+                record["phase"] = phase
+            if sparsifier is not None:
+                tick = time.perf_counter()
+                sparsifier.epoch_end(epoch)
+                record["update_seconds"] = time.perf_counter() - tick
+            metrics.append(record)
+            rundir.append_metrics(run_dir, record)
+            _save_checkpoint(run_dir, {
+                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "config": resolved.to_dict(),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "sparsifier": None if sparsifier is None else sparsifier.state_dict(),
+                "rng": _rng_state(data_generator)})
+            say.line(rundir.epoch_line(record, config.epochs))
+
+        rows, density, flops_ratio = layer_rows(model, sparsifier)
+        last = metrics[-1] if metrics else {}
+        result = RunResult(
+            run_dir=run_dir, config=resolved, metrics=metrics, test_accuracy=last.get("test_acc", math.nan),
+            test_loss=last.get("test_loss", math.nan), density=density, train_flops_ratio=flops_ratio, layers=rows,
+            wall_seconds=0.0, train_seconds=sum(m["epoch_seconds"] for m in metrics), epochs_done=len(metrics),
+            completed=len(metrics) >= config.epochs, notices=notices, model=model, sparsifier=sparsifier)
+        if config.plots and metrics:
+            from sparsecore.train import plots
+
+            plots.write_plots(run_dir, metrics, title=rundir.run_title(resolved, algorithm, dataset.name),
+                              dense=config.dense)
+        result.wall_seconds = time.perf_counter() - started
+        rundir.write_summary(run_dir, result, algorithm)
+        say.summary(result, algorithm)
+        return result
+    finally:
+        if config.threads is not None:
+            torch.set_num_threads(previous_threads)

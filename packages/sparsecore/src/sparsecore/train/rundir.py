@@ -1,0 +1,163 @@
+"""The run folder (config, metrics, summary) and the job's console output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sparsecore.__about__ import __version__
+
+if TYPE_CHECKING:
+    from sparsecore.train.config import TrainConfig
+    from sparsecore.train.job import RunResult
+
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.jsonl"
+SUMMARY_NAME = "summary.md"
+
+
+def create_run_dir(runs_dir: str | Path, run_name: str | None, algorithm: str, model: str) -> Path:
+    """Create ``<runs_dir>/<run_name>`` (default ``<timestamp>-<algorithm>-<model>``), unique with a ``-N`` suffix."""
+    base = run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{algorithm}-{model}"
+    root = Path(runs_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    path, n = root / base, 1
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+            path = root / f"{base}-{n}"
+
+
+def write_config(run_dir: Path, config: TrainConfig, *, algorithm: str, dataset: Any, model: torch.nn.Module,
+                 notices: list[str], device: torch.device) -> None:
+    """Write ``config.json``: the configuration plus what it resolved to on this machine."""
+    data = {"config": config.to_dict(),
+            "resolved": {"algorithm": "dense" if config.dense else algorithm, "dataset_source": dataset.source,
+                         "train_samples": len(dataset.train), "test_samples": len(dataset.test),
+                         "parameters": sum(p.numel() for p in model.parameters()), "device": str(device),
+                         "threads": torch.get_num_threads()},
+            "environment": {"sparsecore": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                            "platform": platform.platform(), "command": sys.argv},
+            "notices": notices}
+    (run_dir / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    """(Re)write ``metrics.jsonl`` with ``records``."""
+    (run_dir / METRICS_NAME).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one epoch's record to ``metrics.jsonl``."""
+    with open(run_dir / METRICS_NAME, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir: Path | str) -> list[dict[str, Any]]:
+    """The records of a run folder's ``metrics.jsonl`` (empty when absent)."""
+    path = Path(run_dir) / METRICS_NAME
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_title(config: TrainConfig, algorithm: str, dataset: str) -> str:
+    """A one-line title: algorithm, model, dataset, density."""
+    what = "dense" if config.dense else f"{algorithm} at {config.density:.0%} density"
+    return f"{config.model} on {dataset}, {what}"
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """The line printed after each epoch."""
+    phase = f"  phase {record['phase']}" if "phase" in record else ""
+    return (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2%} | "
+            f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.2%} | density {record['density']:.4f} | "
+            f"lr {record['lr']:.3g} | {record['epoch_seconds']:.1f} s{phase}")
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def layer_table(layers: list[dict[str, Any]], density: float, flops_ratio: float | None) -> str:
+    """Markdown table of the per-layer rows and the total."""
+    out = ["| layer | shape | density | nonzeros / weights | train FLOPs vs dense |", "|---|---|---|---|---|"]
+    for r in layers:
+        out.append(f"| {r['name']} | {'x'.join(map(str, r['shape']))} | {r['density']:.4f} | "
+                   f"{r['nnz']:,} / {r['numel']:,} | {_fmt_ratio(r['train_flops_ratio'])} |")
+    nnz, numel = sum(r["nnz"] for r in layers), sum(r["numel"] for r in layers)
+    out.append(f"| **total** | | {density:.4f} | {nnz:,} / {numel:,} | {_fmt_ratio(flops_ratio)} |")
+    return "\n".join(out)
+
+
+def result_lines(result: RunResult, algorithm: str) -> list[str]:
+    """The headline numbers of a run, one per line."""
+    c = result.config
+    status = "" if result.completed else f" (stopped; resume with `sparsecore train --resume {result.run_dir}`)"
+    flops = "n/a" if result.train_flops_ratio is None else f"{result.train_flops_ratio:.3f}x dense"
+    return [
+        f"algorithm: {'dense' if c.dense else algorithm}   model: {c.model}   dataset: {c.dataset}",
+        f"epochs: {result.epochs_done}/{c.epochs}{status}",
+        f"test accuracy: {result.test_accuracy:.2%}   test error: {result.test_error:.2%}   test loss: {result.test_loss:.4f}",
+        f"density: {result.density:.4f}   training FLOPs (sparse layers): {flops}",
+        f"wall time: {result.wall_seconds:.1f} s   training time: {result.train_seconds:.1f} s",
+    ]
+
+
+def write_summary(run_dir: Path, result: RunResult, algorithm: str) -> None:
+    """Write ``summary.md``: headline numbers, layer table, per-epoch table, plots."""
+    c = result.config
+    lines = [f"# {run_title(c, algorithm, c.dataset)}", ""]
+    lines += [f"- {line}" for line in result_lines(result, algorithm)]
+    if c.recipe:
+        lines.append(f"- recipe: `{c.recipe}`")
+    for notice in result.notices:
+        lines.append(f"- {notice}")
+    lines += ["", "## Layers", "", layer_table(result.layers, result.density, result.train_flops_ratio), "",
+              "## Epochs", "",
+              "| epoch | train loss | train acc | test loss | test acc | density | lr | seconds |",
+              "|---|---|---|---|---|---|---|---|"]
+    for m in result.metrics:
+        phase = f" ({m['phase']})" if "phase" in m else ""
+        lines.append(f"| {m['epoch']}{phase} | {m['train_loss']:.4f} | {m['train_acc']:.2%} | {m['test_loss']:.4f} | "
+                     f"{m['test_acc']:.2%} | {m['density']:.4f} | {m['lr']:.3g} | {m['epoch_seconds']:.1f} |")
+    pngs = sorted(p.name for p in run_dir.glob("*.png"))
+    if pngs:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in pngs]
+    lines += ["", "## Configuration", "", "```json", json.dumps(c.to_dict(), indent=2), "```", ""]
+    (run_dir / SUMMARY_NAME).write_text("\n".join(lines))
+
+
+class Printer:
+    """Console output of the job; silent with ``quiet`` (notices go to stderr unless quiet)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def line(self, text: str) -> None:
+        """A progress line (stdout)."""
+        if not self.quiet:
+            print(text, flush=True)
+
+    def notice(self, text: str) -> None:
+        """A one-line notice (stderr)."""
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    def summary(self, result: RunResult, algorithm: str) -> None:
+        """The final summary: headline numbers and the layer table."""
+        if self.quiet:
+            return
+        print("\n" + "\n".join(result_lines(result, algorithm)))
+        print(layer_table(result.layers, result.density, result.train_flops_ratio))
+        print(f"run folder: {result.run_dir}  (summary.md, metrics.jsonl, checkpoint.pt"
+              f"{', plots' if result.config.plots else ''})", flush=True)
