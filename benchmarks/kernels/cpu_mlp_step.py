@@ -109,19 +109,18 @@ def main() -> None:
     load_before = os.getloadavg()
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, threads={args.threads}, load avg before {load_before[0]:.2f}")
-    rows = [run_density(d, args.steps, args.warmup) for d in args.densities]
-    load_after = os.getloadavg()
     if args.markdown:
         print("| density | masked dense step (ms) | plugin step (ms) | speed-up | backends (per sparse layer) | max loss diff |")
-        print("|---|---|---|---|---|---|")
-        for r in rows:
+        print("|---|---|---|---|---|---|", flush=True)
+    for d in args.densities:  # print each row as soon as it is measured
+        r = run_density(d, args.steps, args.warmup)
+        if args.markdown:
             be = ", ".join(f"{v}" for v in r["backends"].values())
             print(f"| {r['density']} | {r['dense_ms']:.1f} (IQR {r['dense_iqr_ms']:.1f}) | {r['plugin_ms']:.1f} "
-                  f"(IQR {r['plugin_iqr_ms']:.1f}) | **{r['speedup']:.2f}×** | {be} | {r['max_loss_diff']:.1e} |")
-    else:
-        for r in rows:
-            print(r)
-    print(f"# load avg after {load_after[0]:.2f}")
+                  f"(IQR {r['plugin_iqr_ms']:.1f}) | **{r['speedup']:.2f}×** | {be} | {r['max_loss_diff']:.1e} |", flush=True)
+        else:
+            print(r, flush=True)
+    print(f"# load avg after {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
