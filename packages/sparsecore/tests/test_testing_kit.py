@@ -13,6 +13,10 @@ from sparsecore.testing import make_sparsifier, make_tiny_model, train_steps
 
 pytest_plugins = ["pytester"]
 
+# The inner runs keep file order (pytest-randomly, installed by `hatch test`, would shuffle it)
+# and stay in one process.
+INNER_ARGS = ("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:xdist")
+
 
 class Recorder:
     """Records the steps and epochs the engine reports."""
@@ -58,7 +62,7 @@ def test_fixtures_come_from_the_pytest11_entry_point(pytester: pytest.Pytester) 
             assert len(s.history) == 2 and s.nnz == 688
         """
     )
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest(*INNER_ARGS)
     result.assert_outcomes(passed=4)
 
 
@@ -95,7 +99,7 @@ def test_register_algorithm_lasts_one_test(pytester: pytest.Pytester) -> None:
             assert registry.algorithms["set"].distribution == "sparsecore"
         """
     )
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest(*INNER_ARGS)
     result.assert_outcomes(passed=5)
     assert "kit-test-algo" not in registry.algorithms
     assert registry.algorithms["set"].distribution == "sparsecore"
@@ -117,7 +121,7 @@ def test_sparsifier_factory_detaches_after_the_test(pytester: pytest.Pytester) -
             assert s.step == 1
         """
     )
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest(*INNER_ARGS)
     result.assert_outcomes(passed=2)
 
 
