@@ -141,3 +141,18 @@ def test_bad_options_name_the_problem():
         SwatAlgorithm(period=0)
     with pytest.raises(ValueError, match="no layer runs SWAT"):
         hard_prune(nn.Linear(2, 2))
+
+
+def test_report_counts_swat_training_flops():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sp = sparsecore.Sparsifier(model, opt, algorithm=SwatAlgorithm(activation_density=0.5), density=0.25)
+    model(torch.randn(2, 1, 8, 8))
+    stats = {s.name: s for s in sp.report().layers}
+    # conv "3": 16x8x3x3 = 1,152 weights, 4x4 = 16 output positions; linear "6": 2,560 weights, 1 position.
+    conv, linear = stats["3"], stats["6"]
+    assert conv.forward_flops == 2 * 288 * 16
+    assert conv.backward_flops == 2 * 288 * 16 + 2 * 576 * 16
+    assert linear.forward_flops == 2 * 640
+    assert linear.backward_flops == 2 * 640 + 2 * 1280
+    assert "0" not in stats  # SWAT-U keeps the first layer dense

@@ -120,6 +120,24 @@ class SwatAlgorithm:
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
 
+    @sparsecore.hookimpl
+    def layer_train_flops(self, sparsifier: sparsecore.Sparsifier,
+                          layer: sparsecore.SparseLayer) -> tuple[int, int] | None:
+        """Training FLOPs per sample: top-K weights forward and for the input gradient, top-K activations for the weight gradient.
+
+        With ``P = layer.output_positions``, ``d_w``/``d_a`` the layer's weight
+        and activation densities: forward ``2·d_w·|W|·P``, backward
+        ``2·d_w·|W|·P + 2·d_a·|W|·P`` (the weight gradient is dense-shaped, but
+        each product only involves the kept input activations).
+        """
+        state = self.states.get(layer.name)
+        if state is None or layer.output_positions is None:
+            return None
+        positions, numel = layer.output_positions, layer.capacity
+        weights = round(state.weight_density * numel)
+        activations = round(state.activation_density * numel)
+        return 2 * weights * positions, 2 * weights * positions + 2 * activations * positions
+
     # -- training loop ----------------------------------------------------------
     @sparsecore.hookimpl
     def on_step(self, sparsifier: sparsecore.Sparsifier) -> None:
