@@ -28,8 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "results" / "mnist_runs.jsonl"
 OUT = ROOT / "benchmarks" / "results" / "mnist_table.md"
 
-#: Published test error (%) of Dettmers & Zettlemoyer 2019 (sparse momentum), by (model, method, density).
+#: Published test error (%) by (model, method, density): Dettmers & Zettlemoyer 2019 (sparse momentum)
+#: and Lee et al. 2019, Table 1 (SNIP).
 PUBLISHED = {
+    ("lenet-300-100", "snip", 0.05): 1.6,
+    ("lenet-300-100", "snip", 0.02): 2.4,
+    ("lenet-300-100", "snip (variance-scaling init)", 0.05): 1.6,
+    ("lenet-300-100", "snip (variance-scaling init)", 0.02): 2.4,
     ("lenet-300-100", "sparse-momentum", 0.01): 2.36,
     ("lenet-300-100", "sparse-momentum", 0.02): 1.99,
     ("lenet-300-100", "sparse-momentum", 0.05): 1.53,
@@ -44,6 +49,8 @@ EXPECTED = [
     ("lenet-300-100", "sparse-momentum", 0.02),
     ("lenet-300-100", "sparse-momentum", 0.05),
     ("lenet-300-100", "sparse-momentum (redistribution=none)", 0.05),
+    ("lenet-300-100", "snip", 0.02),
+    ("lenet-300-100", "snip", 0.05),
     ("lenet-5-caffe", "dense", 1.0),
     ("lenet-5-caffe", "static", 0.05),
     ("lenet-5-caffe", "sparse-momentum", 0.05),
@@ -58,6 +65,9 @@ COMMANDS = {
                                              "--methods none --densities 0.05 --seeds S",
     "static": "python benchmarks/sparse_momentum/reproduce_mnist.py --methods static --densities 0.05 --seeds S",
     "dense": "python benchmarks/sparse_momentum/reproduce_mnist.py --methods dense --seeds S",
+    "snip": "python benchmarks/snip/reproduce_mnist.py --densities 0.05 0.02 --seeds S",
+    "snip (variance-scaling init)": "python benchmarks/snip/reproduce_mnist.py --init vs --densities 0.05 0.02 "
+                                    "--seeds S",
 }
 
 REQUIRED = ("method", "model", "density", "seed", "epochs", "test_error", "wall_s")
@@ -102,7 +112,9 @@ def render(rows: list[dict]) -> str:
         "Test error (%) on the 10,000 MNIST test images after the last epoch; mean ± sample std over seeds.",
         "Recipe of the reference code (TimDettmers/sparse_learning `mnist_cifar/main.py`): batch 100, SGD lr 0.1,",
         "momentum 0.9 nesterov, weight decay 5e-4, lr ×0.1 every 25,000 iterations, training on the first 54,000",
-        "training images (`--valid_split 0.1`). Published: Dettmers & Zettlemoyer 2019 (sparse momentum rows only).",
+        "training images (`--valid_split 0.1`); SNIP rows use the same recipe (its paper: plain momentum, the",
+        "same rate schedule). Published: Dettmers & Zettlemoyer 2019 (sparse momentum rows), Lee et al. 2019",
+        "Table 1 (SNIP rows).",
         "",
         "| model | method | density | epochs | seeds | test error % | per seed | published | Δ vs published | wall per run |",
         "|---|---|---|---|---|---|---|---|---|---|",

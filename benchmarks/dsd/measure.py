@@ -1,4 +1,4 @@
-"""Dense vs DSD at the same number of epochs: LeNet-300-100 on MNIST and Fashion-MNIST, several seeds.
+"""Dense vs DSD at the same number of epochs: LeNet-300-100 / LeNet-5-Caffe on MNIST and Fashion-MNIST, several seeds.
 
 Arms (same model initialisation, data order and optimizer per seed):
 
@@ -9,7 +9,11 @@ Arms (same model initialisation, data order and optimizer per seed):
 * ``dsd``: ``algorithm="dsd"``, dense / sparse / re-dense thirds (by epoch),
   kept fraction ``--density`` in the sparse phase, re-dense at 0.1 × the rate.
   LeNet-300-100's first layer is a fully connected layer, not the 3-channel conv
-  the paper keeps dense, so every layer is pruned (``dense_first_layer=False``).
+  the paper keeps dense, so every layer is pruned (``dense_first_layer=False``);
+  LeNet-5-Caffe keeps its first conv dense as the paper does (the plugin default).
+
+Results of LeNet-300-100 are keyed by the dataset name alone (``mnist``), those of
+other models by ``dataset:model`` (``mnist:lenet-5-caffe``).
 
 Writes ``benchmarks/results/dsd.json`` after every run (re-running skips runs
 already there) and renders ``benchmarks/results/dsd.md``.
@@ -17,6 +21,7 @@ already there) and renders ``benchmarks/results/dsd.md``.
 Usage::
 
     nice -n 10 python benchmarks/dsd/measure.py --seeds 0 1 2 --epochs 30
+    nice -n 10 python benchmarks/dsd/measure.py --models lenet-5-caffe --datasets mnist --seeds 0 1 --epochs 15
     python benchmarks/dsd/measure.py --render-only
 """
 
@@ -41,6 +46,18 @@ from sparsecore.models import create_model
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 ARMS = ("dense", "dense-llr", "dsd")
+DEFAULT_MODEL = "lenet-300-100"
+
+
+def result_key(dataset: str, model: str) -> str:
+    """Key of a (dataset, model) pair in the results file."""
+    return dataset if model == DEFAULT_MODEL else f"{dataset}:{model}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """Inverse of :func:`result_key`: ``(dataset, model)``."""
+    dataset, _, model = key.partition(":")
+    return dataset, model or DEFAULT_MODEL
 
 
 def evaluate(model: nn.Module, split, batch_size: int = 1000) -> float:
@@ -53,16 +70,17 @@ def evaluate(model: nn.Module, split, batch_size: int = 1000) -> float:
     return correct / len(split.y)
 
 
-def run(arm: str, dataset, seed: int, args) -> dict:
+def run(arm: str, dataset, seed: int, args, model_name: str = DEFAULT_MODEL) -> dict:
+    """Train one arm on one seed and return its record (per-epoch test accuracy, phases, wall time)."""
     torch.manual_seed(seed)
-    model = create_model("lenet-300-100")
+    model = create_model(model_name)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     third = args.epochs // 3
     phase_epochs = (third, third, args.epochs - 2 * third)
     sp = None
     if arm == "dsd":
         sp = sparsecore.Sparsifier(model, opt, algorithm="dsd", density=args.density, phase_epochs=phase_epochs,
-                                   dense_first_layer=False, seed=seed)
+                                   dense_first_layer=model_name != "lenet-5-caffe", seed=seed)
     gen = torch.Generator().manual_seed(seed)
     history, phases = [], []
     start = time.perf_counter()
@@ -97,21 +115,22 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def render(data: dict) -> str:
     cfg = data["config"]
     lines = [
-        "# DSD vs dense: LeNet-300-100, same number of epochs",
+        "# DSD vs dense at the same number of epochs",
         "",
-        f"Command: `{data['command']}`  ",
+        "Commands: " + ", ".join(f"`{c}`" for c in data.get("commands") or [data["command"]]) + "  ",
         f"Machine: {data['machine']}  ",
         f"Recipe: {cfg['epochs']} epochs, batch {cfg['batch_size']}, SGD lr {cfg['lr']} momentum {cfg['momentum']} "
         f"weight decay {cfg['weight_decay']}, no augmentation, no LR schedule except as stated. "
         f"DSD: phase_epochs {cfg['phase_epochs']} (dense / sparse / re-dense), density {cfg['density']} "
-        f"(kept fraction in the sparse phase, i.e. {1 - cfg['density']:.0%} sparsity, every layer pruned), "
+        f"(kept fraction in the sparse phase, i.e. {1 - cfg['density']:.0%} sparsity; every layer of LeNet-300-100 "
+        "pruned, LeNet-5-Caffe's first conv kept dense as in the paper), "
         "re-dense at 0.1 × lr, optimizer state reset at each phase change (plugin defaults). "
         "`dense-llr`: dense with lr × 0.1 over the last third, the same rate schedule as DSD without the sparse phase. "
-        "Test accuracy after the final epoch (no best-epoch selection), mean ± sample std over seeds "
-        f"{cfg['seeds']}; every arm of a seed shares the initialisation and the data order.",
+        "Test accuracy after the final epoch (no best-epoch selection), mean ± sample std over the seeds run "
+        "(n per row); every arm of a seed shares the initialisation and the data order.",
         "",
-        "| dataset | arm | test accuracy (%) | DSD − arm (pp) | DSD − arm per seed (pp) | s/run |",
-        "|---|---|---|---|---|---|",
+        "| dataset | model | arm | test accuracy (%) | DSD − arm (pp) | DSD − arm per seed (pp) | s/run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for ds, runs in data["results"].items():
         by_arm = {a: {r["seed"]: r for r in runs if r["arm"] == a} for a in ARMS}
@@ -129,16 +148,17 @@ def render(data: dict) -> str:
                 per = ", ".join(f"{d:+.2f}" for d in diffs)
             else:
                 diff = per = "–"
-            lines.append(f"| {ds} | {arm} | {m:.2f} ± {s:.2f} (n={len(rs)}) | {diff} | {per} | {secs:.0f} |")
+            lines.append(f"| {' | '.join(split_key(ds))} | {arm} | {m:.2f} ± {s:.2f} (n={len(rs)}) | {diff} | {per} "
+                         f"| {secs:.0f} |")
     lines += ["", "Test accuracy (%) at the end of each DSD phase (mean over seeds; dense arms at the same epochs):", "",
-              "| dataset | arm | end of dense | end of sparse | end of re-dense |", "|---|---|---|---|---|"]
+              "| dataset | model | arm | end of dense | end of sparse | end of re-dense |", "|---|---|---|---|---|---|"]
     for ds, runs in data["results"].items():
         ends = [cfg["phase_epochs"][0] - 1, sum(cfg["phase_epochs"][:2]) - 1, cfg["epochs"] - 1]
         for arm in ARMS:
             rs = [r for r in runs if r["arm"] == arm]
             if rs:
                 cells = [f"{statistics.fmean(100 * r['history'][e]['test_acc'] for r in rs):.2f}" for e in ends]
-                lines.append(f"| {ds} | {arm} | " + " | ".join(cells) + " |")
+                lines.append(f"| {' | '.join(split_key(ds))} | {arm} | " + " | ".join(cells) + " |")
     dsd_runs = [r for runs in data["results"].values() for r in runs if r["arm"] == "dsd"]
     if dsd_runs:
         r = dsd_runs[0]
@@ -165,6 +185,7 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
+    p.add_argument("--models", nargs="+", default=[DEFAULT_MODEL], help="lenet-300-100, lenet-5-caffe")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     p.add_argument("--epochs", type=int, default=30)
@@ -185,26 +206,34 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     third = args.epochs // 3
     config = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum,
-              "weight_decay": args.weight_decay, "density": args.density, "seeds": args.seeds,
+              "weight_decay": args.weight_decay, "density": args.density,
               "phase_epochs": [third, third, args.epochs - 2 * third]}
     data = json.loads(out.read_text()) if out.exists() else {}
+    data.get("config", {}).pop("seeds", None)  # older files listed the seeds in the recipe
     if data.get("config") != config:
+        if data.get("results"):
+            p.error(f"{out} holds runs of another recipe ({data.get('config')}); pass --out to write elsewhere")
         data = {"config": config, "results": {}}
-    data["command"] = "nice -n 10 python benchmarks/dsd/measure.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    commands = data.setdefault("commands", [data.pop("command")] if "command" in data else [])
+    command = "nice -n 10 python benchmarks/dsd/measure.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if command not in commands:
+        commands.append(command)
     data["machine"] = machine()
     out.parent.mkdir(parents=True, exist_ok=True)
     for ds_name in args.datasets:
         dataset = load_dataset(ds_name)
-        runs = data["results"].setdefault(ds_name, [])
-        for seed in args.seeds:
-            for arm in args.arms:
-                if any(r["arm"] == arm and r["seed"] == seed for r in runs):
-                    continue
-                r = run(arm, dataset, seed, args)
-                runs.append(r)
-                print(f"{ds_name} seed {seed} {arm}: {100 * r['final_test_acc']:.2f}% ({r['seconds']} s)", flush=True)
-                out.write_text(json.dumps(data, indent=1))
-                out.with_suffix(".md").write_text(render(data))
+        for model_name in args.models:
+            key = result_key(ds_name, model_name)
+            runs = data["results"].setdefault(key, [])
+            for seed in args.seeds:
+                for arm in args.arms:
+                    if any(r["arm"] == arm and r["seed"] == seed for r in runs):
+                        continue
+                    r = run(arm, dataset, seed, args, model_name)
+                    runs.append(r)
+                    print(f"{key} seed {seed} {arm}: {100 * r['final_test_acc']:.2f}% ({r['seconds']} s)", flush=True)
+                    out.write_text(json.dumps(data, indent=1))
+                    out.with_suffix(".md").write_text(render(data))
     out.with_suffix(".md").write_text(render(data))
     return 0
 
