@@ -391,3 +391,18 @@ def test_default_sparse_phase_uses_the_layer_target_density():
     assert sp.algorithm.sparse_densities == [{"2": 0.5, "4": 0.8}]
     masks = DSD.prune_masks(sp, sp.algorithm.sparse_densities[0])
     assert [int(m.sum()) for m in masks.values()] == [15, 12]
+
+
+def test_train_harness_phase_matches_the_evaluated_density(tmp_path):
+    """``sparsecore train``'s per-epoch phase describes the model it evaluated (step-scheduled switches)."""
+    from sparsecore.train import TrainConfig, run_training
+
+    result = run_training(TrainConfig(algorithm="dsd", density=0.5, dataset="random", limit_train=60, limit_test=20,
+                                      batch_size=20, epochs=6, threads=1, quiet=True, plots=False,
+                                      runs_dir=str(tmp_path)))
+    phases = [m["phase"] for m in result.metrics]
+    assert phases == ["dense", "sparse", "sparse", "redense", "redense", "redense"]
+    for m in result.metrics:
+        assert (m["density"] < 1.0) == (m["phase"] == "sparse"), m
+    summary = (result.run_dir / "summary.md").read_text()
+    assert "| epoch (phase at its end) |" in summary and "| 2 (sparse) |" in summary

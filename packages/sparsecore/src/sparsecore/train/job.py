@@ -179,7 +179,10 @@ def _algorithm_options(config: TrainConfig, algorithm: str, train_split: Any) ->
 
 
 def algorithm_phase(sparsifier: Sparsifier | None) -> str | None:
-    """The algorithm's current phase when it exposes a string ``phase`` attribute (DSD), else ``None``."""
+    """The algorithm's current phase when it exposes a string ``phase`` attribute (DSD), else ``None``.
+
+    Read after an epoch's training steps: it names the phase the evaluated model is in.
+    """
     if sparsifier is None:
         return None
     phase = getattr(sparsifier.algorithm, "phase", None)
@@ -463,11 +466,13 @@ def _run(config: TrainConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
         end_epoch = config.epochs if config.stop_after is None else min(config.epochs, start_epoch + config.stop_after)
         for epoch in range(start_epoch, end_epoch):
             bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", config.quiet)
-            phase = algorithm_phase(sparsifier)
             tick = time.perf_counter()
             train_loss, train_acc = train_epoch(model, optimizer, scheduler, dataset.train, config.batch_size,
                                                 data_generator, config.augment, sparsifier, bar)
             epoch_seconds = time.perf_counter() - tick
+            # the phase of the model that is evaluated (a step-scheduled phase change at the epoch's last step
+            # has already happened), so that the phase, the density and the test metrics describe one model
+            phase = algorithm_phase(sparsifier)
             if bar is not None:
                 bar.close()
             tick = time.perf_counter()

@@ -124,6 +124,8 @@ def write_summary(run_dir: Path, result: RunResult, algorithm: str) -> None:
         lines.append(f"- {notice}")
     lines += ["", "## Layers", "", layer_table(result.layers, result.density, result.train_flops_ratio), "",
               "## Epochs", "",
+              "| epoch (phase at its end) | train loss | train acc | test loss | test acc | density | lr | seconds |"
+              if any("phase" in m for m in result.metrics) else
               "| epoch | train loss | train acc | test loss | test acc | density | lr | seconds |",
               "|---|---|---|---|---|---|---|---|"]
     for m in result.metrics:
