@@ -17,7 +17,9 @@ Shapes = Mapping[str, Sequence[int]]
 
 
 def check_density(density: float, what: str = "density") -> float:
-    """Return ``density`` as a float, or raise if it is not in (0, 1]."""
+    """Return ``density`` as a float, or raise if it is not a number in (0, 1]."""
+    if isinstance(density, (bool, str, bytes)):
+        raise ConfigurationError(f"{what} must be a number in (0, 1], got {density!r}")
     try:
         value = float(density)
     except (TypeError, ValueError):

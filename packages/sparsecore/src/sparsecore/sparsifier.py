@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -25,6 +26,19 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
     return model
+
+
+def _patterns(key: str, value: Any) -> tuple[str, ...]:
+    """``include``/``exclude`` as a tuple of glob patterns; a single string is one pattern."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    patterns = tuple(value)
+    bad = [p for p in patterns if not isinstance(p, str)]
+    if bad:
+        raise ConfigurationError(f"{key} must be glob patterns (strings), got {bad!r}")
+    return patterns
 
 
 class Sparsifier:
@@ -60,9 +74,12 @@ class Sparsifier:
             non-algorithm plugins. They take precedence over the algorithm.
         dense_first_layer: keep the first prunable layer dense.
         dense_last_layer: keep the last prunable layer dense.
-        include: glob patterns of module names to make sparse (default: all prunable).
-        exclude: glob patterns of module names to keep dense.
+        include: glob patterns of module names to make sparse (default: all
+            prunable); a single string is one pattern.
+        exclude: glob patterns of module names to keep dense (a string is one pattern).
         layer_types: module types to make sparse (default Linear and Conv1d/2d/3d).
+            A weight shared by several modules (tied weights) is one sparse
+            layer, named after its first module; empty weights are skipped.
         seed: seed of :attr:`generator`; by default drawn from torch's global RNG.
         block: ``(rows, cols)`` to keep every sparse layer block-sparse: masks,
             prune/grow choices and counts come in whole blocks of the weight seen
@@ -103,7 +120,8 @@ class Sparsifier:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ConfigurationError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         self.density = distributions.check_density(density)
-        if total_steps is not None and (not isinstance(total_steps, int) or total_steps <= 0):
+        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
+                                        or total_steps <= 0):
             raise ConfigurationError(f"total_steps must be a positive int or None, got {total_steps!r}")
         self.model = unwrap_model(model)
         self.optimizer = optimizer
@@ -129,15 +147,20 @@ class Sparsifier:
                                          f"configure the plugin object directly instead of passing {sorted(all_options)}")
             self.algorithm_name = plugin_display_name(algorithm)
             self.algorithm = algorithm
+        if isinstance(plugins, str) or not isinstance(plugins, Iterable):
+            plugins = [plugins]  # one plugin name or object
         extra = [self._resolve_plugin(p) for p in plugins]
         self.manager = RunManager(self.algorithm, self.algorithm_name, extra)
         self.plugins = [p for _, p in extra]
 
         # -- layers ----------------------------------------------------------
-        defaults, _ = self.manager.call_first("engine_defaults")
-        unknown = sorted(set(defaults) - set(_ENGINE_DEFAULT_KEYS))
+        defaults, who = self.manager.call_first("engine_defaults")
+        if not isinstance(defaults, Mapping):
+            raise HookResultError("engine_defaults", who, f"must return a mapping, got {type(defaults).__name__}")
+        unknown = sorted(set(defaults) - set(_ENGINE_DEFAULT_KEYS), key=str)
         if unknown:
-            raise ConfigurationError(f"engine_defaults of {self.algorithm_name!r} sets unknown option(s) {unknown}")
+            raise HookResultError("engine_defaults", who, f"sets unknown option(s) {unknown}; "
+                                                          f"known: {list(_ENGINE_DEFAULT_KEYS)}")
         given = {"distribution": distribution, "dense_first_layer": dense_first_layer,
                  "dense_last_layer": dense_last_layer, "include": include, "exclude": exclude,
                  "layer_types": layer_types}
@@ -164,6 +187,11 @@ class Sparsifier:
         self.policy = policy
         masks, who = self.manager.call_first("init_masks", sparsifier=self, layers=self.layers)
         self._commit_masks(self._check_masks("init_masks", who, masks), reason="init", rate=None, notify=False)
+        empty = [name for name, layer in self.layers.items() if layer.nnz == 0]
+        if empty:
+            warnings.warn(f"sparse layer(s) {empty} start with no active weight (init_masks of {who!r} at density "
+                          f"{self.density}): they pass no signal; raise the density or keep them dense with "
+                          "exclude=[...]", UserWarning, stacklevel=2)
         self._install_forwards()
         self._record_output_sizes()
         self._handles.append(optimizer.register_step_pre_hook(self._before_step))
@@ -179,15 +207,27 @@ class Sparsifier:
             return plugin, instantiate(reg, {})
         if isinstance(plugin, type):
             raise ConfigurationError(f"plugin {plugin.__name__} was passed as a class; pass an instance: {plugin.__name__}()")
+        registry.load()
+        for name, reg in registry.algorithms.items():
+            if isinstance(reg.factory, type) and type(plugin) is reg.factory:
+                raise ConfigurationError(
+                    f"plugins=[...] holds an instance of algorithm {name!r} while the run's algorithm is "
+                    f"{self.algorithm_name!r}; a run activates exactly one algorithm: pass it as algorithm= instead")
         return plugin_display_name(plugin), plugin
 
     def _select_layers(self, cfg: Mapping[str, Any]) -> dict[str, SparseLayer]:
         types = tuple(cfg["layer_types"] or DEFAULT_LAYER_TYPES)
         kinds = {t: DEFAULT_LAYER_TYPES.get(t, t.__name__.lower()) for t in types}
         candidates: list[tuple[str, nn.Module]] = []
+        seen: set[int] = set()
         for name, module in self.model.named_modules():
             weight = getattr(module, "weight", None)
             if isinstance(module, types) and isinstance(weight, nn.Parameter) and weight.requires_grad:
+                # a weight shared by several modules (tied weights) is one sparse layer, named after its first
+                # module; an empty weight has nothing to prune
+                if id(weight) in seen or weight.numel() == 0:
+                    continue
+                seen.add(id(weight))
                 candidates.append((name, module))
         if not candidates:
             found = sorted({type(m).__name__ for m in self.model.modules()})
@@ -196,7 +236,8 @@ class Sparsifier:
                 f"{', '.join(t.__name__ for t in types)} with a trainable weight; found modules: {', '.join(found)})")
         names = [n for n, _ in candidates]
         for key in ("include", "exclude"):
-            for pattern in cfg[key] or ():
+            cfg = {**cfg, key: _patterns(key, cfg[key])}
+            for pattern in cfg[key]:
                 if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
                     raise ConfigurationError(f"{key} pattern {pattern!r} matches no prunable layer; layers are {names}")
         chosen = candidates
@@ -491,8 +532,9 @@ class Sparsifier:
         out = {}
         for name in self.layers:
             value = counts[name]
-            if isinstance(value, bool) or not isinstance(value, (int,)) and not (torch.is_tensor(value) and value.numel() == 1
-                                                                              and not value.is_floating_point()):
+            integer_tensor = (torch.is_tensor(value) and value.numel() == 1 and not value.is_floating_point()
+                              and value.dtype != torch.bool)
+            if isinstance(value, bool) or not isinstance(value, int) and not integer_tensor:
                 raise HookResultError(hook, who, f"layer {name!r}: count must be an int, got {value!r}")
             value = int(value)
             block_size = self.layers[name].block_size
@@ -570,12 +612,19 @@ class Sparsifier:
             raise CheckpointError(f"unsupported sparsifier state format {state.get('format')!r} (expected {STATE_FORMAT})")
         if state["algorithm"] != self.algorithm_name:
             raise CheckpointError(f"checkpoint is of algorithm {state['algorithm']!r}, this run uses {self.algorithm_name!r}")
+        if float(state["density"]) != self.density:
+            raise CheckpointError(f"checkpoint is of density {state['density']}, this run uses {self.density}")
+        saved_block = tuple(state["block"]) if state.get("block") else None
+        if saved_block != self.block:
+            raise CheckpointError(f"checkpoint has block={saved_block}, this run uses block={self.block}")
         masks = state["masks"]
         if list(masks) != list(self.layers):
             raise CheckpointError(f"checkpoint layers {list(masks)} differ from this model's sparse layers {list(self.layers)}")
         for name, mask in masks.items():
             if mask.shape != self.layers[name].shape:
                 raise CheckpointError(f"layer {name!r}: checkpoint mask {tuple(mask.shape)} vs weight {tuple(self.layers[name].shape)}")
+            if mask.dtype != torch.bool:
+                raise CheckpointError(f"layer {name!r}: checkpoint mask has dtype {mask.dtype}, expected torch.bool")
         for name, layer in self.layers.items():
             layer.mask = masks[name].to(device=layer.weight.device, dtype=torch.bool).clone()
             layer.version = max(layer.version, int(state["versions"][name])) + 1
