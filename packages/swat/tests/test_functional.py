@@ -1,4 +1,4 @@
-"""The autograd path: forward, both backward products, period, memory, gradcheck."""
+"""The autograd path: forward, both backward products, period (conv only), structures, memory, gradcheck."""
 
 import pytest
 import torch
@@ -110,25 +110,142 @@ def test_density_one_equals_dense_exactly(case, distinct):
     assert torch.equal(module.weight.grad, dense_w.grad)
 
 
-def test_period_freezes_thresholds_not_selections():
-    lin = nn.Linear(20, 10)
-    state = install(lin, 0.2, 0.2, period=3)
+def _saved_activation_count(run) -> tuple[int, torch.Tensor]:
+    """Run ``run()``; return how many input activations the SWAT layer saved for its weight gradient, and the output.
+
+    The compressed input is a packed ``uint8`` bitmask plus a 1-d tensor of the kept values; the
+    kept count is that tensor's length.
+    """
+    values = []
+
+    def pack(t):
+        if not isinstance(t, nn.Parameter) and t.is_floating_point() and t.dim() == 1:
+            values.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = run()
+    assert len(values) == 1
+    return values[0].numel(), out
+
+
+def test_unstructured_conv_reuses_thresholds_between_recomputes(distinct):
+    conv = nn.Conv2d(3, 4, 3).double()
+    with torch.no_grad():
+        conv.weight.copy_(distinct(4, 3, 3, 3, seed=1))
+    state = install(conv, 0.3, 0.25, period=3)
+    assert state.reuses_thresholds
+    k_w = topk.keep_count(conv.weight.numel(), 0.3)            # 33 of 108
+    k_x = topk.keep_count(2 * 3 * 6 * 6, 0.25)                 # 54 of 216
+    previous = (None, None)
+    for call in range(7):
+        x = distinct(2, 3, 6, 6, seed=10 + call) * (call + 1)  # the input grows: a frozen threshold keeps more
+        w = conv.weight.detach().clone()
+        kept_x, y = _saved_activation_count(lambda: conv(x))
+        dy = distinct(*y.shape, seed=30 + call)
+        y.backward(dy)
+        w_thr, x_thr = state.weight_threshold, state.activation_threshold
+        w_used = topk.above(w.abs(), w_thr)
+        x_used = topk.above(x.abs(), x_thr)
+        if call % 3 == 0:
+            # recompute: both thresholds are the exact top-K of this call's weight and input
+            assert torch.equal(w_thr, topk.weight_threshold(w, 0.3))
+            assert torch.equal(x_thr, topk.kth_largest(x.abs(), 0.25))
+            assert int(w_used.sum()) == k_w and kept_x == int(x_used.sum()) == k_x
+            if call:
+                assert w_thr is not previous[0] and not torch.equal(w_thr, previous[0])
+                assert x_thr is not previous[1] and not torch.equal(x_thr, previous[1])
+        else:
+            # in between: the very same thresholds, so the kept counts drift away from k
+            assert w_thr is previous[0] and x_thr is previous[1]
+            assert int(w_used.sum()) > k_w
+            assert kept_x == int(x_used.sum()) > k_x
+        # the layer really used those selections: forward with them, dW against them
+        assert torch.allclose(y, F.conv2d(x, w * w_used, conv.bias.detach()))
+        w_ref = w.clone().requires_grad_()
+        F.conv2d(x * x_used, w_ref).backward(dy)
+        assert torch.allclose(conv.weight.grad, w_ref.grad)
+        conv.weight.grad = None
+        previous = (w_thr, x_thr)
+        with torch.no_grad():
+            conv.weight.mul_(1.25)                             # the weights grow between calls
+    assert state.calls == 7
+
+
+def _exact_case(kind, distinct):
+    """A layer for the exact-every-call test; structured weights get distinct slice / filter norms."""
+    if kind == "linear":
+        module = nn.Linear(12, 7).double()
+        weight, x_shape, structure = distinct(7, 12, seed=1), (5, 12), None
+    else:
+        module = nn.Conv2d(4, 6, 3).double()
+        structure = kind.split("-")[1]
+        per_score = distinct(6, 4, 1, 1, seed=1) if structure == "channel" else distinct(6, 1, 1, 1, seed=1)
+        pattern = 1.0 + 0.1 * distinct(1, 4, 3, 3, seed=2).abs()
+        weight, x_shape = per_score * pattern, (2, 4, 6, 6)
+    with torch.no_grad():
+        module.weight.copy_(weight)
+    return module, x_shape, structure
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv-channel", "conv-filter"])
+def test_linear_and_structured_layers_use_exact_top_k_every_call_whatever_the_period(kind, distinct):
+    module, x_shape, structure = _exact_case(kind, distinct)
+    state = install(module, 0.3, 0.25, period=5, structure=structure)
+    assert not state.reuses_thresholds
+    scores_numel = topk.weight_scores(module.weight, structure).numel()
+    k_w = topk.keep_count(scores_numel, 0.3)
+    k_x = topk.keep_count(torch.Size(x_shape).numel(), 0.25)
     thresholds = []
-    for i in range(7):
-        lin(torch.randn(8, 20) * (i + 1)).sum().backward()
-        thresholds.append((state.weight_threshold, state.activation_threshold))
-    # recomputed at calls 0, 3, 6; the same tensors are reused in between
-    for i in (1, 2, 4, 5):
-        assert thresholds[i][0] is thresholds[i - 1][0] and thresholds[i][1] is thresholds[i - 1][1]
-    for i in (3, 6):
-        assert thresholds[i][1] is not thresholds[i - 1][1]
-    # between recomputes the kept activation count drifts with the input scale
-    x_small, x_big = torch.randn(8, 20), torch.randn(8, 20) * 100
-    state.calls = 1                                   # mid-period: the frozen threshold is reused
-    thr = state.activation_threshold
-    kept_small = int(topk.above(x_small.abs(), thr).sum())
-    kept_big = int(topk.above(x_big.abs(), thr).sum())
-    assert kept_big > kept_small
+    for step in range(7):
+        x = distinct(*x_shape, seed=10 + step) * (step + 1)
+        w = module.weight.detach().clone()
+        kept_x, y = _saved_activation_count(lambda: module(x))
+        y.sum().backward()
+        w_thr = state.weight_threshold
+        assert torch.equal(w_thr, topk.weight_threshold(w, 0.3, structure))
+        assert torch.equal(state.activation_threshold, topk.kth_largest(x.abs(), 0.25))
+        assert int(topk.above(topk.weight_scores(w, structure), w_thr).sum()) == k_w
+        assert kept_x == k_x
+        w_used = w * topk.weight_mask(w, w_thr, structure)
+        assert torch.allclose(y, _plain(module, x, w_used))
+        thresholds.append(w_thr)
+        with torch.no_grad():
+            module.weight.mul_(1.25)                           # a frozen threshold would now keep more
+    assert all(not torch.equal(a, b) for a, b in zip(thresholds, thresholds[1:]))
+
+
+def test_channel_structured_weights_with_element_wise_activation_top_k(distinct):
+    conv = nn.Conv2d(4, 6, 3, padding=1).double()
+    with torch.no_grad():  # distinct slice L1 norms, varying entries within each slice
+        conv.weight.copy_(distinct(6, 4, 1, 1, seed=1) * (1.0 + 0.1 * distinct(1, 1, 3, 3, seed=2).abs()))
+    install(conv, 0.25, 0.3, structure="channel")
+    x = distinct(2, 4, 5, 5, seed=3).requires_grad_()
+    y = conv(x)
+    dy = distinct(*y.shape, seed=4)
+    y.backward(dy)
+
+    w = conv.weight.detach()
+    # weights by hand: the top ceil(0.25 * 24) = 6 kernel slices by L1 norm, whole slices
+    norms = w.abs().sum(dim=(2, 3))
+    slice_thr = norms.flatten().sort(descending=True).values[5]
+    w_mask = (norms >= slice_thr)[:, :, None, None].expand_as(w)
+    assert int((norms >= slice_thr).sum()) == 6
+    # activations by hand: the top ceil(0.3 * 200) = 60 entries of |x| over the whole tensor, element-wise
+    x_abs = x.detach().abs()
+    x_mask = x_abs >= x_abs.flatten().sort(descending=True).values[59]
+    assert int(x_mask.sum()) == 60
+    per_plane = x_mask.flatten(2).sum(-1)
+    assert bool(((per_plane > 0) & (per_plane < 25)).any())    # not whole (n, c) planes: element-wise
+    x_top = x.detach() * x_mask
+
+    assert torch.allclose(y, F.conv2d(x.detach(), w * w_mask, conv.bias.detach(), padding=1))
+    assert torch.allclose(x.grad, torch.nn.grad.conv2d_input(x.shape, w * w_mask, dy, padding=1))
+    cols = F.unfold(x_top, 3, padding=1)                                # (N, C*9, L)
+    dw_ref = torch.einsum("nol,nkl->ok", dy.flatten(2), cols).reshape(w.shape)
+    assert torch.allclose(conv.weight.grad, dw_ref)
+    assert bool((conv.weight.grad[~w_mask] != 0).any())                 # pruned slices still get gradient
+    assert torch.allclose(conv.bias.grad, dy.sum(dim=(0, 2, 3)))
 
 
 def test_period_one_is_exact_every_call():
@@ -193,7 +310,7 @@ def test_dw_passes_gradcheck_when_the_input_is_its_own_top_k(distinct):
     x = (x * topk.topk_mask(x, 0.5)).requires_grad_()
     w = distinct(2, 4, seed=11).requires_grad_()
     b = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    state = TopKState(1.0, 0.5)
+    state = TopKState(1.0, 0.5, layer_kind="linear")
     assert torch.autograd.gradcheck(lambda x, w, b: swat_linear(x, w, b, state), (x, w, b))
 
     xc = distinct(1, 2, 4, 4, seed=12)
@@ -242,3 +359,13 @@ def test_bad_arguments_are_rejected_with_clear_errors():
         TopKState(0.5, 0.0)
     with pytest.raises(TypeError, match="BatchNorm2d"):
         install(nn.BatchNorm2d(3), 0.5)
+    with pytest.raises(ValueError, match="layer_kind"):
+        TopKState(0.5, layer_kind="rnn")
+    with pytest.raises(ValueError, match=r"linear layer needs a TopKState\(layer_kind='linear'\)"):
+        swat_linear(torch.randn(2, 3), torch.randn(4, 3), None, TopKState(0.5))
+    with pytest.raises(ValueError, match=r"conv layer needs a TopKState\(layer_kind='conv'\)"):
+        swat_conv(torch.randn(1, 2, 4, 4), torch.randn(3, 2, 3, 3), None, TopKState(0.5, layer_kind="linear"),
+                  (1, 1), (0, 0), (1, 1))
+    conv_state = TopKState(0.5).state_dict()
+    with pytest.raises(ValueError, match="saved state is for a 'conv' layer"):
+        TopKState(0.5, layer_kind="linear").load_state_dict(conv_state)

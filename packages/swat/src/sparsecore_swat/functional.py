@@ -130,6 +130,12 @@ class SwatConvFunction(torch.autograd.Function):
         return dx, dw, db, None, None, None, None, None, None, None
 
 
+def _check_state_kind(state: TopKState, kind: str) -> None:
+    if state.layer_kind != kind:
+        raise ValueError(f"swat: a {kind} layer needs a TopKState(layer_kind={kind!r}), got layer_kind="
+                         f"{state.layer_kind!r}")
+
+
 def swat_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: TopKState,
                 training: bool = True) -> torch.Tensor:
     """SWAT linear layer.
@@ -138,13 +144,18 @@ def swat_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         x: input ``(*, in_features)``.
         weight: dense weight ``(out_features, in_features)``.
         bias: bias or ``None`` (never sparsified).
-        state: the layer's :class:`TopKState`; a training call advances it.
+        state: the layer's :class:`TopKState` (``layer_kind="linear"``: exact
+            top-K on every call, whatever its period); a training call advances it.
         training: ``False`` (or autograd disabled) runs inference: the exact
             top-K weights, nothing saved, the state untouched.
 
     Returns:
         The output ``(*, out_features)``.
+
+    Raises:
+        ValueError: ``state`` was built for a convolution.
     """
+    _check_state_kind(state, "linear")
     if state.dense:
         return F.linear(x, weight, bias)
     if not (training and torch.is_grad_enabled()):
@@ -162,7 +173,9 @@ def swat_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
         x: input ``(N, C_in, *spatial)``.
         weight: dense weight ``(C_out, C_in / groups, *kernel)``.
         bias: bias or ``None`` (never sparsified).
-        state: the layer's :class:`TopKState`; a training call advances it.
+        state: the layer's :class:`TopKState` (``layer_kind="conv"``; thresholds
+            are reused between recomputes only for unstructured weights); a
+            training call advances it.
         stride: per-dim stride.
         padding: per-dim symmetric zero padding (integers).
         dilation: per-dim dilation.
@@ -171,7 +184,11 @@ def swat_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
 
     Returns:
         The convolution output.
+
+    Raises:
+        ValueError: a weight of the wrong rank, or ``state`` built for a linear layer.
     """
+    _check_state_kind(state, "conv")
     if weight.dim() not in _CONV:
         raise ValueError(f"swat: convolution weight must have 3 to 5 dims, got shape {tuple(weight.shape)}")
     conv = _CONV[weight.dim()]
@@ -204,6 +221,20 @@ def _conv_padding(module: nn.modules.conv._ConvNd, x: torch.Tensor) -> tuple[tor
     return F.pad(x, flat, mode=mode), (0,) * dims
 
 
+def layer_kind_of(module: nn.Module) -> str:
+    """``"linear"`` for ``nn.Linear``, ``"conv"`` for ``nn.Conv1d/2d/3d``.
+
+    Raises:
+        TypeError: any other module type (including transposed convolutions).
+    """
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return "conv"
+    raise TypeError(f"swat: cannot run {type(module).__name__} sparsely; "
+                    "supported: Linear, Conv1d, Conv2d, Conv3d")
+
+
 class SwatForward:
     """A callable that runs a ``Linear`` or ``Conv1d/2d/3d`` module through SWAT.
 
@@ -217,16 +248,12 @@ class SwatForward:
 
     Raises:
         TypeError: for any other module type.
+        ValueError: ``state`` was built for the other layer kind.
     """
 
     def __init__(self, module: nn.Module, state: TopKState) -> None:
-        if isinstance(module, nn.Linear):
-            self.kind = "linear"
-        elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            self.kind = "conv"
-        else:
-            raise TypeError(f"swat: cannot run {type(module).__name__} sparsely; "
-                            "supported: Linear, Conv1d, Conv2d, Conv3d")
+        self.kind = layer_kind_of(module)
+        _check_state_kind(state, self.kind)
         self.module = module
         self.state = state
 
@@ -250,13 +277,17 @@ def install(module: nn.Module, weight_density: float, activation_density: float 
         module: an ``nn.Linear`` or ``nn.Conv1d``/``Conv2d``/``Conv3d``.
         weight_density: weight keep fraction.
         activation_density: activation keep fraction (``None`` = ``weight_density``).
-        period: threshold recompute period in training calls.
+        period: threshold recompute period in training calls (honoured by
+            unstructured convolutions only; linear and structured layers are exact every call).
         structure: ``None``, ``"channel"`` or ``"filter"``.
 
     Returns:
         The module's :class:`TopKState`. ``uninstall(module)`` restores the forward.
+
+    Raises:
+        TypeError: ``module`` is not a supported layer.
     """
-    state = TopKState(weight_density, activation_density, period, structure)
+    state = TopKState(weight_density, activation_density, period, structure, layer_kind_of(module))
     module.forward = SwatForward(module, state)
     return state
 

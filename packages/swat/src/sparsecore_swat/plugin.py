@@ -9,7 +9,9 @@ The dense weights are the trainable parameters (nothing is masked by the
 engine); each sparse layer's forward is replaced by :class:`SwatForward`,
 which selects the top-K weights and input activations on the fly.
 ``layer.mask`` reports the current weight selection: it is set at start-up
-and refreshed at every epoch end (and by :meth:`SwatAlgorithm.sync_masks`).
+and refreshed at every epoch end (and by :meth:`SwatAlgorithm.sync_masks`);
+these refreshes are not topology updates, so they add nothing to
+``sparsifier.history`` and do not fire ``on_topology_update``.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import sparsecore
 import torch
 
 from sparsecore_swat.budget import momentum_budgets, momentum_shares
-from sparsecore_swat.functional import SwatForward
+from sparsecore_swat.functional import SwatForward, layer_kind_of
 from sparsecore_swat.state import TopKState
 from sparsecore_swat.topk import check_structure
 
 VARIANTS = ("uniform", "erk", "momentum")
+_MOMENTUM_HINT = ("use an optimizer with momentum (SGD with momentum > 0 or an Adam-family optimizer), "
+                  "or another variant ('uniform' or 'erk')")
 
 
 class SwatAlgorithm:
@@ -42,16 +46,23 @@ class SwatAlgorithm:
         activation_density: fraction of input activations kept for the weight
             gradient in every sparse layer; ``None`` uses each layer's weight
             density, as the reference does.
-        period: recompute the top-K thresholds every ``period`` training
-            forward calls and reuse them in between (the reference's CIFAR runs
-            use 10, or 20 for SWAT-M); 1 is exact every step.
+        period: in unstructured convolution layers, recompute the top-K
+            thresholds every ``period`` training forward calls and reuse them
+            in between (the reference's CIFAR runs use 10, or 20 for SWAT-M);
+            1 is exact every step. Linear layers and structured variants use
+            the exact top-K on every call whatever the period, as the reference does.
         sparsify_first_layer: make the first prunable layer sparse. Default:
-            ``False`` for ``uniform`` and ``momentum``, ``True`` for ``erk``.
+            ``False`` for ``uniform`` (SWAT-U), ``True`` for ``erk`` and
+            ``momentum`` (SWAT-ERK and SWAT-M sparsify it in the reference).
         sparsify_last_layer: make the last prunable layer sparse (default ``True``).
 
     Raises:
         ValueError: an unknown variant or structure, a density outside (0, 1],
             or a period below 1.
+        sparsecore.ConfigurationError: ``variant="momentum"`` with an optimizer
+            that keeps no momentum (at set-up for a zero ``momentum`` option,
+            otherwise at the first optimizer step that leaves no sparse layer
+            with momentum).
     """
 
     def __init__(self, variant: str = "uniform", structure: str | None = None,
@@ -67,7 +78,9 @@ class SwatAlgorithm:
         if int(period) != period or period < 1:
             raise ValueError(f"swat: period must be an integer >= 1, got {period!r}")
         self.period = int(period)
-        self.sparsify_first_layer = (variant == "erk") if sparsify_first_layer is None else bool(sparsify_first_layer)
+        if sparsify_first_layer is None:
+            sparsify_first_layer = variant in ("erk", "momentum")
+        self.sparsify_first_layer = bool(sparsify_first_layer)
         self.sparsify_last_layer = bool(sparsify_last_layer)
         #: layer name -> :class:`TopKState`, filled while the sparsifier is built.
         self.states: dict[str, TopKState] = {}
@@ -93,13 +106,32 @@ class SwatAlgorithm:
         """The :class:`TopKState` of a sparse layer, created at its target density on first use."""
         state = self.states.get(layer.name)
         if state is None:
-            state = TopKState(layer.target_density, self.activation_density, self.period, self.structure)
+            state = TopKState(layer.target_density, self.activation_density, self.period, self.structure,
+                              self._layer_kind(layer))
             self.states[layer.name] = state
         return state
 
+    @staticmethod
+    def _layer_kind(layer: sparsecore.SparseLayer) -> str:
+        try:
+            return layer_kind_of(layer.module)
+        except TypeError:
+            return "conv"  # an unsupported module; layer_forward refuses it with the full message
+
     @sparsecore.hookimpl
-    def init_masks(self, layers: Mapping[str, sparsecore.SparseLayer]) -> dict[str, torch.Tensor]:
-        """Report the initial top-K selection of each layer's weights as its mask."""
+    def init_masks(self, sparsifier: sparsecore.Sparsifier,
+                   layers: Mapping[str, sparsecore.SparseLayer]) -> dict[str, torch.Tensor]:
+        """Report the initial top-K selection of each layer's weights as its mask.
+
+        SWAT-M's optimizer check runs here, before the engine replaces any
+        forward or hooks the optimizer, so a refused run leaves the model untouched.
+
+        Raises:
+            sparsecore.ConfigurationError: SWAT-M with an optimizer whose
+                ``momentum`` option is 0 for the sparse weights.
+        """
+        if self.variant == "momentum":
+            self._check_optimizer_has_momentum(sparsifier.optimizer, layers)
         return {name: self.state_for(layer).weight_mask(layer.weight) for name, layer in layers.items()}
 
     @sparsecore.hookimpl
@@ -141,9 +173,21 @@ class SwatAlgorithm:
     # -- training loop ----------------------------------------------------------
     @sparsecore.hookimpl
     def on_step(self, sparsifier: sparsecore.Sparsifier) -> None:
-        """SWAT-M: recompute every layer's density from its momentum after each step."""
-        if self.variant == "momentum":
-            self.update_momentum_budgets(sparsifier)
+        """SWAT-M: recompute every layer's density from its momentum after each step.
+
+        Raises:
+            sparsecore.ConfigurationError: SWAT-M and, after this step, no
+                sparse layer has momentum (the optimizer keeps none).
+        """
+        if self.variant != "momentum":
+            return
+        momenta = self._momenta(sparsifier)
+        if all(m is None for m in momenta.values()):
+            raise sparsecore.ConfigurationError(
+                f"swat: variant='momentum' (SWAT-M) sets the layer budgets from the optimizer's momentum, but after "
+                f"optimizer step {sparsifier.step} no sparse layer has a momentum buffer "
+                f"({type(sparsifier.optimizer).__name__} keeps none); {_MOMENTUM_HINT}")
+        self._set_momentum_budgets(sparsifier, momenta)
 
     @sparsecore.hookimpl
     def on_epoch_end(self, sparsifier: sparsecore.Sparsifier) -> None:
@@ -154,16 +198,37 @@ class SwatAlgorithm:
         """Set each layer's density from normalised mean ``|momentum|`` over its selected weights.
 
         The overall budget is the engine's ``density`` over the sparse layers
-        (``sum(target_density * numel)``). Layers without momentum yet (before
-        the optimizer's first step) leave the budgets unchanged.
+        (``sum(target_density * numel)``). While any layer has no momentum
+        yet (before the optimizer's first step) the budgets stay unchanged.
 
         Returns:
             Layer name to its new weight density (empty when nothing changed).
         """
+        return self._set_momentum_budgets(sparsifier, self._momenta(sparsifier))
+
+    @staticmethod
+    def _momenta(sparsifier: sparsecore.Sparsifier) -> dict[str, torch.Tensor | None]:
+        return {name: sparsifier.momentum(layer) for name, layer in sparsifier.layers.items()}
+
+    @staticmethod
+    def _check_optimizer_has_momentum(optimizer: torch.optim.Optimizer,
+                                      layers: Mapping[str, sparsecore.SparseLayer]) -> None:
+        # A "momentum" option without Adam's "betas" (SGD, RMSprop) set to 0 keeps no momentum buffer.
+        sparse_ids = {id(layer.weight) for layer in layers.values()}
+        for group in optimizer.param_groups:
+            if not any(id(p) in sparse_ids for p in group["params"]):
+                continue
+            if "momentum" in group and "betas" not in group and not group["momentum"]:
+                raise sparsecore.ConfigurationError(
+                    f"swat: variant='momentum' (SWAT-M) sets the layer budgets from the optimizer's momentum, but "
+                    f"{type(optimizer).__name__} has momentum={group['momentum']!r}; {_MOMENTUM_HINT}")
+
+    def _set_momentum_budgets(self, sparsifier: sparsecore.Sparsifier,
+                              momenta: Mapping[str, torch.Tensor | None]) -> dict[str, float]:
         layers = sparsifier.layers
         means: dict[str, float] = {}
         for name, layer in layers.items():
-            momentum = sparsifier.momentum(layer)
+            momentum = momenta[name]
             if momentum is None:
                 return {}
             selected = self.state_for(layer).weight_mask(layer.weight)
@@ -176,9 +241,14 @@ class SwatAlgorithm:
         return densities
 
     def sync_masks(self, sparsifier: sparsecore.Sparsifier) -> None:
-        """Write each layer's current weight selection to ``layer.mask`` (through ``set_masks``)."""
+        """Write each layer's current weight selection to ``layer.mask``.
+
+        Uses ``set_masks(record=False)``: the selection lives in the forward,
+        so the refresh is no topology update (nothing is appended to
+        ``sparsifier.history`` and ``on_topology_update`` is not called).
+        """
         masks = {name: self.state_for(layer).weight_mask(layer.weight) for name, layer in sparsifier.layers.items()}
-        sparsifier.set_masks(masks)
+        sparsifier.set_masks(masks, record=False)
 
     # -- checkpointing ------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

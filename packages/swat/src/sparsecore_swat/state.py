@@ -8,6 +8,9 @@ import torch
 
 from sparsecore_swat import topk
 
+#: The layer kinds a :class:`TopKState` drives.
+LAYER_KINDS = ("conv", "linear")
+
 
 def _check_fraction(value: float, what: str) -> float:
     value = float(value)
@@ -16,15 +19,24 @@ def _check_fraction(value: float, what: str) -> float:
     return value
 
 
+def _check_layer_kind(kind: str) -> str:
+    if kind not in LAYER_KINDS:
+        raise ValueError(f"swat: layer_kind must be one of {LAYER_KINDS}, got {kind!r}")
+    return kind
+
+
 class TopKState:
     """What one SWAT layer keeps and when it recomputes its thresholds.
 
-    The thresholds (one for the weights, one for the input activations) are
-    recomputed from an exact top-K on every ``period``-th training forward call
-    (the first call included) and reused in between: between recomputes the
-    *threshold* is frozen, not the selection, so the kept count can drift, as
-    in the reference implementation. With ``period=1`` every training call is
-    exact.
+    The thresholds (one for the weights, one for the input activations) come
+    from an exact top-K. Only an unstructured convolution layer with
+    ``period > 1`` reuses them: it recomputes on every ``period``-th training
+    forward call (the first call included) and keeps the thresholds in
+    between, so between recomputes the *threshold* is frozen, not the
+    selection, and the kept count can drift, as in the reference
+    implementation. Linear layers and structured (``"channel"``/``"filter"``)
+    layers recompute the exact top-K on every training call whatever the
+    period, as the reference does (spec section 2.2).
 
     Args:
         weight_density: fraction of weights (or of kernel slices / filters for
@@ -32,17 +44,22 @@ class TopKState:
         activation_density: fraction of input activations kept for the weight
             gradient, in (0, 1]; ``None`` follows ``weight_density`` (also when
             that changes, as in SWAT-M).
-        period: recompute the thresholds every ``period`` training calls (>= 1).
+        period: recompute the thresholds every ``period`` training calls (>= 1);
+            only honoured by unstructured convolution layers.
         structure: ``None``, ``"channel"`` or ``"filter"`` (see :mod:`sparsecore_swat.topk`).
+        layer_kind: ``"conv"`` or ``"linear"``: the kind of layer the state
+            drives (:func:`~sparsecore_swat.swat_linear` needs ``"linear"``,
+            :func:`~sparsecore_swat.swat_conv` needs ``"conv"``).
 
     Attributes:
-        weight_threshold: the frozen weight threshold (0-dim tensor), or ``None`` before the first call.
-        activation_threshold: the frozen activation threshold, or ``None``.
+        weight_threshold: the weight threshold of the last training call (0-dim
+            tensor), or ``None`` before the first call.
+        activation_threshold: the activation threshold of the last training call, or ``None``.
         calls: training forward calls seen so far.
     """
 
     def __init__(self, weight_density: float = 1.0, activation_density: float | None = None,
-                 period: int = 1, structure: str | None = None) -> None:
+                 period: int = 1, structure: str | None = None, layer_kind: str = "conv") -> None:
         self._weight_density = _check_fraction(weight_density, "weight density")
         self._activation_density = (None if activation_density is None
                                     else _check_fraction(activation_density, "activation_density"))
@@ -50,6 +67,7 @@ class TopKState:
             raise ValueError(f"swat: period must be an integer >= 1, got {period!r}")
         self.period = int(period)
         self.structure = topk.check_structure(structure)
+        self.layer_kind = _check_layer_kind(layer_kind)
         self.weight_threshold: torch.Tensor | None = None
         self.activation_threshold: torch.Tensor | None = None
         self.calls = 0
@@ -76,9 +94,15 @@ class TopKState:
         return self._weight_density >= 1.0 and self.activation_density >= 1.0
 
     @property
+    def reuses_thresholds(self) -> bool:
+        """Whether thresholds are kept between recomputes: unstructured convolutions with ``period > 1`` only."""
+        return self.period > 1 and self.layer_kind == "conv" and self.structure is None
+
+    @property
     def recompute_due(self) -> bool:
         """Whether the next training call recomputes the thresholds."""
-        return (self.calls % self.period == 0
+        return (not self.reuses_thresholds
+                or self.calls % self.period == 0
                 or (self.weight_threshold is None and self._weight_density < 1.0)
                 or (self.activation_threshold is None and self.activation_density < 1.0))
 
@@ -134,13 +158,21 @@ class TopKState:
             "activation_density": self._activation_density,
             "period": self.period,
             "structure": self.structure,
+            "layer_kind": self.layer_kind,
             "calls": self.calls,
             "weight_threshold": self.weight_threshold,
             "activation_threshold": self.activation_threshold,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned.
+
+        Raises:
+            ValueError: the saved state belongs to another layer kind.
+        """
+        saved_kind = state.get("layer_kind", self.layer_kind)  # absent in checkpoints written before it existed
+        if saved_kind != self.layer_kind:
+            raise ValueError(f"swat: saved state is for a {saved_kind!r} layer, this one is {self.layer_kind!r}")
         self._weight_density = _check_fraction(state["weight_density"], "weight density")
         act = state["activation_density"]
         self._activation_density = None if act is None else _check_fraction(act, "activation_density")
@@ -154,4 +186,4 @@ class TopKState:
     def __repr__(self) -> str:
         return (f"TopKState(weight_density={self._weight_density:.4f}, "
                 f"activation_density={self.activation_density:.4f}, period={self.period}, "
-                f"structure={self.structure!r}, calls={self.calls})")
+                f"structure={self.structure!r}, layer_kind={self.layer_kind!r}, calls={self.calls})")
