@@ -22,17 +22,19 @@ def chain(*shapes: tuple[int, int], bias: bool = False) -> nn.Sequential:
 
 def build(model: nn.Module, density: float, masks: Mapping[str, Sequence[int]],
           weights: Mapping[str, Sequence[float]], momenta: Mapping[str, Sequence[float]],
-          optimizer: torch.optim.Optimizer | None = None, total_steps: int = 100,
-          **options) -> sparsecore.Sparsifier:
+          optimizer: torch.optim.Optimizer | None = None, total_steps: int = 100, seed: int = 0,
+          plugins: Sequence[object] = (), **options) -> sparsecore.Sparsifier:
     """A sparsifier whose layers have exactly the given flat active indices, weights and momentum.
 
     ``weights`` and ``momenta`` are full flat tensors per layer (weights at
     inactive positions must be 0). Momentum goes into SGD's ``momentum_buffer``.
+    ``seed`` seeds ``sparsifier.generator``; ``plugins`` are extra plugins
+    (e.g. a :class:`SelectionCountRecorder`).
     """
     if optimizer is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sparsifier = sparsecore.Sparsifier(model, optimizer, algorithm=SparseMomentum(**options), density=density,
-                                       total_steps=total_steps, seed=0)
+                                       total_steps=total_steps, seed=seed, plugins=list(plugins))
     layer_masks = {}
     for name, layer in sparsifier.layers.items():
         flat = torch.zeros(layer.capacity, dtype=torch.bool)
@@ -53,3 +55,29 @@ def build(model: nn.Module, density: float, masks: Mapping[str, Sequence[int]],
 def active(layer) -> list[int]:
     """Flat indices of a layer's active weights."""
     return layer.mask.reshape(-1).nonzero().squeeze(1).tolist()
+
+
+class SelectionCountRecorder:
+    """An extra plugin that records the ``n`` the engine asks ``select_prune`` and ``select_grow`` for.
+
+    It answers ``None``, so the algorithm still makes every choice. After an
+    update, ``pruned`` and ``grown`` hold, per layer, how many weights were
+    pruned and regrown in the cycle, including weights pruned and regrown in
+    the same cycle, which the engine's report does not count.
+    """
+
+    def __init__(self) -> None:
+        self.pruned: dict[str, int] = {}
+        self.grown: dict[str, int] = {}
+
+    @sparsecore.hookimpl
+    def select_prune(self, layer, n: int) -> None:
+        """Record the prune count of ``layer`` and let the algorithm choose."""
+        self.pruned[layer.name] = n
+        return None
+
+    @sparsecore.hookimpl
+    def select_grow(self, layer, n: int) -> None:
+        """Record the regrowth count of ``layer`` and let the algorithm choose."""
+        self.grown[layer.name] = n
+        return None

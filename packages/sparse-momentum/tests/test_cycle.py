@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sm_helpers import active, build, chain
+from sm_helpers import SelectionCountRecorder, active, build, chain
 
 # Two 10-weight layers ("0": Linear(5, 2), "1": Linear(2, 5)), four active weights each (flat 0..3).
 W0 = [0.1, -0.5, 0.3, 0.9, 0, 0, 0, 0, 0, 0]
@@ -70,21 +70,28 @@ def test_larger_mean_momentum_gets_more_regrowth():
     assert report.layers["1"].nnz == 2 + 1
 
 
-def test_dense_growing_layer_prune_cap_and_growth_cap():
-    # "0": 9 of 10 active (10 % zeros) with share 0.9 > 1/2 -> prune rate capped at 0.1 -> removes 1, not 5.
-    # "1": 1 of 10 active, removes ceil(0.5) = 1. Regrowth: "0" asks ceil(0.9 * 2) = 2 = all its free slots,
-    # capped at 0.99 * 2 = 1.98 -> grows 1; "1" gets ceil(0.1 * 2) = 1 plus the spread residual (< 1) -> 1.
+def test_dense_growing_layer_prune_cap_changes_what_is_pruned_and_regrown():
+    # "0": 9 of 10 active (10 % zeros), mean |momentum| 73/9 against 1 in "1" -> share 0.89 > 1/2, "growing":
+    # prune rate capped at 0.1 -> removes ceil(0.9) = 1 (flat 8, |w| 0.05), not ceil(0.5 * 9) = 5.
+    # Regrowth: "0" asks ceil(0.89 * 2) = 2 = all its free slots, capped at 0.99 * 2 = 1.98 -> grows 1, at the
+    # largest |momentum| among inactive flat 8 (9) and 9 (20): flat 9. "1" removes and regrows its one weight.
+    # Without the cap "0" would remove flat 8, 0, 1, 2, 3 and regrow 5 of 6 free slots, dropping flat 0
+    # (the smallest |momentum|) and keeping flat 8 with its old value: active 1..9 instead of 0..7, 9.
     w0 = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 0.05, 0]
     w1 = [0.3] + [0] * 9
-    m0 = [9] * 9 + [4.0]
+    m0 = [1] + [9] * 8 + [20.0]
     m1 = [1] + [0, 0.2, 0, 0, 0, 0, 0, 0.7, 0]
+    recorder = SelectionCountRecorder()
     sparsifier = build(chain((5, 2), (2, 5)), density=0.5, masks={"0": range(9), "1": [0]},
-                       weights={"0": w0, "1": w1}, momenta={"0": m0, "1": m1})
+                       weights={"0": w0, "1": w1}, momenta={"0": m0, "1": m1}, plugins=[recorder])
+    assert sparsifier.algorithm._gather(sparsifier, sparsifier.layers, 0.5).prune_rates == {"0": 0.1, "1": 0.5}
     report = sparsifier.update_topology(0.5)
-    assert report.layers["0"].nnz == 9 and report.layers["1"].nnz == 1
+    assert recorder.pruned == {"0": 1, "1": 1}
+    assert recorder.grown == {"0": 1, "1": 1}
     l0, l1 = sparsifier.layers["0"], sparsifier.layers["1"]
-    # "0" pruned flat 8 (|w| 0.05) and grew flat 8 back (momentum 9 > 4): same mask, weight kept.
-    assert active(l0) == list(range(9))
+    assert active(l0) == [0, 1, 2, 3, 4, 5, 6, 7, 9]
+    assert l0.weight.detach().reshape(-1).tolist() == pytest.approx([0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 0, 0])
+    assert report.layers["0"].pruned == 1 and report.layers["0"].grown == 1
     # "1" pruned its only weight (flat 0) and grew the largest |momentum| among inactive: flat 0 (1.0).
     assert active(l1) == [0]
 
@@ -93,14 +100,21 @@ def test_growth_capped_at_099_of_free_slots_with_residual_loop():
     # "0": 95 of 100 active, share ~1, asked for 56 with a drift correction of 50: capped at 0.99 * 10 -> 9.
     # The excess spreads to "1" (2 of 10 active), which is capped at 0.99 * 9 -> 8: no layer becomes dense.
     w0 = [float(i + 1) for i in range(95)] + [0] * 5
+    recorder = SelectionCountRecorder()
     sparsifier = build(chain((10, 10), (2, 5)), density=0.5, masks={"0": range(95), "1": range(2)},
                        weights={"0": w0, "1": [0.1, 0.2] + [0] * 8},
-                       momenta={"0": [10.0] * 100, "1": [0.001] * 10})
+                       momenta={"0": [10.0] * 95 + [20.0] * 5, "1": [0.001] * 10}, plugins=[recorder])
     sparsifier.algorithm.adjusted_growth = 50.0
     report = sparsifier.update_topology(0.5)
-    # "0" prunes ceil(0.05 * 95) = 5 (dense growing layer: rate capped at its 5 % zeros), "1" prunes 1.
+    # "0" prunes ceil(0.05 * 95) = 5 (dense growing layer: rate capped at its 5 % zeros), not ceil(0.5 * 95)
+    # = 48; "1" prunes 1.
+    assert recorder.pruned == {"0": 5, "1": 1}
+    assert recorder.grown == {"0": 9, "1": 8}
     assert report.layers["0"].nnz == 90 + 9
     assert report.layers["1"].nnz == 1 + 8
+    # "0" pruned flat 0..4 and regrew the never-active 95..99 (momentum 20), then 0..3 (momentum 10, by
+    # position): flat 4 stays out. Uncapped it would prune 0..47, regrow 95..99 and 0..46, and leave out 47.
+    assert active(sparsifier.layers["0"]) == [0, 1, 2, 3] + list(range(5, 100))
 
 
 def test_empty_layer_has_share_zero_and_drift_is_corrected():
@@ -143,23 +157,52 @@ def test_adam_uses_normalised_momentum():
     assert active(sparsifier.layers["0"]) == [0, 3, 4, 8, 9]
 
 
-def test_random_growth_exact_count_on_inactive():
-    sparsifier = two_layers(growth="random")
-    before = {n: l.mask.clone() for n, l in sparsifier.layers.items()}
+def test_random_growth_draws_from_the_sparsifier_generator_not_by_momentum():
+    sparsifier = build(chain((5, 2), (2, 5)), density=0.4, masks={"0": range(4), "1": range(4)},
+                       weights={"0": W0, "1": W1}, momenta={"0": M0, "1": M1}, growth="random", seed=1)
+    # The same draws the plugin must make: one randperm over each layer's inactive weights after pruning,
+    # from sparsifier.generator, layer "0" first.
+    generator = torch.Generator()
+    generator.set_state(sparsifier.generator.get_state())
+    inactive0 = [0, 2, 4, 5, 6, 7, 8, 9]  # "0" pruned flat 0 and 2
+    inactive1 = [0, 1, 4, 5, 6, 7, 8, 9]  # "1" pruned flat 0 and 1
+    grown0 = sorted(inactive0[i] for i in torch.randperm(8, generator=generator)[:1].tolist())
+    grown1 = sorted(inactive1[i] for i in torch.randperm(8, generator=generator)[:3].tolist())
+    assert (grown0, grown1) == ([4], [0, 6, 8])
+
     report = sparsifier.update_topology(0.5)
+    assert active(sparsifier.layers["0"]) == sorted([1, 3] + grown0)
+    assert active(sparsifier.layers["1"]) == sorted([2, 3] + grown1)
+    # momentum growth grows flat 6 in "0" and 9, 7, 1 in "1" (test_prune_redistribute_grow_exact): random
+    # growth chose none of them.
+    assert not set(grown0) & {6} and not set(grown1) & {1, 7, 9}
+    # The plugin drew exactly these numbers from sparsifier.generator and nothing else.
+    assert torch.equal(sparsifier.generator.get_state(), generator.get_state())
     assert report.layers["0"].nnz == 3 and report.layers["1"].nnz == 5
-    for name, layer in sparsifier.layers.items():
-        grown = layer.mask & ~before[name]
-        assert bool((layer.weight.detach()[grown] == 0).all())
+    # New weights start at 0; flat 0 of "1", pruned and regrown in the same cycle, keeps its value.
+    assert sparsifier.layers["0"].weight.detach().reshape(-1).tolist() == pytest.approx([0, -0.5, 0, 0.9] + [0] * 6)
+    assert sparsifier.layers["1"].weight.detach().reshape(-1).tolist() == pytest.approx([0.2, 0, -0.6, 0.8] + [0] * 6)
 
 
-def test_global_magnitude_prunes_smallest_over_all_layers():
-    # baseline 8, rate 0.5 -> the 4 smallest |w| of all 8 active: 0.1, 0.2, 0.3 and 0.4.
-    sparsifier = two_layers(prune="global_magnitude")
-    sparsifier.update_topology(0.5)
-    # Regrowth 1 in "0" (flat 6) and 3 in "1" (9, 7, 1), scaled by removed/expected = 4/4 = 1.
-    assert active(sparsifier.layers["0"]) == [1, 3, 6]
-    assert active(sparsifier.layers["1"]) == [1, 2, 3, 7, 9]
+def test_global_magnitude_prunes_smallest_over_all_layers_and_rescales_regrowth():
+    # baseline 0.35 * 20 = 7, rate 0.3 -> ceil(2.1) = 3 smallest |w| of all 7 active: 0.01, 0.02, 0.03, all in
+    # layer "0" (per layer, ceil(0.3 * 4) = 2 from "0" and ceil(0.3 * 3) = 1 from "1" would be removed).
+    w0 = [0.01, 0.02, 0.03, 0.9, 0, 0, 0, 0, 0, 0]
+    w1 = [0.2, 0.4, 0.6, 0, 0, 0, 0, 0, 0, 0]
+    m1 = [3, -3, 3, 0.5, 6, 0.1, -7, 2, 8, 0.3]
+    recorder = SelectionCountRecorder()
+    sparsifier = build(chain((5, 2), (2, 5)), density=0.35, masks={"0": range(4), "1": range(3)},
+                       weights={"0": w0, "1": w1}, momenta={"0": M0, "1": m1}, prune="global_magnitude",
+                       plugins=[recorder])
+    assert sparsifier.algorithm.baseline_nonzero == pytest.approx(7.0)
+    sparsifier.update_topology(0.3)
+    assert recorder.pruned == {"0": 3, "1": 0}
+    # Shares 0.25 / 0.75 (mean |momentum| 1 and 3): regrowth ceil(0.25 * 3) = 1 and ceil(0.75 * 3) = 3, scaled
+    # by removed / expected = 3 / (7 * 0.3) = 1.43 and floored: 1 and 4 (unscaled "1" would grow 3).
+    assert recorder.grown == {"0": 1, "1": 4}
+    # "0" keeps flat 3 and grows flat 6 (|momentum| 5); "1" keeps 0, 1, 2 and grows 8, 6, 4, 7.
+    assert active(sparsifier.layers["0"]) == [3, 6]
+    assert active(sparsifier.layers["1"]) == [0, 1, 2, 4, 6, 7, 8]
 
 
 def test_global_magnitude_counts_follow_the_smallest_weights():
@@ -183,14 +226,33 @@ def test_redistribution_none_shares_by_layer_size():
     assert report.layers["0"].nnz == 2 + 3 and report.layers["1"].nnz == 5 + 5
 
 
-def test_redistribution_magnitude_and_nonzero():
+def test_redistribution_magnitude_shares_by_mean_absolute_weight():
     sparsifier = two_layers(redistribution="magnitude")
     shares = sparsifier.algorithm._gather(sparsifier, sparsifier.layers, 0.5).shares
     # mean |w|: 0.45 and 0.5
     assert shares == pytest.approx({"0": 0.45 / 0.95, "1": 0.5 / 0.95})
-    sparsifier = two_layers(redistribution="nonzeros")
-    shares = sparsifier.algorithm._gather(sparsifier, sparsifier.layers, 0.5).shares
-    assert shares == pytest.approx({"0": 0.5, "1": 0.5})
+
+
+@pytest.mark.parametrize("mode, shares, grown", [
+    # non-zero weights: 3 in "0", 15 in "1" (its 16 active weights include one of value 0)
+    ("nonzero", {"0": 3 / 18, "1": 15 / 18}, {"0": 2, "1": 9}),  # ceil(10 / 6) = 2, ceil(50 / 6) = 9
+    ("nonzeros", {"0": 3 / 18, "1": 15 / 18}, {"0": 2, "1": 9}),  # the reference's spelling
+    # layer sizes: 10 and 20
+    ("none", {"0": 1 / 3, "1": 2 / 3}, {"0": 4, "1": 7}),  # ceil(10 / 3) = 4, ceil(20 / 3) = 7
+])
+def test_redistribution_nonzero_counts_nonzero_weights_and_none_uses_layer_size(mode, shares, grown):
+    # "0": Linear(5, 2), 3 of 10 active; "1": Linear(2, 10), 16 of 20 active, one of them exactly 0.
+    # Removed: ceil(0.5 * 3) = 2 + ceil(0.5 * 16) = 8 = 10.
+    w0 = [0.5, 0.7, 0.6] + [0] * 7
+    w1 = [0.0] + [0.1 * (i + 1) for i in range(15)] + [0] * 4
+    recorder = SelectionCountRecorder()
+    sparsifier = build(chain((5, 2), (2, 10)), density=0.4, masks={"0": range(3), "1": range(16)},
+                       weights={"0": w0, "1": w1}, momenta={"0": [100.0] * 10, "1": [0.5] * 20},
+                       redistribution=mode, plugins=[recorder])
+    assert sparsifier.algorithm._gather(sparsifier, sparsifier.layers, 0.5).shares == pytest.approx(shares)
+    sparsifier.update_topology(0.5)
+    assert recorder.pruned == {"0": 2, "1": 8}
+    assert recorder.grown == grown  # momentum redistribution would give "0" 8 and "1" 2
 
 
 def test_momentum_neuron_growth_follows_reference():

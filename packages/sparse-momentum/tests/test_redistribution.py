@@ -7,7 +7,7 @@ import math
 import pytest
 
 from sparse_momentum import growth_redistribution, layer_shares
-from sparse_momentum.redistribution import adjust_prune_rates
+from sparse_momentum.redistribution import MAX_ITERATIONS, adjust_prune_rates
 
 
 def test_shares_normalise_and_nan_is_zero():
@@ -49,9 +49,34 @@ def test_cap_and_residual_spread_over_all_layers():
 
 
 def test_all_layers_capped_stop_after_max_iterations():
+    # Every layer is full after pruning: the residual never reaches 0, the loop only ends at its bound.
     regrowth = growth_redistribution({"a": 0.5, "b": 0.5}, nnz={"a": 5, "b": 5}, zeros={"a": 0, "b": 0},
                                      prune_rates={"a": 0.2, "b": 0.2}, total_removed=2, adjusted_growth=100.0)
     assert regrowth == {"a": 0.99, "b": 0.99}
+
+
+def test_residual_loop_runs_exactly_max_iterations_passes():
+    # 99 layers with one free slot after pruning each ask ceil(0.01 * 100) = 1 and may take 0.99: each pass
+    # they hand back 0.01 of the mean residual they receive, so the residual shrinks by q = 99/100 per pass
+    # and never reaches 0. The one roomy layer, "free", collects m * (1 - q**(K - 1)) / (1 - q) over K
+    # passes, m = 99 * 0.01 / 100 the residual of the first pass.
+    names = [f"capped{i}" for i in range(99)] + ["free"]
+    zeros = {name: 0 for name in names}
+    zeros["free"] = 1000
+    args = dict(shares={name: 0.01 for name in names}, nnz={name: 10 for name in names}, zeros=zeros,
+                prune_rates={name: 0.1 for name in names}, total_removed=100, adjusted_growth=0.0)
+
+    def free_after(passes: int) -> float:
+        return 1 + 0.0099 * (1 - 0.99 ** (passes - 1)) / 0.01
+
+    assert MAX_ITERATIONS == 1000  # the reference's bound
+    regrowth = growth_redistribution(**args)
+    assert regrowth["free"] == pytest.approx(free_after(1000), abs=1e-10)
+    assert regrowth["capped0"] == 0.99
+    assert growth_redistribution(**args, max_iterations=1000) == regrowth
+    assert growth_redistribution(**args, max_iterations=1)["free"] == 1.0  # no residual spread yet
+    assert growth_redistribution(**args, max_iterations=999)["free"] < regrowth["free"]
+    assert growth_redistribution(**args, max_iterations=1001)["free"] > regrowth["free"]
 
 
 def test_larger_share_never_gets_less_before_caps():

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import sparsecore
+from sm_helpers import active, chain
 from sparse_momentum import SparseMomentum
 
 
@@ -50,6 +51,24 @@ def test_reachable_by_name_with_options():
                                                          mask_optimizer_state=False, reset_grown_state=False)
 
 
+def test_cosine_prune_rate_with_non_default_eta_min():
+    algo = make(steps_per_epoch=25, epochs=4, eta_min=0.1).algorithm  # T_max = 100
+    assert algo.rate(0) == 0.5
+    assert algo.rate(25) == pytest.approx(0.1 + 0.4 * (1 + math.sqrt(0.5)) / 2, abs=1e-15)
+    assert algo.rate(50) == pytest.approx(0.3, abs=1e-15)
+    assert algo.rate(75) == pytest.approx(0.1 + 0.4 * (1 - math.sqrt(0.5)) / 2, abs=1e-15)
+    assert algo.rate(100) == pytest.approx(0.1, abs=1e-15)
+    assert algo.rate(150) == pytest.approx(0.1, abs=1e-15)
+
+
+def test_linear_decay_goes_to_eta_min_and_to_zero_like_the_reference_with_eta_min_0():
+    algo = make(steps_per_epoch=25, epochs=4, decay="linear", eta_min=0.1).algorithm
+    assert [algo.rate(t) for t in (0, 25, 50, 100)] == pytest.approx([0.5, 0.4, 0.3, 0.1], abs=1e-15)
+    # The reference's LinearDecay(prune_rate, T_max) subtracts prune_rate / T_max per step: 0 at T_max.
+    algo = make(steps_per_epoch=25, epochs=4, decay="linear", eta_min=0.0).algorithm
+    assert [algo.rate(t) for t in (0, 25, 50, 100)] == pytest.approx([0.5, 0.375, 0.25, 0.0], abs=1e-15)
+
+
 def test_cosine_prune_rate_values():
     algo = make(steps_per_epoch=25, epochs=4).algorithm  # T_max = 100
     assert algo.rate(0) == 0.5
@@ -67,9 +86,18 @@ def test_updates_after_every_epoch_but_the_last_with_scheduled_rate():
     assert updates[0].rate == pytest.approx(0.005 + 0.495 * (1 + math.cos(math.pi / 3)) / 2)
 
 
-def test_no_update_after_final_epoch_of_two():
-    sparsifier = make(steps_per_epoch=4, epochs=2)
+@pytest.mark.parametrize("decay", ["cosine", "linear", "constant"])
+def test_no_update_after_final_epoch_of_two(decay):
+    sparsifier = make(steps_per_epoch=4, epochs=2, decay=decay)
     train(sparsifier, 4, 2)
+    assert [r.step for r in sparsifier.history if r.reason == "update"] == [4]
+
+
+def test_update_every_k_steps_none_at_the_final_step():
+    # total_steps = 8, k = 4: step 4 updates, step 8 (the run's last) does not; none at epoch ends either.
+    sparsifier = make(steps_per_epoch=4, epochs=2, update_every=4)
+    train(sparsifier, 4, 2)
+    assert sparsifier.step == 8
     assert [r.step for r in sparsifier.history if r.reason == "update"] == [4]
 
 
@@ -166,11 +194,16 @@ def test_optimizer_without_momentum_is_rejected():
         sparsecore.Sparsifier(model, optimizer, algorithm="sparse-momentum", density=0.5, total_steps=10)
 
 
-def test_cosine_decay_needs_total_steps():
+@pytest.mark.parametrize("decay", ["cosine", "linear", "constant"])
+def test_total_steps_is_required_whatever_the_decay(decay):
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    with pytest.raises(sparsecore.ConfigurationError, match="total_steps"):
-        sparsecore.Sparsifier(model, optimizer, algorithm="sparse-momentum", density=0.5)
+    with pytest.raises(sparsecore.ConfigurationError) as caught:
+        sparsecore.Sparsifier(model, optimizer, algorithm="sparse-momentum", density=0.5, decay=decay)
+    assert str(caught.value) == (
+        "sparse-momentum needs total_steps (steps_per_epoch * epochs): it skips the topology update after the "
+        "final epoch, which it can only recognise from total_steps, and its prune-rate schedule runs over "
+        "total_steps; pass total_steps= to the Sparsifier")
 
 
 def test_plugin_object_reused_starts_with_fresh_drift_state():
@@ -184,3 +217,34 @@ def test_plugin_object_reused_starts_with_fresh_drift_state():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sparsecore.Sparsifier(model, optimizer, algorithm=algo, density=0.25, total_steps=10)
     assert algo.state_dict() == {"baseline_nonzero": 86.0, "adjusted_growth": 0.0, "adjustments": []}
+
+
+def test_adam_training_loop_grows_at_largest_normalised_momentum():
+    # One Linear(5, 2) layer, active flat 0..4 with weights 1..5, trained two Adam steps on the loss
+    # sum(W * G_t), so the gradient is G_t everywhere (inactive weights included). Then the step-2 update
+    # (update_every=2, constant rate 0.4) prunes ceil(0.4 * 5) = 2 (flat 0, 1) and regrows 2.
+    # exp_avg = 0.09 g1 + 0.1 g2, exp_avg_sq = 0.000999 g1^2 + 0.001 g2^2; growth scores
+    # |exp_avg| / (sqrt(exp_avg_sq) + 1e-8) at the inactive weights:
+    #   flat 5: g = (10, -5) -> 0.40 / 0.353 = 1.13      flat 6: g = (1, 1) -> 0.19 / 0.0447 = 4.25
+    #   flat 7: g = (2, 1)   -> 0.28 / 0.0707 = 3.96     flat 8: g = (1, 2) -> 0.29 / 0.0707 = 4.10
+    #   flat 9: g = 0        -> 0                         flat 0, 1 (pruned): g = (1, -1) -> 0.22
+    # -> grows flat 6 and 8. By |exp_avg| alone it would grow 5 (0.40) and 8 (0.29).
+    model = chain((5, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    sparsifier = sparsecore.Sparsifier(model, optimizer, algorithm="sparse-momentum", density=0.5, total_steps=4,
+                                       seed=0, update_every=2, decay="constant", prune_rate=0.4)
+    layer = sparsifier.layers["0"]
+    sparsifier.set_masks({"0": torch.tensor([True] * 5 + [False] * 5).view(2, 5)})
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([1.0, 2, 3, 4, 5, 0, 0, 0, 0, 0]).view(2, 5))
+    gradients = [[1, 1, 1, 1, 1, 10, 1, 2, 1, 0], [-1, -1, -1, -1, -1, -5, 1, 1, 2, 0]]
+    for gradient in gradients:
+        optimizer.zero_grad()
+        (layer.weight * torch.tensor(gradient, dtype=torch.float32).view(2, 5)).sum().backward()
+        optimizer.step()
+    updates = [r for r in sparsifier.history if r.reason == "update"]
+    assert [r.step for r in updates] == [2]
+    assert active(layer) == [2, 3, 4, 6, 8]
+    # the grown weights start at 0; the kept ones moved by Adam's two steps of lr 0.01 each
+    assert layer.weight.detach().reshape(-1).tolist() == pytest.approx([0, 0, 2.99, 3.99, 4.99, 0, 0, 0, 0, 0],
+                                                                       abs=0.01)

@@ -69,6 +69,10 @@ class SparseMomentum:
     starting from 0. The prune rate follows a cosine decay from
     ``prune_rate`` to ``eta_min`` over ``total_steps``.
 
+    The sparsifier must be given ``total_steps`` (``steps_per_epoch *
+    epochs``), whatever the ``decay``: it is how the last epoch is recognised
+    (no update after it) and the length of the prune-rate schedule.
+
     Example:
         ```python
         sparsifier = sparsecore.Sparsifier(model, optimizer, algorithm="sparse-momentum", density=0.05,
@@ -77,22 +81,30 @@ class SparseMomentum:
 
     Args:
         prune_rate: the prune rate at step 0 (reference default 0.5).
-        eta_min: the prune rate reached at ``total_steps`` (reference 0.005).
-        decay: ``"cosine"`` (reference default), ``"linear"`` or ``"constant"``.
+        eta_min: the prune rate reached at ``total_steps`` (reference 0.005),
+            for ``"cosine"`` and ``"linear"`` decay.
+        decay: ``"cosine"`` (reference default), ``"linear"`` or
+            ``"constant"`` (always ``prune_rate``). ``"linear"`` goes from
+            ``prune_rate`` to ``eta_min`` in a straight line; the reference's
+            ``LinearDecay`` ignores ``eta_min`` and reaches 0 (pass
+            ``eta_min=0`` for that).
         redistribution: ``"momentum"`` (default), ``"magnitude"`` (mean |w| of
             active weights), ``"nonzero"`` (count of non-zero weights) or
             ``"none"`` (share proportional to the layer's size).
         growth: ``"momentum"`` (default), ``"random"`` or ``"momentum_neuron"``.
         prune: ``"magnitude"`` (per layer, default) or ``"global_magnitude"``.
         update_every: ``"epoch"`` (after every epoch except the last) or a
-            positive number of optimizer steps.
+            positive number ``k`` of optimizer steps (after every ``k``-th
+            step before ``total_steps``; none at the last step).
         init: ``"exact"`` (the engine's masks with exactly
             ``round(d * n)`` active weights per layer, default) or
             ``"bernoulli"`` (each weight active with probability ``d``, as the
             reference).
 
     Raises:
-        ConfigurationError: an unknown mode or an out-of-range number.
+        ConfigurationError: an unknown mode or an out-of-range number; at
+            set-up, a sparsifier without ``total_steps`` or an optimizer without
+            momentum when growth or redistribution read it.
     """
 
     name = "sparse-momentum"
@@ -151,7 +163,17 @@ class SparseMomentum:
 
     @hookimpl
     def on_setup(self, sparsifier) -> None:
-        """Build the prune-rate schedule, fix the target count, reset the drift state, check the optimizer."""
+        """Check the run, build the prune-rate schedule, fix the target count, reset the drift state.
+
+        Raises:
+            ConfigurationError: the sparsifier has no ``total_steps``, or the
+                optimizer has no momentum while growth or redistribution need it.
+        """
+        if sparsifier.total_steps is None:
+            raise ConfigurationError(
+                "sparse-momentum needs total_steps (steps_per_epoch * epochs): it skips the topology update "
+                "after the final epoch, which it can only recognise from total_steps, and its prune-rate "
+                "schedule runs over total_steps; pass total_steps= to the Sparsifier")
         try:
             self._schedule = make_decay(self.decay, self.prune_rate, sparsifier.total_steps, self.eta_min)
         except ValueError as exc:
@@ -187,16 +209,26 @@ class SparseMomentum:
     # ------------------------------------------------------------------
     @hookimpl
     def on_step(self, sparsifier, step: int) -> None:
-        """Step-scheduled updates (``update_every=k``), none at or after ``total_steps``."""
+        """Step-scheduled updates (``update_every=k``): at every multiple of ``k`` below ``total_steps``.
+
+        None at or after ``total_steps``: an update at the run's last step
+        would change masks that are never trained again, the step-mode
+        counterpart of skipping the update after the final epoch.
+        """
         if self.update_every == "epoch" or step % self.update_every:
             return
-        if sparsifier.total_steps is not None and step >= sparsifier.total_steps:
+        if step >= sparsifier.total_steps:
             return
         sparsifier.update_topology(self.rate(step))
 
     @hookimpl
     def on_epoch_end(self, sparsifier, epoch: int) -> None:
-        """Epoch-scheduled updates: after every epoch except the last."""
+        """Epoch-scheduled updates: after every epoch except the last.
+
+        The last epoch is the one whose end reaches ``total_steps`` (within half
+        an epoch, :meth:`sparsecore.Sparsifier.is_final_epoch`); set-up makes
+        sure ``total_steps`` is given.
+        """
         if self.update_every == "epoch" and not sparsifier.is_final_epoch(epoch):
             sparsifier.update_topology(self.rate(sparsifier.step))
 
