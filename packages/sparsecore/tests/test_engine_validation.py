@@ -162,3 +162,22 @@ def test_checkpoint_with_non_bool_masks_is_refused():
     state["masks"] = {n: m.float() for n, m in state["masks"].items()}
     with pytest.raises(sparsecore.CheckpointError, match="dtype torch.float32, expected torch.bool"):
         build(algorithm="static", density=0.5, seed=0).load_state_dict(state)
+
+
+def test_a_failed_setup_leaves_the_optimizer_and_model_untouched():
+    class RefuseSetup:
+        @sparsecore.hookimpl
+        def layer_forward(self, sparsifier, layer):
+            return lambda x: layer.module.__class__.forward(layer.module, x)
+
+        @sparsecore.hookimpl
+        def on_setup(self, sparsifier):
+            raise sparsecore.ConfigurationError("refused")
+
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pre, post = dict(opt._optimizer_step_pre_hooks), dict(opt._optimizer_step_post_hooks)
+    with pytest.raises(sparsecore.ConfigurationError, match="refused"):
+        sparsecore.Sparsifier(model, opt, algorithm="static", density=0.5, plugins=[RefuseSetup()])
+    assert dict(opt._optimizer_step_pre_hooks) == pre and dict(opt._optimizer_step_post_hooks) == post
+    assert all("forward" not in m.__dict__ for m in model.modules())

@@ -192,11 +192,15 @@ class Sparsifier:
             warnings.warn(f"sparse layer(s) {empty} start with no active weight (init_masks of {who!r} at density "
                           f"{self.density}): they pass no signal; raise the density or keep them dense with "
                           "exclude=[...]", UserWarning, stacklevel=2)
-        self._install_forwards()
-        self._record_output_sizes()
-        self._handles.append(optimizer.register_step_pre_hook(self._before_step))
-        self._handles.append(optimizer.register_step_post_hook(self._after_step))
-        self.manager.hook.on_setup(sparsifier=self)
+        try:
+            self._install_forwards()
+            self._record_output_sizes()
+            self._handles.append(optimizer.register_step_pre_hook(self._before_step))
+            self._handles.append(optimizer.register_step_post_hook(self._after_step))
+            self.manager.hook.on_setup(sparsifier=self)
+        except BaseException:
+            self.remove()  # a refused set-up leaves no hook on the optimizer and no replaced forward
+            raise
 
     # ------------------------------------------------------------------
     # set-up helpers
