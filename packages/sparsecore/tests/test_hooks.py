@@ -7,6 +7,7 @@ import torch
 
 import sparsecore
 from sparsecore import HookResultError, hookimpl, selection
+from sparsecore.plugins import RUN_HOOKS
 
 from core_helpers import mlp, train_steps
 
@@ -63,19 +64,26 @@ def test_user_plugins_override_the_algorithm_and_the_engine_applies_exactly_thei
     sp = make(plugins=[LargestPrune(), FirstSlotsGrow(), AllToFirst()])
     before = {n: l.mask.clone() for n, l in sp.layers.items()}
     weights = {n: l.weight.detach().abs().clone() for n, l in sp.layers.items()}
-    removed = {n: int(0.5 * l.nnz) for n, l in sp.layers.items()}
+    removed = {n: int(0.5 * l.nnz) for n, l in sp.layers.items()}  # the default floor(rate * nnz)
+    assert removed == {"0": 64, "2": 96, "4": 12}
     total = sum(removed.values())
     report = sp.update_topology(0.5)
-    # pruned = the largest active weights
     for name, layer in sp.layers.items():
+        # LargestPrune removes exactly the largest active weights ...
         expected_pruned = selection.largest(weights[name], before[name], removed[name])
-        assert not (layer.mask & expected_pruned & ~before[name]).any()
-        survivors = before[name] & ~expected_pruned
-        assert torch.equal(layer.mask & survivors, survivors)
-    # everything regrown in the first layer, in its first free slots
-    first = sp.layers["0"]
-    assert report.layers["0"].nnz == before["0"].sum().item() - removed["0"] + min(total, first.capacity - (before["0"].sum().item() - removed["0"]))
-    assert sp.nnz == sum(b.sum().item() for b in before.values())
+        after_prune = before[name] & ~expected_pruned
+        # ... AllToFirst sends all 172 regrowths to layer "0" (it has room), where FirstSlotsGrow takes the
+        # first inactive slots in flat order (just-pruned ones included); the other layers regrow nothing
+        expected = after_prune.clone()
+        if name == "0":
+            flat = expected.view(-1)
+            flat[(~after_prune).view(-1).nonzero().squeeze(1)[:total]] = True
+        assert torch.equal(layer.mask, expected), name
+        assert report.layers[name].pruned == int((before[name] & ~expected).sum())
+        assert report.layers[name].grown == int((expected & ~before[name]).sum())
+    assert report.layers["0"].nnz == 128 - 64 + 172
+    assert [report.layers[n].nnz for n in ("2", "4")] == [96, 12]
+    assert sp.nnz == sum(int(b.sum()) for b in before.values())
 
 
 class WrongCount:
@@ -194,14 +202,148 @@ def test_later_user_plugins_take_precedence():
         assert torch.equal(layer.mask & chosen[name], chosen[name])
 
 
-def test_misspelled_hook_is_an_error():
+def test_misspelled_hook_is_an_error_naming_the_plugin_by_its_registered_name():
     class Typo:
         @hookimpl
         def selct_prune(self, layer, n):
             return None
 
-    with pytest.raises(sparsecore.ConfigurationError, match="selct_prune"):
+    valid = ", ".join(RUN_HOOKS)
+    with pytest.raises(sparsecore.ConfigurationError) as info:
         make(plugins=[Typo()])
+    assert str(info.value) == ("plugin 'Typo' implements unknown hook(s) 'selct_prune' "
+                               f"(did you mean 'select_prune'?). Valid hooks: {valid}")
+    assert " object at 0x" not in str(info.value)
+
+
+def test_misspelled_hooks_of_a_registered_algorithm_name_the_algorithm(register_algorithm):
+    class TwoTypos:
+        name = "class-attribute-name"  # the registered name wins
+
+        @hookimpl
+        def on_stpe(self, step):
+            pass
+
+        @hookimpl
+        def zzz(self):
+            pass
+
+    register_algorithm("typo-algo", TwoTypos)
+    with pytest.raises(sparsecore.ConfigurationError) as info:
+        make(algorithm="typo-algo")
+    assert str(info.value) == ("plugin 'typo-algo' implements unknown hook(s) 'on_stpe' (did you mean 'on_step'?), "
+                               f"'zzz'. Valid hooks: {', '.join(RUN_HOOKS)}")
+
+
+def test_optional_unknown_hooks_are_allowed():
+    class Optional:
+        name = "optional"
+
+        @hookimpl(optionalhook=True)
+        def some_future_hook(self):
+            pass
+
+        @hookimpl
+        def on_step(self, step):
+            pass
+
+    make(plugins=[Optional()])
+
+
+class WrongCountBad:
+    """Prunes one weight too few, under the name the wrapper tests look for."""
+
+    name = "bad-plugin"
+
+    @hookimpl
+    def select_prune(self, layer, n):
+        return selection.smallest(layer.weight.detach().abs(), layer.mask, n - 1)
+
+
+class OldStyleLogger:
+    """A logging hookwrapper (old style) around select_prune."""
+
+    name = "logger"
+
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl(hookwrapper=True)
+    def select_prune(self, layer, n):
+        outcome = yield
+        self.calls.append((layer.name, n, outcome.get_result()))
+
+
+class NewStyleLogger:
+    """A logging wrapper (new style, ``wrapper=True``) around select_prune."""
+
+    name = "new-logger"
+
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl(wrapper=True)
+    def select_prune(self, layer, n):
+        result = yield
+        self.calls.append((layer.name, n))
+        return result
+
+
+@pytest.mark.parametrize("logger_first", [True, False])
+@pytest.mark.parametrize("logger_cls", [OldStyleLogger, NewStyleLogger])
+def test_bad_answer_under_a_hook_wrapper_names_the_plugin_that_answered(logger_cls, logger_first):
+    logger = logger_cls()
+    plugins = [logger, WrongCountBad()] if logger_first else [WrongCountBad(), logger]
+    sp = make(plugins=plugins)
+    masks = {n: l.mask.clone() for n, l in sp.layers.items()}
+    with pytest.raises(HookResultError) as info:
+        sp.update_topology(0.5)
+    assert (info.value.hook, info.value.plugin) == ("select_prune", "bad-plugin")
+    assert str(info.value) == ("hook 'select_prune' of plugin 'bad-plugin': layer '0': "
+                               "selected 63 entries, expected exactly 64")
+    assert [c[:2] for c in logger.calls] == [("0", 64)]  # the wrapper ran around the call
+    for name, layer in sp.layers.items():
+        assert torch.equal(layer.mask, masks[name])
+
+
+def test_good_answers_under_a_hook_wrapper_are_attributed_and_applied():
+    logger = OldStyleLogger()
+    sp = make(plugins=[logger, LargestPrune()])
+    before = {n: l.mask.clone() for n, l in sp.layers.items()}
+    weights = {n: l.weight.detach().abs().clone() for n, l in sp.layers.items()}
+    chosen, who = sp.manager.call_first("select_prune", sparsifier=sp, layer=sp.layers["0"], n=5)
+    assert who == "largest-prune" and torch.equal(chosen, selection.largest(weights["0"], before["0"], 5))
+    sp.update_topology(0.5)
+    assert [(name, n) for name, n, _ in logger.calls] == [("0", 5), ("0", 64), ("2", 96), ("4", 12)]
+    for name, n, result in logger.calls[1:]:
+        expected = selection.largest(weights[name], before[name], n)
+        assert torch.equal(result, expected)  # the wrapper saw LargestPrune's answer ...
+        net_pruned = before[name] & ~sp.layers[name].mask
+        assert not (net_pruned & ~expected).any()  # ... and the engine removed nothing else
+
+
+def test_a_wrapper_that_replaces_the_answer_is_named():
+    class Replaces:
+        name = "replacer"
+
+        @hookimpl(wrapper=True)
+        def select_prune(self, layer, n):
+            yield
+            return torch.zeros_like(layer.mask)  # drops the answer of the built-in default
+
+    sp = make(plugins=[Replaces()])
+    with pytest.raises(HookResultError) as info:
+        sp.update_topology(0.5)
+    assert info.value.plugin == "replacer (hook wrapper; replaced the answer of sparsecore-defaults)"
+    assert str(info.value) == ("hook 'select_prune' of plugin 'replacer (hook wrapper; replaced the answer of "
+                               "sparsecore-defaults)': layer '0': selected 0 entries, expected exactly 64")
+
+
+def test_answers_are_attributed_without_wrappers_and_none_defers():
+    sp = make(plugins=[LargestPrune()])
+    assert sp.manager.call_first("select_prune", sparsifier=sp, layer=sp.layers["0"], n=3)[1] == "largest-prune"
+    assert sp.manager.call_first("select_grow", sparsifier=sp, layer=sp.layers["0"], n=3)[1] == "sparsecore-defaults"
+    assert sp.manager.call_first_or_none("layer_forward", sparsifier=sp, layer=sp.layers["0"]) == (None, "")
 
 
 def test_plugin_without_hooks_and_class_instead_of_instance_are_errors():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -12,9 +13,14 @@ import torch
 import sparsecore
 from sparsecore import hookimpl
 from sparsecore.cli import main
-from sparsecore.plugins import Registry, implemented_hooks
+from sparsecore.plugins import Registry, factory_hooks, implemented_hooks
 
 from core_helpers import mlp
+
+pytest_plugins = ["pytester"]
+
+# inner pytester runs keep file order and stay in this process
+INNER_ARGS = ("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:xdist")
 
 
 class Halver:
@@ -36,8 +42,29 @@ def test_registered_algorithm_is_usable_by_name(register_algorithm):
     assert "halver" in sparsecore.available_algorithms()
 
 
-def test_registered_algorithm_removed_after_test():
-    assert "halver" not in sparsecore.available_algorithms()
+def test_registered_algorithm_lasts_one_test(pytester):
+    # self-contained: an inner session registers in one test and looks in the next
+    pytester.makepyfile(
+        """
+        import sparsecore
+        from sparsecore import hookimpl
+
+        class Halver:
+            @hookimpl
+            def redistribute(self, removed):
+                return {k: 0 for k in removed}
+
+        def test_registers(register_algorithm):
+            register_algorithm("halver-once", Halver)
+            assert "halver-once" in sparsecore.available_algorithms()
+
+        def test_removed_afterwards():
+            assert "halver-once" not in sparsecore.available_algorithms()
+        """
+    )
+    result = pytester.runpytest(*INNER_ARGS)
+    result.assert_outcomes(passed=2)
+    assert "halver-once" not in sparsecore.available_algorithms()
 
 
 def test_implemented_hooks_of_class_and_instance():
@@ -92,3 +119,114 @@ def test_console_script_runs_as_module():
     out = subprocess.run([sys.executable, "-m", "sparsecore", "plugins"], capture_output=True, text=True,
                          env={"SPARSECORE_DISABLE_PLUGIN_AUTOLOAD": "1", "PATH": ""}, check=True).stdout
     assert "algorithm static" in out
+
+
+# -- `sparsecore plugins` with factory functions and broken entry points ---------------------------
+
+
+def make_halver():
+    """A factory function (not a class) that builds with no options."""
+    return Halver()
+
+
+def make_tuned(strength, scale=1.0):
+    """A factory function that needs an option."""
+    return Halver()
+
+
+def make_broken():
+    """A factory function that cannot be built bare."""
+    raise RuntimeError("needs a GPU")
+
+
+class FakeDist:
+    def __init__(self, name):
+        self.metadata = {"Name": name}
+        self.version = "9.9"
+
+
+class FakeEntryPoint:
+    def __init__(self, dist, value, module=None, error=None):
+        self.dist, self.name, self.value = FakeDist(dist), dist, value
+        self._module, self._error = module, error
+
+    def load(self):
+        if self._error is not None:
+            raise self._error
+        return self._module
+
+
+@hookimpl
+def register_factories(register):
+    register("by-class", Halver)
+    register("by-function", make_halver)
+    register("by-lambda", lambda: Halver())
+    register("needs-options", make_tuned)
+    register("broken", make_broken)
+
+
+FactoryModule = types.ModuleType("factories_plugin")  # what the entry point loads
+FactoryModule.sparsecore_register_algorithms = register_factories
+
+
+@pytest.fixture
+def fake_registry(monkeypatch):
+    """`sparsecore.cli` reads a fresh registry loading one good and one failing fake entry point."""
+    import importlib.metadata
+
+    from sparsecore import cli
+
+    eps = [FakeEntryPoint("factories", "factories_plugin", module=FactoryModule),
+           FakeEntryPoint("broken-dist", "broken_plugin.module", error=ImportError("No module named 'broken_plugin'"))]
+    monkeypatch.delenv("SPARSECORE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: eps if group == "sparsecore" else [])
+    reg = Registry()
+    with pytest.warns(RuntimeWarning, match="broken-dist 9.9: entry point 'broken_plugin.module' failed to load"):
+        reg.load()
+    monkeypatch.setattr(cli, "registry", reg)
+    return reg
+
+
+def test_hooks_of_factory_functions(fake_registry):
+    algos = fake_registry.algorithms
+    assert algos["by-class"].hooks() == ["redistribute"]
+    assert algos["by-function"].hooks() == ["redistribute"]
+    assert algos["by-lambda"].hooks() == ["redistribute"]
+    assert algos["needs-options"].hooks() is None
+    assert algos["broken"].hooks() is None
+    assert factory_hooks(make_tuned) == (None, "factory make_tuned needs option(s) strength")
+    assert factory_hooks(make_broken) == (None, "factory make_broken() failed: RuntimeError('needs a GPU')")
+
+
+def test_plugins_command_text_shows_factory_hooks_and_load_errors(fake_registry, capsys):
+    assert main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[lines.index("factories 9.9  (module factories_plugin)") + 1:][:5] == [
+        "  algorithm by-class: hooks redistribute",
+        "  algorithm by-function: hooks redistribute",
+        "  algorithm by-lambda: hooks redistribute",
+        "  algorithm needs-options: hooks known once built (factory make_tuned needs option(s) strength)",
+        "  algorithm broken: hooks known once built (factory make_broken() failed: RuntimeError('needs a GPU'))",
+    ]
+    assert lines[-1] == ("failed to load: broken-dist 9.9: entry point 'broken_plugin.module' failed to load: "
+                         "ImportError(\"No module named 'broken_plugin'\")")
+
+
+def test_plugins_command_json_includes_factory_hooks_and_load_errors(fake_registry, capsys):
+    assert main(["plugins", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [d["distribution"] for d in data] == ["sparsecore", "factories", "broken-dist"]
+    factories = data[1]
+    assert factories["load_errors"] == [] and factories["version"] == "9.9"
+    assert {r["name"]: (r["hooks"], r["hooks_note"]) for r in factories["registrations"]} == {
+        "by-class": (["redistribute"], None),
+        "by-function": (["redistribute"], None),
+        "by-lambda": (["redistribute"], None),
+        "needs-options": (None, "factory make_tuned needs option(s) strength"),
+        "broken": (None, "factory make_broken() failed: RuntimeError('needs a GPU')"),
+    }
+    assert data[2] == {"distribution": "broken-dist", "version": "9.9", "module": "broken_plugin.module",
+                       "registrations": [],
+                       "load_errors": ["entry point 'broken_plugin.module': "
+                                       "ImportError(\"No module named 'broken_plugin'\")"]}
+    assert data[0]["load_errors"] == []

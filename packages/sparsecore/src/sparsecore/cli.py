@@ -1,7 +1,8 @@
 """The ``sparsecore`` console script.
 
 Subcommands register themselves in :data:`COMMANDS`: ``plugins`` lists the
-installed algorithms and plugins; ``train`` runs the main job (see
+installed algorithms and plugins, the hooks each implements, and the entry
+points that failed to load; ``train`` runs the main job (see
 :mod:`sparsecore.train`).
 """
 
@@ -11,37 +12,53 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from sparsecore.plugins import registry
+from sparsecore.plugins import factory_hooks, registry
 from sparsecore.templates import add_new_plugin_parser
 
 
 def _plugins_command(args: argparse.Namespace) -> int:
     registry.load()
+    dists = sorted(registry.distributions.values(), key=lambda d: (d.name != "sparsecore", d.name))
+    # a factory that is not a class is built once, with no options, to read its hooks
+    hooks = {id(reg): factory_hooks(reg.factory) for dist in dists for reg in dist.registrations}
+    if args.json:
+        import json
+
+        errors: dict[str, list[str]] = {}
+        for failure in registry.load_failures:
+            errors.setdefault(failure.distribution, []).append(f"entry point {failure.entry_point!r}: {failure.error}")
+        data = [{"distribution": d.name, "version": d.version, "module": d.module,
+                 "registrations": [{"name": r.name, "kind": r.kind, "hooks": hooks[id(r)][0],
+                                    "hooks_note": hooks[id(r)][1] or None} for r in d.registrations],
+                 "load_errors": errors.pop(d.name, [])}
+                for d in dists]
+        # distributions whose entry point failed before registering anything
+        for failure in registry.load_failures:
+            if failure.distribution in errors:
+                data.append({"distribution": failure.distribution, "version": failure.version,
+                             "module": failure.entry_point, "registrations": [],
+                             "load_errors": errors.pop(failure.distribution)})
+        print(json.dumps(data, indent=2))
+        return 0
     rows = []
-    for dist in sorted(registry.distributions.values(), key=lambda d: (d.name != "sparsecore", d.name)):
+    for dist in dists:
         rows.append(f"{dist.name} {dist.version}  (module {dist.module})")
         if not dist.registrations:
             rows.append("  registers nothing")
         for reg in dist.registrations:
-            hooks = ", ".join(reg.hooks()) or "none"
-            rows.append(f"  {reg.kind} {reg.name}: hooks {hooks}")
+            names, why = hooks[id(reg)]
+            listed = (", ".join(names) or "none") if names is not None else f"known once built ({why})"
+            rows.append(f"  {reg.kind} {reg.name}: hooks {listed}")
     for error in registry.load_errors:
         rows.append(f"failed to load: {error}")
-    if args.json:
-        import json
-
-        data = [{"distribution": d.name, "version": d.version, "module": d.module,
-                 "registrations": [{"name": r.name, "kind": r.kind, "hooks": r.hooks()} for r in d.registrations]}
-                for d in registry.distributions.values()]
-        print(json.dumps(data, indent=2))
-    else:
-        print("\n".join(rows))
+    print("\n".join(rows))
     return 0
 
 
 def _add_plugins(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plugins", help="list installed distributions, their algorithms and the hooks they implement")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON (hooks, and entry points that failed to load) instead of text")
     p.set_defaults(func=_plugins_command)
 
 

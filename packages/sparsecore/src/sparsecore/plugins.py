@@ -13,6 +13,9 @@ always registered.
 
 from __future__ import annotations
 
+import contextvars
+import difflib
+import functools
 import inspect
 import os
 import threading
@@ -55,9 +58,14 @@ class Registration:
     version: str
     module: str
 
-    def hooks(self) -> list[str]:
-        """Names of the run hooks the factory's plugin objects implement."""
-        return implemented_hooks(self.factory)
+    def hooks(self) -> list[str] | None:
+        """Names of the run hooks the factory's plugin objects implement.
+
+        ``None`` when that is only known once the plugin is built: the factory
+        is not a class and cannot be called without options (see
+        :func:`factory_hooks` for the reason).
+        """
+        return factory_hooks(self.factory)[0]
 
 
 @dataclass
@@ -68,6 +76,53 @@ class Distribution:
     version: str
     module: str
     registrations: list[Registration] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """An entry point of group ``sparsecore`` that failed to load (for ``sparsecore plugins``).
+
+    Attributes:
+        distribution: the distribution that declared the entry point.
+        version: that distribution's version.
+        entry_point: the entry point's value (``"package.module"``).
+        error: what went wrong.
+    """
+
+    distribution: str
+    version: str
+    entry_point: str
+    error: str
+
+
+def factory_hooks(factory: Callable[..., Any]) -> tuple[list[str] | None, str]:
+    """The hooks a registration's factory yields, and why they are unknown when they are.
+
+    A class is inspected directly. Any other callable (``register(name,
+    make_plugin)``) is called with no arguments and the object it returns is
+    inspected; when it needs options, or building it fails, the hooks are known
+    only once built.
+
+    Returns:
+        ``(sorted hook names, "")``, or ``(None, reason)``.
+    """
+    if isinstance(factory, type):
+        return implemented_hooks(factory), ""
+    label = getattr(factory, "__qualname__", None) or repr(factory)
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        required = [n for n, p in sig.parameters.items()
+                    if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if required:
+            return None, f"factory {label} needs option(s) {', '.join(required)}"
+    try:
+        plugin = factory()
+    except Exception as exc:  # listing plugins must not fail because one cannot be built bare
+        return None, f"factory {label}() failed: {exc!r}"
+    return implemented_hooks(plugin), ""
 
 
 def implemented_hooks(obj: Any) -> list[str]:
@@ -97,6 +152,7 @@ class Registry:
         self.plugins: dict[str, Registration] = {}
         self.distributions: dict[str, Distribution] = {}
         self.load_errors: list[str] = []
+        self.load_failures: list[LoadFailure] = []
 
     # -- loading -------------------------------------------------------
     def _register_module(self, module: Any, dist_name: str, dist_version: str) -> None:
@@ -151,6 +207,7 @@ class Registry:
                 except Exception as exc:  # a broken plugin must not take the others down
                     message = f"{dist_name} {dist_version}: entry point {ep.value!r} failed to load: {exc!r}"
                     self.load_errors.append(message)
+                    self.load_failures.append(LoadFailure(dist_name, dist_version, str(ep.value), repr(exc)))
                     warnings.warn(f"sparsecore plugin {message}", RuntimeWarning, stacklevel=2)
 
     def reset(self) -> None:
@@ -233,8 +290,8 @@ def instantiate(reg: Registration, options: Mapping[str, Any]) -> Any:
         accepted = [n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
         unknown = sorted(set(options) - set(accepted))
         if unknown:
-            raise ConfigurationError(
-                f"{reg.kind} {reg.name!r} does not accept option(s) {unknown}; accepted: {accepted}")
+            takes = f"accepted: {accepted}" if accepted else "it takes no options"
+            raise ConfigurationError(f"{reg.kind} {reg.name!r} does not accept option(s) {unknown}; {takes}")
     return reg.factory(**options)
 
 
@@ -246,11 +303,31 @@ def plugin_display_name(plugin: Any) -> str:
     return type(plugin).__name__ if not inspect.ismodule(plugin) else plugin.__name__
 
 
+#: The answers recorded during the innermost :meth:`RunManager.call_first_or_none` of this context:
+#: ``(plugin name, result)`` of each implementation that returned something other than ``None``.
+_ANSWERS: contextvars.ContextVar[list[tuple[str, Any]] | None] = contextvars.ContextVar(
+    "sparsecore_answers", default=None)
+
+
+def _recording(function: Callable[..., Any], plugin_name: str) -> Callable[..., Any]:
+    """Wrap a first-result implementation so the call in progress learns that it answered."""
+    @functools.wraps(function)
+    def record(*args: Any) -> Any:
+        result = function(*args)
+        answers = _ANSWERS.get()
+        if result is not None and answers is not None:
+            answers.append((plugin_name, result))
+        return result
+    record._sparsecore_recording = True  # type: ignore[attr-defined]
+    return record
+
+
 class RunManager:
     """The per-run plugin manager: defaults (``trylast``), one algorithm, the user's plugins.
 
     First-result hooks are called through :meth:`call_first`, which also tells
-    which plugin answered, so errors can name it.
+    which plugin answered, so errors can name it. They run through pluggy, so
+    hook wrappers (``hookwrapper=True`` / ``wrapper=True``) see every call.
     """
 
     def __init__(self, algorithm: Any, algorithm_name: str, extra: Iterable[tuple[str, Any]]) -> None:
@@ -265,11 +342,27 @@ class RunManager:
             self._register(plugin, name)
         try:
             self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            raise ConfigurationError(
-                f"plugin {exc.plugin!r} implements a hook that does not exist: {exc}. "
-                f"Valid hooks: {', '.join(RUN_HOOKS)}") from None
+        except pluggy.PluginValidationError:
+            raise ConfigurationError(self._unknown_hooks_message()) from None
         self.algorithm = algorithm
+
+    def _unknown_hooks_message(self) -> str:
+        # pluggy names the first offending plugin by its repr; name every one by its registered name
+        unknown: dict[str, list[str]] = {}
+        for hook_name, caller in vars(self.pm.hook).items():
+            if hook_name.startswith("_") or caller.has_spec():
+                continue
+            for impl in caller.get_hookimpls():
+                if not impl.optionalhook:
+                    unknown.setdefault(impl.plugin_name, []).append(hook_name)
+        parts = []
+        for plugin_name, hooks in unknown.items():
+            described = []
+            for hook_name in sorted(hooks):
+                close = difflib.get_close_matches(hook_name, RUN_HOOKS, n=1)
+                described.append(f"{hook_name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            parts.append(f"plugin {plugin_name!r} implements unknown hook(s) {', '.join(described)}")
+        return f"{'; '.join(parts)}. Valid hooks: {', '.join(RUN_HOOKS)}"
 
     def _register(self, plugin: Any, name: str) -> None:
         if not implemented_hooks(plugin):
@@ -298,16 +391,31 @@ class RunManager:
         return [(n, p) for n, p in self.pm.list_name_plugin()]
 
     def call_first_or_none(self, hook_name: str, **kwargs: Any) -> tuple[Any, str]:
-        """Like :meth:`call_first`, but ``(None, "")`` when no plugin answers."""
+        """Like :meth:`call_first`, but ``(None, "")`` when no plugin answers.
+
+        The name is that of the implementation that returned the first
+        non-``None`` result, also when hook wrappers run around the call; if a
+        wrapper replaced that result, the wrapper(s) are named instead.
+        """
         caller = getattr(self.pm.hook, hook_name)
         impls = caller.get_hookimpls()
-        if any(i.hookwrapper or i.wrapper for i in impls):
-            return caller(**kwargs), "<wrapped hook>"
-        for impl in reversed(impls):  # pluggy calls the last registered (and tryfirst) first
-            result = impl.function(**{name: kwargs[name] for name in impl.argnames})
-            if result is not None:
-                return result, impl.plugin_name
-        return None, ""
+        for impl in impls:  # each implementation reports a non-None answer to the call in progress
+            if not (impl.wrapper or impl.hookwrapper or getattr(impl.function, "_sparsecore_recording", False)):
+                impl.function = _recording(impl.function, impl.plugin_name)  # type: ignore[misc]
+        token = _ANSWERS.set([])
+        try:
+            result = caller(**kwargs)
+            answers = _ANSWERS.get() or []
+        finally:
+            _ANSWERS.reset(token)
+        if result is None:
+            return None, ""
+        if answers and answers[0][1] is result:
+            return result, answers[0][0]
+        wrappers = ", ".join(i.plugin_name for i in impls if i.wrapper or i.hookwrapper)
+        if answers:  # a wrapper changed the answer; which of them is not known
+            return result, f"{wrappers} (hook wrapper; replaced the answer of {answers[0][0]})"
+        return result, f"{wrappers} (hook wrapper)"
 
     def call_first(self, hook_name: str, **kwargs: Any) -> tuple[Any, str]:
         """Call a first-result hook; return ``(result, name of the plugin that answered)``."""
