@@ -73,7 +73,7 @@ def test_resume_is_bit_exact(algorithm):
     run(model, opt, sched, range(12))
     reference = {k: v.clone() for k, v in model.state_dict().items()}
     reference_masks = {n: l.mask.clone() for n, l in sp.layers.items()}
-    assert len(sp.history) == 4
+    assert len(sp.history) == (3 if algorithm == "set" else 4)  # set skips an update at the final step
 
     model, opt, sched, sp = setup(algorithm, seed=0)
     run(model, opt, sched, range(7))
