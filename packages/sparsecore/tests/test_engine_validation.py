@@ -181,3 +181,31 @@ def test_a_failed_setup_leaves_the_optimizer_and_model_untouched():
         sparsecore.Sparsifier(model, opt, algorithm="static", density=0.5, plugins=[RefuseSetup()])
     assert dict(opt._optimizer_step_pre_hooks) == pre and dict(opt._optimizer_step_post_hooks) == post
     assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+# -- algorithm defaults and detaching --------------------------------------------
+class _DefaultDensity:
+    @sparsecore.hookimpl
+    def engine_defaults(self):
+        return {"density": 0.25}
+
+
+def test_density_comes_from_the_algorithm_when_not_given():
+    sp = build(algorithm="static", plugins=[_DefaultDensity()])
+    assert sp.density == 0.25 and sp.nnz == round(0.25 * 512) + round(0.25 * 768) + round(0.25 * 96)
+    assert build(algorithm="static", density=0.5, plugins=[_DefaultDensity()]).density == 0.5
+    assert build(algorithm="static").density == 0.05
+
+
+def test_remove_calls_on_remove_once():
+    calls = []
+
+    class Recorder:
+        @sparsecore.hookimpl
+        def on_remove(self, sparsifier):
+            calls.append(sparsifier.step)
+
+    sp = build(algorithm="static", density=0.5, plugins=[Recorder()])
+    sp.remove()
+    sp.remove()
+    assert calls == [0]

@@ -114,8 +114,9 @@ def engine_defaults() -> Mapping[str, Any] | None:
 
     Called once while the :class:`~sparsecore.Sparsifier` is constructed,
     before layers are selected. Keys the user passed explicitly win. Accepted
-    keys: ``distribution``, ``dense_first_layer``, ``dense_last_layer``,
-    ``include``, ``exclude``, ``layer_types``.
+    keys: ``density`` (the overall density when the user gives none; DSD's
+    sparse phase keeps 0.7), ``distribution``, ``dense_first_layer``,
+    ``dense_last_layer``, ``include``, ``exclude``, ``layer_types``.
 
     Returns:
         A mapping of option name to default, or ``None``. First-result.
@@ -359,6 +360,23 @@ def layer_train_flops(sparsifier: Sparsifier, layer: SparseLayer) -> tuple[int, 
         backward ``2·nnz·P`` for the input gradient plus ``2·nnz·P`` (masked
         gradients) or ``2·numel·P`` (dense gradients) for the weight gradient,
         with ``P = layer.output_positions``.
+    """
+
+
+@hookspec
+def on_remove(sparsifier: Sparsifier) -> None:
+    """The engine is being detached by :meth:`Sparsifier.remove`.
+
+    Called after the engine removed its own optimizer hooks and restored the
+    layers' forwards. A plugin that installed hooks of its own (on the
+    optimizer, the model or elsewhere) removes them here, so that nothing of
+    the run acts on the model or optimizer afterwards. Masks stay applied.
+
+    Args:
+        sparsifier: the engine.
+
+    Returns:
+        Nothing. Broadcast.
     """
 
 

@@ -18,7 +18,8 @@ from sparsecore.policy import MaskingPolicy
 from sparsecore.reporting import DensityReport, LayerUpdate, TopologyReport, default_train_flops, layer_stats
 
 STATE_FORMAT = 1
-_ENGINE_DEFAULT_KEYS = ("distribution", "dense_first_layer", "dense_last_layer", "include", "exclude", "layer_types")
+DEFAULT_DENSITY = 0.05
+_ENGINE_DEFAULT_KEYS = ("density", "distribution", "dense_first_layer", "dense_last_layer", "include", "exclude", "layer_types")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -64,7 +65,8 @@ class Sparsifier:
         optimizer: the optimizer that holds the model's weights.
         algorithm: a registered algorithm name (``available_algorithms()``) or a
             plugin object implementing the hooks.
-        density: fraction of weights kept over all sparse layers, in (0, 1].
+        density: fraction of weights kept over all sparse layers, in (0, 1];
+            ``None``: the algorithm's default (``engine_defaults``), else 0.05.
         distribution: ``"uniform"``, ``"erk"``, ``"er"``, a mapping of layer name
             to density, or a callable; default ``"uniform"`` unless the
             algorithm's ``engine_defaults`` say otherwise.
@@ -108,7 +110,7 @@ class Sparsifier:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, algorithm: str | Any = "set",
-                 density: float = 0.05, distribution: str | Mapping[str, float] | Callable | None = None,
+                 density: float | None = None, distribution: str | Mapping[str, float] | Callable | None = None,
                  total_steps: int | None = None, plugins: Sequence[Any] = (), *,
                  dense_first_layer: bool | None = None, dense_last_layer: bool | None = None,
                  include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
@@ -119,7 +121,8 @@ class Sparsifier:
             raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ConfigurationError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        self.density = distributions.check_density(density)
+        if density is not None:
+            distributions.check_density(density)  # fail before any plugin is built
         if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
                                         or total_steps <= 0):
             raise ConfigurationError(f"total_steps must be a positive int or None, got {total_steps!r}")
@@ -161,6 +164,8 @@ class Sparsifier:
         if unknown:
             raise HookResultError("engine_defaults", who, f"sets unknown option(s) {unknown}; "
                                                           f"known: {list(_ENGINE_DEFAULT_KEYS)}")
+        self.density = distributions.check_density(
+            density if density is not None else defaults.get("density", DEFAULT_DENSITY))
         given = {"distribution": distribution, "dense_first_layer": dense_first_layer,
                  "dense_last_layer": dense_last_layer, "include": include, "exclude": exclude,
                  "layer_types": layer_types}
@@ -649,7 +654,12 @@ class Sparsifier:
 
     # ------------------------------------------------------------------
     def remove(self) -> None:
-        """Detach the engine: remove the optimizer hooks and restore replaced forwards. Masks stay applied."""
+        """Detach the engine: remove the optimizer hooks and restore replaced forwards. Masks stay applied.
+
+        Plugins remove what they installed themselves in :func:`~sparsecore.hookspecs.on_remove`.
+        Calling it again does nothing.
+        """
+        attached = bool(self._handles or self._original_forwards)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -664,6 +674,8 @@ class Sparsifier:
             handle = layer.__dict__.pop("_size_hook", None)
             if handle is not None:
                 handle.remove()
+        if attached:
+            self.manager.hook.on_remove(sparsifier=self)
 
     def __repr__(self) -> str:
         return (f"Sparsifier(algorithm={self.algorithm_name!r}, density={self.density}, layers={len(self.layers)}, "

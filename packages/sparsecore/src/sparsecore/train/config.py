@@ -30,7 +30,8 @@ class TrainConfig:
     Attributes:
         algorithm: registered algorithm name; ``None`` means :data:`DEFAULT_ALGORITHM`,
             falling back to :data:`FALLBACK_ALGORITHM` (with a notice) when it is not installed.
-        density: fraction of weights kept over all sparse layers, in (0, 1].
+        density: fraction of weights kept over all sparse layers, in (0, 1];
+            ``None``: the algorithm's default (0.05; DSD keeps 0.7 in its sparse phase).
         distribution: per-layer densities: ``"uniform"``, ``"erk"``, ``"er"``, or ``None``
             for the algorithm's default.
         model: reference model name (``sparsecore.models.list_models()``).
@@ -70,7 +71,7 @@ class TrainConfig:
     """
 
     algorithm: str | None = None
-    density: float = 0.05
+    density: float | None = None
     distribution: str | None = None
     model: str = "lenet-300-100"
     dataset: str = "mnist"
@@ -116,8 +117,8 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
 
-        if not isinstance(self.density, (int, float)) or isinstance(self.density, bool) \
-                or not 0.0 < float(self.density) <= 1.0:
+        if self.density is not None and (not isinstance(self.density, (int, float)) or isinstance(self.density, bool)
+                                         or not 0.0 < float(self.density) <= 1.0):
             raise ConfigurationError(f"--density must be in (0, 1], got {self.density!r}")
         positive_int("epochs", self.epochs)
         positive_int("batch_size", self.batch_size)

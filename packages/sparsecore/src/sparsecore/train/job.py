@@ -434,6 +434,8 @@ def _run(config: TrainConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
                                     distribution=config.distribution, total_steps=steps_per_epoch * config.epochs,
                                     plugins=list(config.plugins), seed=config.seed,
                                     algorithm_options=_algorithm_options(config, algorithm, dataset.train))
+        if resolved.density is None:  # the algorithm chose it (or the engine's default)
+            resolved = resolved.replace(density=sparsifier.density if sparsifier is not None else 1.0)
         data_generator = torch.Generator().manual_seed(config.seed)
 
         metrics: list[dict[str, Any]] = []
