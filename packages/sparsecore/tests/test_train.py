@@ -274,3 +274,14 @@ def test_load_checkpoint_refuses_foreign_files(tmp_path):
     torch.save({"something": 1}, tmp_path / "checkpoint.pt")
     with pytest.raises(sparsecore.CheckpointError, match="is not a sparsecore train checkpoint"):
         load_checkpoint(tmp_path)
+
+
+def test_density_left_to_the_algorithm_is_recorded_resolved(tmp_path):
+    result = run_training(TrainConfig(algorithm="static", dataset="random", limit_train=40, limit_test=10,
+                                      batch_size=20, epochs=1, threads=1, quiet=True, plots=False,
+                                      runs_dir=str(tmp_path)))
+    assert result.config.density == 0.05 and result.sparsifier.density == 0.05
+    assert json.loads((result.run_dir / "config.json").read_text())["config"]["density"] == 0.05
+    dense = run_training(TrainConfig(dense=True, dataset="random", limit_train=40, limit_test=10, batch_size=20,
+                                     epochs=1, threads=1, quiet=True, plots=False, runs_dir=str(tmp_path)))
+    assert dense.config.density == 1.0
