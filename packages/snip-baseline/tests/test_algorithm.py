@@ -170,8 +170,13 @@ def test_layer_guard_keeps_one_weight_in_a_layer_that_would_be_severed(guard):
     g = torch.Generator().manual_seed(5)
     x, y = torch.randn(6, 8, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
     want = two_branch_scores(model, x, y)
-    sp = sparsecore.Sparsifier(model, sgd(model), algorithm="snip", density=0.25, batch=(x, y),
-                               keep_every_layer=guard, seed=0)
+    if guard:
+        sp = sparsecore.Sparsifier(model, sgd(model), algorithm="snip", density=0.25, batch=(x, y),
+                                   keep_every_layer=guard, seed=0)
+    else:  # the engine warns about the severed layer
+        with pytest.warns(UserWarning, match=r"sparse layer\(s\) \['small'\] start with no active weight"):
+            sp = sparsecore.Sparsifier(model, sgd(model), algorithm="snip", density=0.25, batch=(x, y),
+                                       keep_every_layer=guard, seed=0)
     kappa = 12  # round(48 * 0.25)
     assert sp.nnz == kappa
     big_rank = top_k_positions({"big": want["big"]}, 12)
@@ -251,7 +256,8 @@ def test_bad_scoring_options_raise_configuration_errors(mlp, batch):
         build(density=1e-4, batch=batch)
     with pytest.raises(ConfigurationError, match="keep_every_layer=False"):
         build(density=0.0015, batch=batch)  # κ = 2 < 3 layers
-    assert build(density=0.0015, batch=batch, keep_every_layer=False).nnz == 2
+    with pytest.warns(UserWarning, match="start with no active weight"):
+        assert build(density=0.0015, batch=batch, keep_every_layer=False).nnz == 2
     with pytest.raises(ConfigurationError, match="pass per_layer=True"):
         build(batch=batch, distribution="erk")
 
