@@ -324,9 +324,9 @@ def test_iterative_mode_recomputes_mask_from_current_weights():
 
 def test_reset_optimizer_state_at_phase_change():
     model, opt, sp = build(density=0.5, phase_epochs=(1, 1, 1))
-    run_epoch(model, opt, sp, 0)  # dense -> sparse: every momentum buffer zeroed, biases and first layer too
+    run_epoch(model, opt, sp, 0)  # dense -> sparse: every parameter's state discarded, biases and first layer too
     for p in model.parameters():
-        assert bool((opt.state[p]["momentum_buffer"] == 0).all())
+        assert not opt.state.get(p)
     model, opt, sp = build(density=0.5, phase_epochs=(1, 1, 1), reset_optimizer_state=False)
     run_epoch(model, opt, sp, 0)
     assert bool((opt.state[model[0].weight]["momentum_buffer"] != 0).all())
@@ -347,9 +347,10 @@ def test_trained_model_is_the_plain_dense_architecture():
     plain = make_model()
     plain.load_state_dict(model.state_dict())
     assert torch.equal(model(x), plain(x))
-    sp.remove()
-    sp.algorithm.remove()
+    sp.remove()  # takes DSD's learning-rate hooks off as well (on_remove)
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+    sp.algorithm.remove()  # idempotent
+    sp.remove()
 
 
 @pytest.mark.parametrize("options, match", [
@@ -406,3 +407,114 @@ def test_train_harness_phase_matches_the_evaluated_density(tmp_path):
         assert (m["density"] < 1.0) == (m["phase"] == "sparse"), m
     summary = (result.run_dir / "summary.md").read_text()
     assert "| epoch (phase at its end) |" in summary and "| 2 (sparse) |" in summary
+
+
+def test_default_density_is_the_papers_30_percent_sparsity():
+    """Without ``density`` the sparse phase keeps 0.7 of every sparse layer; an explicit density wins."""
+    for density, kept in ((None, {"2": 21, "4": 10}), (0.5, {"2": 15, "4": 8})):  # round(10.5) = 10, round(7.5) = 8
+        model = make_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        kwargs = {} if density is None else {"density": density}
+        rec = Recorder()
+        sp = sparsecore.Sparsifier(model, opt, algorithm="dsd", total_steps=6, plugins=[rec], seed=7, **kwargs)
+        assert sp.density == (0.7 if density is None else density)
+        for x, y in DATA + DATA:  # steps 1, 2: the dense third; 3, 4: the sparse third
+            train_step(model, opt, x, y)
+        for row in rec.rows[2:4]:  # recorded after the step, before DSD's switch at the end of the phase
+            assert row["phase"] == "sparse"
+            assert {n: int(m.sum()) for n, m in row["masks"].items()} == kept
+            assert {n: int((w != 0).sum()) for n, w in row["weights"].items()} == kept
+
+
+def test_sparsifier_remove_takes_the_learning_rate_hooks_off():
+    model, opt, sp = build(density=0.5, phase_epochs=(1, 1, 1), momentum=0.0, lr=0.2)
+    run_epoch(model, opt, sp, 0)
+    run_epoch(model, opt, sp, 1)
+    assert sp.algorithm.phase == "redense" and sp.algorithm.lr_factor == pytest.approx(0.1)
+    sp.remove()
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+    assert sp.algorithm.effective_lrs() == [0.2]
+    w = model[2].weight
+    before = w.detach().clone()
+    train_step(model, opt, *DATA[0])
+    assert opt.param_groups[0]["lr"] == 0.2
+    assert torch.equal(w.detach(), before.add(w.grad, alpha=-0.2))  # plain SGD at the group's own lr
+    assert torch.allclose(before - w.detach(), 0.2 * w.grad, atol=1e-7)
+    assert not torch.allclose(before - w.detach(), 0.02 * w.grad, atol=1e-7)
+
+
+OPTIMIZERS = {
+    "sgd-dampening": lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, dampening=0.5),
+    "adam": lambda params: torch.optim.Adam(params, lr=0.01),
+    "adagrad": lambda params: torch.optim.Adagrad(params, lr=0.1, initial_accumulator_value=0.1),
+    "rprop": lambda params: torch.optim.Rprop(params, lr=0.01),
+    "asgd": lambda params: torch.optim.ASGD(params, lr=0.01),
+}
+
+
+@pytest.mark.parametrize("boundary", [1, 2], ids=["dense-to-sparse", "sparse-to-redense"])
+@pytest.mark.parametrize("kind", list(OPTIMIZERS))
+def test_state_reset_makes_the_next_step_a_fresh_optimizers_first(kind, boundary):
+    make_opt = OPTIMIZERS[kind]
+    model = make_model()
+    opt = make_opt(model.parameters())
+    sp = sparsecore.Sparsifier(model, opt, algorithm="dsd", density=0.5, phase_epochs=(1, 1, 1),
+                               redense_lr_scale=1.0, seed=7)
+    for epoch in range(boundary):
+        run_epoch(model, opt, sp, epoch)
+    assert sp.algorithm.phase == ("sparse", "redense")[boundary - 1]
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x, y = DATA[0]
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    opt.step()
+    # the same step by a freshly built optimizer, with the engine's masking done by hand
+    ref = make_model(seed=1)
+    ref.load_state_dict(params)
+    ref_opt = make_opt(ref.parameters())
+    masks = {f"{n}.weight": l.mask for n, l in sp.layers.items()}
+    for n, p in ref.named_parameters():
+        p.grad = grads[n] * masks[n] if n in masks else grads[n]
+    ref_opt.step()
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            if n in masks:
+                p.mul_(masks[n])
+    for (n, a), b in zip(model.named_parameters(), ref.parameters()):
+        assert torch.equal(a, b), n
+
+
+def make_block_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 4))
+
+
+def test_block_sparse_phase_keeps_whole_blocks_of_largest_magnitude():
+    rec = Recorder()
+    model = make_block_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = sparsecore.Sparsifier(model, opt, algorithm="dsd", total_steps=6, block=(2, 2), plugins=[rec], seed=7)
+    for x, y in DATA:  # the dense third
+        train_step(model, opt, x, y)
+    assert sp.algorithm.phase == "sparse"
+    # default density 0.7 in whole 2x2 blocks: round(0.7 * 16) = 11 of 16 blocks, round(0.7 * 8) = 6 of 8 blocks
+    kept = {"2": 44, "4": 24}
+    assert {n: l.active_count(0.7) for n, l in sp.layers.items()} == kept
+    for name, layer in sp.layers.items():
+        w = rec.rows[-1]["weights"][name]  # weights at the switch
+        sums = w.abs().view(w.shape[0] // 2, 2, w.shape[1] // 2, 2).sum(dim=(1, 3)).flatten()
+        top = torch.zeros_like(sums, dtype=torch.bool)
+        top[torch.argsort(sums, descending=True, stable=True)[:kept[name] // 4]] = True
+        expected = top.view(w.shape[0] // 2, w.shape[1] // 2).repeat_interleave(2, 0).repeat_interleave(2, 1)
+        assert torch.equal(layer.mask, expected)
+    switch_masks = {n: l.mask.clone() for n, l in sp.layers.items()}
+    for x, y in DATA:  # the sparse third: the mask stays, counts stay exact
+        train_step(model, opt, x, y)
+        row = rec.rows[-1]  # after the step, before DSD's switch at the end of the phase
+        assert row["phase"] == "sparse"
+        for name in sp.layers:
+            assert torch.equal(row["masks"][name], switch_masks[name])
+            assert int((row["weights"][name] != 0).sum()) == kept[name]
+            assert sparsecore.selection.is_block_structured(row["masks"][name], (2, 2))
+    assert sp.algorithm.phase == "redense" and all(bool(l.mask.all()) for l in sp.layers.values())

@@ -1,7 +1,7 @@
 """sparsecore-dsd: Dense-Sparse-Dense training (Han et al., ICLR 2017) for sparsecore.
 
 Activate it by name: ``sparsecore.Sparsifier(model, optimizer, algorithm="dsd",
-density=0.7, total_steps=...)``.
+total_steps=...)`` (the sparse phase keeps ``density=0.7`` unless another is given).
 """
 
 from sparsecore_dsd.__about__ import __version__

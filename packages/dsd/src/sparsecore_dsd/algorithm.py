@@ -23,9 +23,11 @@ class DSD:
     * **dense**: every mask is all-True; the model trains normally.
     * **sparse**: per sparse layer, the ``round(N * density)`` weights of largest
       ``|W|`` are kept (ties go to the lower flat index, so the count is exact
-      even with equal magnitudes), the rest are set to 0. The mask stays fixed
-      for the whole phase; gradients and optimizer state of pruned weights are
-      zero, so they stay at exactly 0.
+      even with equal magnitudes), the rest are set to 0. With the engine's
+      ``block=(r, c)`` whole blocks are kept instead, ranked by the sum of
+      ``|W|`` in the block, ``layer.active_count(density)`` weights in all.
+      The mask stays fixed for the whole phase; gradients and optimizer state
+      of pruned weights are zero, so they stay at exactly 0.
     * **redense**: the masks become all-True again; pruned weights restart from
       exactly 0, survivors keep their values, all weights train with the
       learning rate multiplied by ``redense_lr_scale`` (relative to the sparse
@@ -38,17 +40,19 @@ class DSD:
 
     **Density.** The engine's ``density`` is the fraction of weights *kept* in
     the sparse phase, spread over the layers by the engine's distribution
-    (``layer.target_density``). The paper's 30 % sparsity for CNNs is
-    ``density=0.7``. The first prunable layer stays dense by default (engine
-    default ``dense_first_layer=True``: the paper never prunes the first conv);
-    pass ``dense_first_layer=False`` to the engine to prune it too. Biases are
-    never pruned.
+    (``layer.target_density``). Without an explicit ``density`` DSD asks the
+    engine for 0.7, the paper's 30 % sparsity for CNNs. The first prunable
+    layer stays dense by default (engine default ``dense_first_layer=True``:
+    the paper never prunes the first conv); pass ``dense_first_layer=False`` to
+    the engine to prune it too. Biases are never pruned.
 
     **Learning rate.** The scaled rate is applied only while the optimizer
     steps (:class:`~sparsecore_dsd.lr.StepLRFactor`: multiplied in the step
     pre-hook, the original values put back in the post-hook), so the user's LR
     scheduler, ``optimizer.state_dict()`` and resuming all see the unscaled
     rates. :meth:`effective_lrs` tells the rate the next step uses.
+    :meth:`Sparsifier.remove` takes these hooks off the optimizer too (through
+    ``on_remove``); afterwards every step uses the param groups' own rates.
 
     **Phase lengths** are fractions of ``total_steps`` (``phases``, switched
     after the optimizer step that completes a phase) or numbers of epochs
@@ -70,10 +74,11 @@ class DSD:
             the sparse phase (paper: 0.1).
         sparse_lr_scale: learning-rate factor of a sparse phase relative to the
             optimizer's own rate (default 1.0: the user's schedule as is).
-        reset_optimizer_state: zero the optimizer state of every parameter
-            (momentum, Adam moments and step counts) at each phase change, as a
-            new solver would (the reference's recommendation). With ``False``
-            only pruned and re-grown weights get zero state.
+        reset_optimizer_state: at each phase change, discard the optimizer
+            state of every parameter (momentum, Adam moments, step counts, ...)
+            so the next step starts exactly as a newly built optimizer's first
+            step would (the reference's "new solver"). With ``False`` only
+            pruned and re-grown weights get zero state.
 
     Raises:
         ConfigurationError: inconsistent or out-of-range options (at
@@ -144,10 +149,14 @@ class DSD:
         return self.sparse_lr_scale * self.redense_lr_scale
 
     def effective_lrs(self) -> list[float]:
-        """The learning rate each param group gets in the next step (scheduler value × :attr:`lr_factor`)."""
+        """The learning rate each param group gets in the next step (scheduler value × :attr:`lr_factor`).
+
+        After :meth:`remove` the factor is no longer applied: the param groups' own rates.
+        """
         if self._sparsifier is None:
             raise RuntimeError("dsd: effective_lrs() is available once the sparsifier is set up")
-        return [float(g["lr"]) * self.lr_factor for g in self._sparsifier.optimizer.param_groups]
+        factor = self.lr_factor if self._lr is not None else 1.0
+        return [float(g["lr"]) * factor for g in self._sparsifier.optimizer.param_groups]
 
     def phase_at(self, step: int | None = None, *, epoch: int | None = None,
                  steps_per_epoch: int | None = None) -> str:
@@ -178,8 +187,11 @@ class DSD:
     # ------------------------------------------------------------------
     @hookimpl
     def engine_defaults(self) -> dict[str, Any]:
-        """Keep the first prunable layer dense (the paper never prunes the first conv)."""
-        return {"dense_first_layer": True}
+        """Density 0.7 (the paper's 30 % sparsity) and a dense first layer (the paper never prunes the first conv).
+
+        Options the user passes to the engine win over these.
+        """
+        return {"density": 0.7, "dense_first_layer": True}
 
     @hookimpl
     def masking_policy(self) -> MaskingPolicy:
@@ -242,17 +254,19 @@ class DSD:
         else:
             sparsifier.set_masks({n: torch.ones_like(l.mask) for n, l in sparsifier.layers.items()})
         if self.reset_optimizer_state:
-            _zero_optimizer_state(sparsifier.optimizer)
+            _clear_optimizer_state(sparsifier.optimizer)
         self._index = index
         if self._lr is not None:
             self._lr.factor = self.lr_factor
 
     @staticmethod
     def prune_masks(sparsifier, densities: Mapping[str, float]) -> dict[str, torch.Tensor]:
-        """Per layer, the mask keeping the ``round(numel * density)`` weights of largest ``|W|``.
+        """Per layer, the mask keeping the ``layer.active_count(density)`` weights of largest ``|W|``.
 
-        Ties in ``|W|`` are broken by position (the lower flat index is kept), so
-        the kept count is exact.
+        That is ``round(numel * density)`` weights; for a block-sparse layer
+        (``layer.block``) the count is rounded to whole blocks and the blocks of
+        largest summed ``|W|`` are kept. Ties are broken by position (the lower
+        flat or block index is kept), so the kept count is exact.
 
         Args:
             sparsifier: the engine (its layers' current weights are ranked).
@@ -260,9 +274,9 @@ class DSD:
         """
         masks = {}
         for name, layer in sparsifier.layers.items():
-            keep = int(round(layer.capacity * densities[name]))
+            keep = layer.active_count(densities[name])
             everything = torch.ones_like(layer.mask)
-            masks[name] = selection.largest(layer.weight.detach().abs(), everything, keep)
+            masks[name] = selection.largest(layer.weight.detach().abs(), everything, keep, block=layer.block)
         return masks
 
     # ------------------------------------------------------------------
@@ -301,8 +315,17 @@ class DSD:
             self._lr.restore()
             self._lr.factor = self.lr_factor
 
+    @hookimpl
+    def on_remove(self, sparsifier) -> None:
+        """:meth:`Sparsifier.remove` detaches the engine: take DSD's learning-rate hooks off the optimizer too."""
+        self.remove()
+
     def remove(self) -> None:
-        """Remove the learning-rate hooks from the optimizer (e.g. to keep using it without DSD)."""
+        """Remove the learning-rate hooks from the optimizer, restoring unscaled rates (calling it again does nothing).
+
+        :meth:`Sparsifier.remove` calls it; call it directly to keep the
+        sparsifier attached but train at the optimizer's own rates.
+        """
         if self._lr is not None:
             self._lr.remove()
             self._lr = None
@@ -312,15 +335,23 @@ class DSD:
                 f"schedule={self.schedule})")
 
 
-def _zero_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Zero every state entry of every parameter (tensors in place, step counters included)."""
+def _clear_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Discard the per-parameter state of every parameter, as if the optimizer were newly built.
+
+    Optimizers create their state lazily at a parameter's first step (momentum
+    buffers, Adam moments, step counts, Rprop step sizes, ASGD's eta and mu),
+    so the next step is exactly the first step of a fresh optimizer with the
+    same hyper-parameters. ``torch.optim.Adagrad`` gets the state its
+    constructor creates (``sum = initial_accumulator_value``, ``step = 0``):
+    some torch versions set it up only there.
+    """
     for group in optimizer.param_groups:
         for p in group["params"]:
-            state = optimizer.state.get(p)
-            if not state:
-                continue
-            for key, value in state.items():
-                if torch.is_tensor(value):
-                    value.zero_()
-                elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                    state[key] = type(value)(0)
+            old = optimizer.state.pop(p, None)
+            if old and isinstance(optimizer, torch.optim.Adagrad) and "sum" in old:
+                v = optimizer.defaults["initial_accumulator_value"]
+                fresh = {"sum": torch.full_like(p, complex(v, v) if p.is_complex() else v,
+                                                memory_format=torch.preserve_format)}
+                if torch.is_tensor(old.get("step")):
+                    fresh["step"] = torch.zeros_like(old["step"])  # keeps the fused/non-fused dtype and device
+                optimizer.state[p] = fresh
