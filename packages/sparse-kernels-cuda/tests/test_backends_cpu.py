@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sparse_kernels_cuda import CsrBackend, MaskedDenseBackend, clear_grad_pool, csr_linear
 from sparse_kernels_cuda.formats import CsrPlan
+from sparse_kernels_cuda.ops import DOUBLE_BACKWARD_ERROR
 
 FP32 = {"rtol": 1e-4, "atol": 1e-3}
 BACKENDS = [CsrBackend(), MaskedDenseBackend()]
@@ -47,15 +51,20 @@ def test_csr_fp64_and_3d_input(gen, helpers):
 
 
 def test_csr_chain_keeps_feature_major_layout(gen):
-    """A sparse layer's output is a transposed view the next one consumes without a copy."""
+    """With ``feature_major=True`` a layer returns a transposed view the next one consumes without a copy."""
     m1 = torch.rand(32, 16, generator=gen) < 0.3
     m2 = torch.rand(8, 32, generator=gen) < 0.3
     w1 = torch.randn(32, 16, generator=gen, requires_grad=True)
     w2 = torch.randn(8, 32, generator=gen, requires_grad=True)
     x = torch.randn(10, 16, generator=gen)
-    h = csr_linear(x, w1, None, CsrPlan.from_mask(m1))
-    assert h.t().is_contiguous()
-    y = csr_linear(torch.relu(h), w2, None, CsrPlan.from_mask(m2))
+    h = csr_linear(x, w1, None, CsrPlan.from_mask(m1), feature_major=True)
+    assert h.shape == (10, 32) and h.t().is_contiguous() and not h.is_contiguous()
+    # Documented: views of the leading dimension work, views of the last one raise; reshape always works.
+    assert h.view(2, 5, 32).shape == (2, 5, 32)
+    with pytest.raises(RuntimeError, match="view size is not compatible"):
+        h.view(2, -1)
+    assert torch.equal(h.reshape(2, -1), h.detach().contiguous().view(2, -1))
+    y = csr_linear(torch.relu(h), w2, None, CsrPlan.from_mask(m2), feature_major=True)
     y.sum().backward()
     r1 = w1.detach().clone().requires_grad_()
     r2 = w2.detach().clone().requires_grad_()
@@ -64,6 +73,48 @@ def test_csr_chain_keeps_feature_major_layout(gen):
     torch.testing.assert_close(y, ref, **FP32)
     torch.testing.assert_close(w1.grad, r1.grad, **FP32)
     torch.testing.assert_close(w2.grad, r2.grad, **FP32)
+
+
+@pytest.mark.parametrize("lead", [(10,), (2, 5)], ids=["2d", "3d"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_csr_output_is_contiguous_like_f_linear(gen, lead, with_bias):
+    mask = torch.rand(32, 16, generator=gen) < 0.3
+    w = torch.randn(32, 16, generator=gen)
+    bias = torch.randn(32, generator=gen) if with_bias else None
+    x = torch.randn(*lead, 16, generator=gen)
+    y = csr_linear(x, w, bias, CsrPlan.from_mask(mask))
+    ref = F.linear(x, w * mask, bias)
+    assert y.shape == ref.shape and y.is_contiguous() and y.stride() == ref.stride()
+    torch.testing.assert_close(y.view(2, -1), ref.view(2, -1), **FP32)
+
+
+def test_csr_linear_under_autocast_is_masked_dense(gen):
+    """MKL has no bf16 CSR product: under autocast csr_linear is F.linear on the masked weight."""
+    mask = torch.rand(24, 40, generator=gen) < 0.2
+    plan = CsrPlan.from_mask(mask)
+    assert torch.equal(plan.to_mask(), mask)
+    w = torch.randn(24, 40, generator=gen, requires_grad=True)
+    bias = torch.randn(24, generator=gen)
+    x = torch.randn(3, 6, 40, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = csr_linear(x, w, bias, plan)
+        ref = F.linear(x, w * mask, bias)
+    assert y.dtype == ref.dtype == torch.bfloat16
+    assert torch.equal(y, ref)
+    y.float().sum().backward()
+    assert torch.count_nonzero(w.grad[~mask]) == 0
+
+
+def test_csr_double_backward_raises(gen):
+    mask = torch.rand(8, 6, generator=gen) < 0.5
+    w = torch.randn(8, 6, generator=gen, requires_grad=True)
+    x = torch.randn(4, 6, generator=gen, requires_grad=True)
+    y = csr_linear(x, w, None, CsrPlan.from_mask(mask))
+    with pytest.raises(RuntimeError, match=re.escape(DOUBLE_BACKWARD_ERROR)):
+        torch.autograd.grad(y.pow(2).sum(), (x, w), create_graph=True)
+    # A first-order backward of the same graph still works.
+    y.pow(2).sum().backward()
+    assert w.grad is not None and torch.count_nonzero(w.grad[~mask]) == 0
 
 
 def test_csr_grad_accumulates_and_pool_never_overwrites_held_grads(gen):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sparse_kernels_cuda import Backend, CsrBackend, DispatchKey, Dispatcher, MaskedDenseBackend
+from sparse_kernels_cuda.dispatch import DEFAULT_MAX_DENSITY, time_backend
 
 
 class Fake(Backend):
@@ -69,6 +70,87 @@ def test_csr_is_not_tried_on_dense_masks():
     assert d.candidates(key(0.5)) == []
 
 
+def test_default_csr_density_threshold_is_the_reference_cpu_break_even():
+    d = Dispatcher([CsrBackend()], MaskedDenseBackend())
+    assert d.max_density == DEFAULT_MAX_DENSITY == 0.2
+    assert [b.name for b in d.candidates(key(0.2))] == ["csr"]
+    assert d.candidates(key(0.201)) == []
+
+
+@pytest.fixture
+def deterministic():
+    """``torch.use_deterministic_algorithms(True)`` for one test."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def test_deterministic_mode_never_times_and_uses_masked_dense(deterministic):
+    d = Dispatcher([Fake("a")], MaskedDenseBackend())
+    calls = []
+    times = {"a": 0.1, "masked-dense": 1.0}
+    assert d.choose(key(), timer(times, calls)).name == "masked-dense"
+    assert calls == [] and d.decisions == {} and d.timings == {}
+    torch.use_deterministic_algorithms(False)
+    assert d.choose(key(), timer(times, calls)).name == "a" and len(calls) == 2 * (1 + d.repeats)
+    torch.use_deterministic_algorithms(True)
+    assert d.choose(key(), timer(times, calls)).name == "masked-dense", "an earlier measured decision is not reused"
+
+
+def test_deterministic_mode_keeps_a_forced_backend(deterministic):
+    calls = []
+    assert Dispatcher([Fake("a")], MaskedDenseBackend(), force="a").choose(key(), timer({}, calls)).name == "a"
+    assert calls == []
+
+
+@pytest.mark.parametrize("force", [None, "a"])
+def test_autocast_never_times_and_uses_masked_dense(force):
+    d = Dispatcher([Fake("a")], MaskedDenseBackend(), force=force)
+    calls = []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert d.choose(key(), timer({"a": 0.1, "masked-dense": 1.0}, calls)).name == "masked-dense"
+    assert calls == [] and d.decisions == {}
+    cuda_key = DispatchKey((64, 64), 8, 0.01, torch.float32, "cuda", "unstructured", True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast of another device type does not matter
+        assert d.choose(cuda_key, timer({"a": 0.1, "masked-dense": 1.0}, calls)).name == "a"
+
+
+class Recording(Backend):
+    """Dense linear that records whether its input requires grad."""
+
+    name = "rec"
+
+    def __init__(self):
+        self.seen = []
+
+    def is_available(self):
+        return True
+
+    def supports(self, shape, dtype, pattern, device):
+        return True
+
+    def plan(self, mask):
+        return mask
+
+    def linear(self, x, weight, bias, plan):
+        self.seen.append(x.requires_grad)
+        return x @ weight.t()
+
+
+def test_timing_computes_the_input_gradient_only_when_the_input_needs_it(gen):
+    b = Recording()
+    w = torch.randn(4, 3, generator=gen)
+    x = torch.randn(2, 3, generator=gen)
+    time_backend(b, x, w, None, None, True)  # first layer: input needs no gradient
+    time_backend(b, x.requires_grad_(), w, None, None, True)
+    time_backend(b, x, w, None, None, True, input_grad=False)
+    time_backend(b, x, w, None, None, False)  # inference: no backward at all
+    assert b.seen == [False, True, False, False]
+
+
 def test_force_and_unknown_force():
     d = Dispatcher([Fake("a"), Fake("blocky", pattern="block64")], MaskedDenseBackend(), force="a")
     calls = []
@@ -84,7 +166,6 @@ def test_real_timing_on_cpu_picks_csr_only_when_sparse(gen):
 
     The machine may be shared, so the measured decision gets three attempts.
     """
-    from sparse_kernels_cuda.dispatch import time_backend
     from sparse_kernels_cuda.formats import CsrPlan
 
     w = torch.randn(1024, 1024, generator=gen)

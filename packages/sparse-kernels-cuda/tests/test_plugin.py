@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -106,3 +108,92 @@ def test_backend_from_environment(monkeypatch):
     monkeypatch.setenv("SPARSE_KERNELS_CUDA_BACKEND", "masked-dense")
     assert KernelPlugin().backend == "masked-dense"
     assert KernelPlugin(backend="csr").backend == "csr"
+
+
+def _pair(plugins):
+    """The reproducer's model: two 256×256 Linear layers under SET at 5 % density."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = sparsecore.Sparsifier(model, opt, algorithm="set", density=0.05, total_steps=10, seed=3, plugins=plugins)
+    return model, sp
+
+
+@pytest.mark.parametrize("backend", ["auto", "csr"])
+def test_autocast_bf16_runs_masked_dense(backend):
+    """MKL has no bf16 CSR product: under autocast every layer runs (and is never timed) as masked dense."""
+    plug = KernelPlugin(backend=backend)
+    model, sp = _pair([plug])
+    ref_model, ref_sp = _pair([])
+    for layer, ref_layer in zip(sp.layers.values(), ref_sp.layers.values()):
+        assert torch.equal(layer.mask, ref_layer.mask)
+    x = torch.randn(32, 256, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x)
+        y.float().square().mean().backward()
+        ref = ref_model(x)
+        ref.float().square().mean().backward()
+    assert y.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y, ref, rtol=1.6e-2, atol=1e-2)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1.6e-2, atol=1e-3)
+    assert set(plug.summary().values()) == {"masked-dense"}
+    assert plug._dispatcher.timings == {} and plug._dispatcher.decisions == {}
+    # Outside autocast the layers dispatch again (forced CSR is used, auto measures).
+    model(x).sum().backward()
+    if backend == "csr":
+        assert set(plug.summary().values()) == {"csr"}
+    else:
+        assert plug._dispatcher.decisions and all(k.dtype == torch.float32 for k in plug._dispatcher.decisions)
+
+
+def test_deterministic_algorithms_use_masked_dense_unless_forced():
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        auto = KernelPlugin(backend="auto")
+        model, _ = _pair([auto])
+        model(torch.randn(8, 256)).sum().backward()
+        assert set(auto.summary().values()) == {"masked-dense"}
+        assert auto._dispatcher.timings == {} and auto._dispatcher.decisions == {}
+        forced = KernelPlugin(backend="csr")
+        model, _ = _pair([forced])
+        model(torch.randn(8, 256)).sum().backward()
+        assert set(forced.summary().values()) == {"csr"}
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def test_first_layer_is_timed_without_input_gradient():
+    plug = KernelPlugin(backend="auto", repeats=1)
+    model, _ = _pair([plug])
+    model(torch.randn(8, 256)).sum().backward()
+    assert sorted(k.input_grad for k in plug._dispatcher.decisions) == [False, True]
+    assert all(k.grad for k in plug._dispatcher.decisions)
+
+
+def test_double_backward_through_csr_raises_and_masked_dense_supports_it():
+    from sparse_kernels_cuda.ops import DOUBLE_BACKWARD_ERROR
+
+    x = torch.randn(8, 256, generator=torch.Generator().manual_seed(2))
+    model, _ = _pair([KernelPlugin(backend="csr")])
+    loss = model(x).square().mean()
+    with pytest.raises(RuntimeError, match=re.escape(DOUBLE_BACKWARD_ERROR)):
+        torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+    model, _ = _pair([KernelPlugin(backend="masked-dense")])
+    grads = torch.autograd.grad(model(x).square().mean(), list(model.parameters()), create_graph=True)
+    sum(g.square().sum() for g in grads).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("feature_major", [False, True])
+def test_csr_layer_outputs_are_contiguous_unless_feature_major(feature_major):
+    plug = KernelPlugin(backend="csr", feature_major=feature_major)
+    model, _ = _pair([plug])
+    y = model(torch.randn(8, 256))
+    assert set(plug.summary().values()) == {"csr"}
+    assert y.is_contiguous() is not feature_major
+    if feature_major:
+        assert y.t().is_contiguous()
+    else:
+        assert y.view(2, -1).shape == (2, 4 * 256)

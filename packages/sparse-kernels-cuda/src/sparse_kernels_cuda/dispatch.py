@@ -1,11 +1,20 @@
 """Per-layer backend choice: time one call of every candidate, keep the fastest, cache it.
 
 The key of a decision is ``(shape, tokens, density, dtype, device, pattern,
-grad)``: dynamic sparse training keeps each layer's density fixed, so a layer
-is timed once and every later topology update reuses the answer. Masked dense
-is the fallback and the baseline; another backend is chosen only when it is
-faster than masked dense by more than ``margin`` (timing noise), so
+grad, input_grad)``: dynamic sparse training keeps each layer's density fixed,
+so a layer is timed once and every later topology update reuses the answer.
+Masked dense is the fallback and the baseline; another backend is chosen only
+when it is faster than masked dense by more than ``margin`` (timing noise), so
 activating the plugin never makes a layer measurably slower.
+
+Timings are wall clock, so two runs with the same seed may choose differently
+on a loaded machine. Two rules make the choice reproducible:
+
+* under ``torch.use_deterministic_algorithms(True)`` nothing is timed: every
+  layer runs masked dense unless a backend is forced;
+* under autocast for the key's device nothing is timed either and every layer
+  runs masked dense, forced or not (the CSR products have no bf16/fp16 path
+  and would not follow autocast's casting rules).
 """
 
 from __future__ import annotations
@@ -19,8 +28,12 @@ import torch
 from torch import Tensor
 
 from sparse_kernels_cuda.backends.base import Backend
+from sparse_kernels_cuda.ops import autocast_active
 
-__all__ = ["DispatchKey", "Dispatcher", "time_backend"]
+__all__ = ["DEFAULT_MAX_DENSITY", "DispatchKey", "Dispatcher", "time_backend"]
+
+#: Densest mask for which CSR is tried: MKL CSR breaks even near 0.2 on CPU (kernels reference).
+DEFAULT_MAX_DENSITY = 0.2
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +50,8 @@ class DispatchKey:
         device: device type (``"cpu"``, ``"cuda"``).
         pattern: mask pattern (``"unstructured"``, ``"2:4"``, ``"block<B>"``).
         grad: whether the call builds a graph (training) or not (inference).
+        input_grad: whether the backward also computes the input gradient
+            (``False`` for a first layer, whose input needs no gradient).
     """
 
     shape: tuple[int, int]
@@ -46,6 +61,7 @@ class DispatchKey:
     device: str
     pattern: str
     grad: bool
+    input_grad: bool = True
 
 
 def _sync(device: torch.device) -> None:
@@ -53,7 +69,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_backend(backend: Backend, x: Tensor, weight: Tensor, bias: Tensor | None, plan: Any, grad: bool) -> float:
+def time_backend(
+    backend: Backend,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    plan: Any,
+    grad: bool,
+    input_grad: bool | None = None,
+) -> float:
     """Seconds of one forward (+ backward when ``grad``) of ``backend`` on detached copies.
 
     Args:
@@ -62,12 +86,16 @@ def time_backend(backend: Backend, x: Tensor, weight: Tensor, bias: Tensor | Non
         weight: the layer's weight.
         bias: the layer's bias or ``None``.
         plan: the backend's plan for the current mask.
-        grad: also run the backward products (input and weight gradients).
+        grad: also run the backward (always the weight gradient).
+        input_grad: also compute the input gradient in the backward;
+            ``None`` = exactly when ``x.requires_grad``, as the real call would.
 
     Returns:
         Wall-clock seconds (device synchronised).
     """
-    xd = x.detach().requires_grad_(grad and x.is_floating_point())
+    if input_grad is None:
+        input_grad = x.requires_grad
+    xd = x.detach().requires_grad_(grad and input_grad and x.is_floating_point())
     wd = weight.detach().requires_grad_(grad)
     bd = None if bias is None else bias.detach()
     _sync(x.device)
@@ -88,8 +116,9 @@ class Dispatcher:
         fallback: the masked-dense backend (always valid).
         force: name of a backend to use wherever it supports the layer
             (``None`` or ``"auto"`` = measure).
-        max_density: masks denser than this never try an unstructured
-            backend (CSR loses well before; saves the timing).
+        max_density: masks denser than this never try the CSR backend
+            (default 0.2, the CPU break-even of the kernels reference; saves
+            the timing). A forced backend ignores it.
         margin: a candidate must beat the fallback by this fraction.
         repeats: timed calls per candidate after one warm-up (the minimum counts).
     """
@@ -99,7 +128,7 @@ class Dispatcher:
         backends: list[Backend],
         fallback: Backend,
         force: str | None = None,
-        max_density: float = 0.3,
+        max_density: float = DEFAULT_MAX_DENSITY,
         margin: float = 0.05,
         repeats: int = 3,
     ) -> None:
@@ -139,6 +168,12 @@ class Dispatcher:
     def choose(self, key: DispatchKey, run: Callable[[Backend], float]) -> Backend:
         """The backend for ``key``, timing candidates with ``run`` the first time.
 
+        Under autocast for ``key.device`` the fallback is returned, forced
+        backend or not; under deterministic algorithms
+        (``torch.are_deterministic_algorithms_enabled()``) the fallback is
+        returned unless a backend is forced. Neither times nor caches anything,
+        so a decision measured earlier applies again once the mode is left.
+
         Args:
             key: the decision key.
             run: ``run(backend) -> seconds`` times one call on the real inputs.
@@ -146,6 +181,10 @@ class Dispatcher:
         Returns:
             The chosen backend (the fallback when nothing measures faster).
         """
+        if autocast_active(key.device):
+            return self.fallback
+        if self.force is None and torch.are_deterministic_algorithms_enabled():
+            return self.fallback
         name = self.decisions.get(key)
         if name is not None:
             return self.by_name(name)

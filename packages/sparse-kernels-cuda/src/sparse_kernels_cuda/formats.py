@@ -106,6 +106,11 @@ class CsrPlan:
             idx_t=idx_t,
         )
 
+    def to_mask(self) -> torch.Tensor:
+        """The bool mask the plan was built from (``True`` at the CSR positions)."""
+        flat = torch.zeros(self.shape[0] * self.shape[1], dtype=torch.bool, device=self.idx.device)
+        return flat.index_fill_(0, self.idx, True).view(self.shape)
+
     def to_csr(self, weight: torch.Tensor) -> torch.Tensor:
         """The masked weight as a ``torch.sparse_csr`` tensor (values gathered from ``weight``)."""
         values = weight.reshape(-1).index_select(0, self.idx)

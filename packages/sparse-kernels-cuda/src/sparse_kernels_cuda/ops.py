@@ -12,20 +12,42 @@ Two operators, both in the ``sparse_kernels_cuda`` namespace:
 * ``csr_sddmm(a, b, crow, col)``: the values of ``(a @ bᵀ)`` at the CSR
   positions (row-major order).
 
-A sparse ``Linear`` works in the transposed ("feature-major") layout:
-``Yᵀ = (W ⊙ M) Xᵀ``. MKL's CSR×dense product is fastest with a row-major
-right-hand side, and ``Xᵀ`` is free when ``X`` is the transposed view another
-sparse layer returned, so chains of sparse layers never copy activations.
+A sparse ``Linear`` computes in the transposed ("feature-major") layout:
+``Yᵀ = (W ⊙ M) Xᵀ``, because MKL's CSR×dense product is about twice as fast
+with a row-major right-hand side and result. :func:`csr_linear` returns a
+contiguous ``(..., out)`` result like ``F.linear`` by default (one transposing
+copy, a few percent of a training step); ``feature_major=True`` returns the
+transposed view instead, which a following CSR layer consumes without a copy.
+
+Limits: ``csr_linear`` under autocast runs masked dense (MKL has no bf16/fp16
+CSR product), and double backward (``create_graph=True``) is not supported:
+the backward raises a ``RuntimeError`` (:data:`DOUBLE_BACKWARD_ERROR`).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from sparse_kernels_cuda._grad_pool import scatter_to_dense
 
-__all__ = ["csr_linear", "csr_mm", "csr_sddmm"]
+__all__ = ["DOUBLE_BACKWARD_ERROR", "autocast_active", "csr_linear", "csr_mm", "csr_sddmm"]
+
+#: Message of the error raised when a CSR backward is asked to build a graph.
+DOUBLE_BACKWARD_ERROR = (
+    "sparse_kernels_cuda: the CSR backend does not support double backward "
+    "(create_graph=True, higher-order gradients); use the masked-dense backend for this "
+    "run: KernelPlugin(backend='masked-dense') or SPARSE_KERNELS_CUDA_BACKEND=masked-dense"
+)
+
+
+def autocast_active(device_type: str) -> bool:
+    """Whether autocast is enabled for ``device_type`` (``"cpu"``, ``"cuda"``) in this thread.
+
+    ``False`` for device types autocast does not know (``"meta"``).
+    """
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
 @torch.library.custom_op("sparse_kernels_cuda::csr_mm", mutates_args=())
@@ -92,6 +114,10 @@ def _csr_mm_setup(ctx, inputs, output):
 
 
 def _csr_mm_backward(ctx, grad):
+    # Grad mode is on in a backward only under create_graph=True; csr_sddmm and
+    # scatter_to_dense have no autograd formula, so fail here with a clear message.
+    if torch.is_grad_enabled():
+        raise RuntimeError(DOUBLE_BACKWARD_ERROR)
     rhs, weight, crow, col, idx, crow_t, col_t, idx_t = ctx.saved_tensors
     grad = grad.contiguous()
     grad_rhs = grad_weight = None
@@ -105,25 +131,39 @@ def _csr_mm_backward(ctx, grad):
 csr_mm.register_autograd(_csr_mm_backward, setup_context=_csr_mm_setup)
 
 
-def csr_linear(x: Tensor, weight: Tensor, bias: Tensor | None, plan) -> Tensor:
+def csr_linear(x: Tensor, weight: Tensor, bias: Tensor | None, plan, *, feature_major: bool = False) -> Tensor:
     """``F.linear(x, weight ⊙ mask, bias)`` through CSR, for any leading dimensions.
 
-    The result of a 2-D input is a transposed view of a contiguous
-    ``(out, batch)`` tensor, which the next sparse layer consumes without a copy.
+    Under autocast for ``x``'s device this runs ``F.linear(x, weight ⊙ mask,
+    bias)`` (masked dense), so dtypes and values are exactly those of the dense
+    layer under autocast. Double backward is not supported (see
+    :data:`DOUBLE_BACKWARD_ERROR`).
 
     Args:
         x: input ``(..., in)``.
         weight: dense weight ``(out, in)``; only the positions in ``plan`` are read.
         bias: optional ``(out,)``.
         plan: a :class:`~sparse_kernels_cuda.formats.CsrPlan` of the mask.
+        feature_major: return the transposed view of the ``(out, tokens)``
+            product instead of a contiguous copy. Use it only when the next
+            consumer is another CSR layer (directly or through elementwise
+            ops), which then reads it without a copy. The values and shape are
+            the same, but the result is not contiguous: ``reshape``, elementwise
+            ops, matmuls and ``view`` that only splits the leading dimensions
+            (e.g. ``y.view(2, -1, out)`` on a 2-D result) work; ``view`` that
+            merges or splits the last dimension (``y.view(-1)``, ``y.view(2, -1)``)
+            raises.
 
     Returns:
-        ``(..., out)``; the gradient of ``weight`` is zero off the mask.
+        ``(..., out)``, contiguous unless ``feature_major``; the gradient of
+        ``weight`` is zero off the mask.
     """
+    if autocast_active(x.device.type):
+        return F.linear(x, weight * plan.to_mask().to(weight.dtype), bias)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     yt = csr_mm(x2.t(), weight, plan.crow, plan.col, plan.idx, plan.crow_t, plan.col_t, plan.idx_t)
     if bias is not None:
         yt = yt + bias.unsqueeze(1)
-    y = yt.t()
+    y = yt.t() if feature_major else yt.t().contiguous()
     return y if x.dim() == 2 else y.reshape(*lead, y.shape[-1])

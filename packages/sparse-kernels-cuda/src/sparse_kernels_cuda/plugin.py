@@ -13,7 +13,11 @@ make it), the optimizer and its state.
 It steps aside (keeps the module's own forward) where a kernel would change
 what the algorithm sees: when the masking policy keeps gradients dense
 (sparse momentum reads the momentum of inactive weights) or keeps weights
-dense (SWAT), and for convolutions.
+dense (SWAT), and for convolutions. Per call, it runs masked dense under
+autocast for the input's device (exactly the module's autocast behaviour) and,
+unless a backend is forced, under ``torch.use_deterministic_algorithms(True)``
+(no timing-dependent choice). Double backward (``create_graph=True``) through
+the CSR backend raises; use ``backend="masked-dense"`` for higher-order gradients.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from sparse_kernels_cuda import _grad_pool
 from sparse_kernels_cuda.backends import default_backends
 from sparse_kernels_cuda.backends.base import detect_pattern
 from sparse_kernels_cuda.backends.masked_dense import MaskedDenseBackend
-from sparse_kernels_cuda.dispatch import DispatchKey, Dispatcher, time_backend
+from sparse_kernels_cuda.dispatch import DEFAULT_MAX_DENSITY, DispatchKey, Dispatcher, time_backend
+from sparse_kernels_cuda.ops import autocast_active
 
 try:  # the hook marker; only the registration below needs sparsecore itself
     from sparsecore.hookspecs import hookimpl
@@ -105,19 +110,25 @@ class LayerKernel:
             device=x.device.type,
             pattern=self._pattern or "unstructured",
             grad=grad,
+            input_grad=grad and x.requires_grad,
         )
 
     def __call__(self, input: Tensor) -> Tensor:
-        """``F.linear(input, weight ⊙ mask, bias)`` through the chosen backend."""
+        """``F.linear(input, weight ⊙ mask, bias)`` through the chosen backend.
+
+        Masked dense (the fallback) when dtypes or devices differ and under
+        autocast for the input's device, so the result has exactly the dtype
+        and values of the module's own forward there.
+        """
         w = self.layer.weight
         bias = self.layer.module.bias
-        if input.dtype != w.dtype or input.device != w.device:
+        if input.dtype != w.dtype or input.device != w.device or autocast_active(input.device.type):
             self.last_backend = self.dispatcher.fallback.name
             return self.dispatcher.fallback.linear(input, w, bias, self.layer.mask)
         key = self.key(input)
 
         def run(backend):
-            return time_backend(backend, input, w, bias, self.plan(backend.name), key.grad)
+            return time_backend(backend, input, w, bias, self.plan(backend.name), key.grad, key.input_grad)
 
         backend = self.dispatcher.choose(key, run)
         self.last_backend = backend.name
@@ -132,22 +143,30 @@ class KernelPlugin:
             ``"csr"``, ``"triton-block"``, ``"2:4"`` to force it wherever it
             supports the layer (masked dense elsewhere). Default: the
             ``SPARSE_KERNELS_CUDA_BACKEND`` environment variable, else ``"auto"``.
-        max_density: densest mask for which the CSR backend is even tried.
+            ``"auto"`` runs masked dense under deterministic algorithms.
+        max_density: densest mask for which the CSR backend is even tried
+            (default 0.2).
         margin: how much faster than masked dense a backend must measure.
         repeats: timed calls per candidate when deciding.
         grad_pool: reuse dense gradient buffers across steps (saves the
             page faults of a fresh multi-megabyte tensor per step on CPU).
+        feature_major: CSR layers return the transposed ``(out, tokens)`` view
+            instead of a contiguous result. Saves one copy per layer when every
+            sparse layer feeds another CSR layer (through elementwise ops);
+            ``view`` of the last dimension of such outputs fails (use ``reshape``).
     """
 
     def __init__(
         self,
         backend: str | None = None,
-        max_density: float = 0.3,
+        max_density: float = DEFAULT_MAX_DENSITY,
         margin: float = 0.05,
         repeats: int = 3,
         grad_pool: bool = True,
+        feature_major: bool = False,
     ) -> None:
         self.backend = backend or os.environ.get(BACKEND_ENV, "auto")
+        self.feature_major = feature_major
         self.max_density = max_density
         self.margin = margin
         self.repeats = repeats
@@ -160,7 +179,7 @@ class KernelPlugin:
         """The run's dispatcher (created on first use)."""
         if self._dispatcher is None:
             self._dispatcher = Dispatcher(
-                default_backends(),
+                default_backends(feature_major=self.feature_major),
                 MaskedDenseBackend(premasked=premasked),
                 force=self.backend,
                 max_density=self.max_density,

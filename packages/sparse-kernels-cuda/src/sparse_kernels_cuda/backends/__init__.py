@@ -19,6 +19,10 @@ __all__ = [
 ]
 
 
-def default_backends() -> list[Backend]:
-    """Every non-fallback backend, in order of preference on ties."""
-    return [TritonBlockBackend(), SemiStructuredBackend(), CsrBackend()]
+def default_backends(feature_major: bool = False) -> list[Backend]:
+    """Every non-fallback backend, in order of preference on ties.
+
+    Args:
+        feature_major: passed to :class:`CsrBackend`.
+    """
+    return [TritonBlockBackend(), SemiStructuredBackend(), CsrBackend(feature_major=feature_major)]

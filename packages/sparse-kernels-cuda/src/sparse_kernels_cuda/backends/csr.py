@@ -18,9 +18,19 @@ class CsrBackend(Backend):
     Both ``W`` and ``Wᵀ`` structures are built once per mask version; values
     are gathered from the dense weight at each call. Pays only at high
     sparsity (≈ 80 % and above on CPU); the dispatcher measures before using it.
+    Under autocast it runs masked dense; double backward raises (see
+    :func:`~sparse_kernels_cuda.ops.csr_linear`).
+
+    Args:
+        feature_major: return the transposed ``(out, tokens)`` view instead of a
+            contiguous result (saves one copy per layer when every consumer is
+            another CSR layer; ``view`` of the last dimension then fails).
     """
 
     name = "csr"
+
+    def __init__(self, feature_major: bool = False) -> None:
+        self.feature_major = feature_major
 
     def is_available(self) -> bool:
         """``True`` where ``torch.sparse`` CSR matmul exists (every supported torch)."""
@@ -36,4 +46,4 @@ class CsrBackend(Backend):
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None, plan: CsrPlan) -> Tensor:
         """``F.linear(x, weight ⊙ mask, bias)`` through CSR."""
-        return csr_linear(x, weight, bias, plan)
+        return csr_linear(x, weight, bias, plan, feature_major=self.feature_major)
