@@ -138,6 +138,8 @@ def render(rows: list[dict]) -> str:
     lines.append("- Machines of the rows: " + ("; ".join(machines) if machines else "none yet") + ".")
     lines.append("- Rows with fewer than 100 epochs are shorter runs than the paper's and not comparable to it.")
     lines.append("- \"not run\": no run of that row was made (CPU time was the limit); it is not a result.")
+    lines.append("- \"wall per run\": mean wall-clock time of the row's runs, each on one torch thread of a shared "
+                 "2-core machine with other runs beside it; a cost indication, not a speed measurement.")
     lines.append("")
     lines.append("## Commands")
     lines.append("")
