@@ -10,7 +10,7 @@ import torch
 from sparsecore import CheckpointError, ConfigurationError, MaskingPolicy, hookimpl
 from sparsecore import distributions, selection
 from sparsecore_dsd.lr import StepLRFactor
-from sparsecore_dsd.schedule import DENSE, REDENSE, SPARSE, STEP, PhaseSchedule, phase_names
+from sparsecore_dsd.schedule import DENSE, SPARSE, STEP, PhaseSchedule, phase_names
 
 STATE_FORMAT = 1
 
