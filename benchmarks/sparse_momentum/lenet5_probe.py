@@ -7,8 +7,11 @@ prune/redistribute/grow cycle is visible in the first lines of the next epoch.
 
 Usage::
 
-    python benchmarks/sparse_momentum/lenet5_probe.py ALGORITHM LR EPOCHS [SEED]
+    python benchmarks/sparse_momentum/lenet5_probe.py ALGORITHM LR EPOCHS [SEED [reset]]
     python benchmarks/sparse_momentum/lenet5_probe.py sparse-momentum 0.1 6 0
+
+``reset`` adds a plugin whose masking policy zeroes the optimizer state of grown weights
+(``reset_grown_state=True``; sparse momentum's own policy keeps it, as the reference does).
 """
 
 import sys
@@ -28,8 +31,20 @@ epochs = int(sys.argv[3])
 torch.manual_seed(int(sys.argv[4]) if len(sys.argv) > 4 else 0)
 model = create_model("lenet-5-caffe")
 opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+class ResetGrownState:
+    """Sparse momentum's policy, but grown weights start with zero momentum."""
+
+    @sparsecore.hookimpl
+    def masking_policy(self):
+        return sparsecore.MaskingPolicy(mask_weights=True, mask_gradients=False, mask_optimizer_state=False,
+                                        reset_grown_state=True)
+
+
+extra = [ResetGrownState()] if len(sys.argv) > 5 and sys.argv[5] == "reset" else []
 sp = None if algo == "dense" else sparsecore.Sparsifier(model, opt, algorithm=algo, density=0.05,
-                                                        total_steps=540 * 100, seed=0)
+                                                        total_steps=540 * 100, seed=0, plugins=extra)
 g = torch.Generator().manual_seed(0)
 x, y = data.train.x[:54000], data.train.y[:54000]
 for epoch in range(epochs):
