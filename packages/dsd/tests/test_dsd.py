@@ -347,7 +347,7 @@ def test_trained_model_is_the_plain_dense_architecture():
     plain = make_model()
     plain.load_state_dict(model.state_dict())
     assert torch.equal(model(x), plain(x))
-    sp.remove()  # takes DSD's learning-rate hooks off as well (on_remove)
+    sp.remove()  # the engine's hooks carry DSD's learning-rate factor: nothing is left on the optimizer
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
     sp.algorithm.remove()  # idempotent
     sp.remove()
@@ -374,7 +374,7 @@ def test_fraction_schedule_needs_total_steps():
     with pytest.raises(ConfigurationError, match="total_steps"):
         build(total_steps=None)
     _, _, sp = build(total_steps=None, phase_epochs=(1, 1, 1))  # epochs need no total_steps
-    assert sp.algorithm.schedule.boundaries == (1, 2)
+    assert sp.algorithm.phase_schedule.boundaries == (1, 2)
 
 
 def test_iterations_follow_the_engine_distribution():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sparsecore import ConfigurationError
-from sparsecore_dsd import PhaseSchedule, StepLRFactor, phase_names
+from sparsecore_dsd import PhaseSchedule, phase_names
 
 
 def test_phase_names():
@@ -65,43 +65,3 @@ def test_bad_epochs():
     with pytest.raises(ConfigurationError, match="needs 5 phase lengths"):
         PhaseSchedule.from_epochs((2, 2, 2), phase_names(2))
 
-
-def _sgd(lr=0.5):
-    w = torch.nn.Parameter(torch.zeros(3))
-    return w, torch.optim.SGD([w], lr=lr)
-
-
-def test_factor_applies_only_during_the_step():
-    w, opt = _sgd(0.5)
-    factor = StepLRFactor(opt)
-    factor.factor = 0.1
-    seen = []
-    opt.register_step_pre_hook(lambda o, a, k: seen.append(o.param_groups[0]["lr"]))
-    w.grad = torch.ones(3)
-    opt.step()
-    assert seen == [pytest.approx(0.05)]
-    assert opt.param_groups[0]["lr"] == 0.5  # exactly the original value, not 0.05 / 0.1
-    assert torch.allclose(w.detach(), torch.full((3,), -0.05))
-    assert factor.effective_lrs() == [pytest.approx(0.05)]
-
-
-def test_factor_survives_a_step_that_raised():
-    w, opt = _sgd(0.5)
-    factor = StepLRFactor(opt)
-    factor.factor = 0.1
-
-    def failing_closure():
-        raise RuntimeError("boom")
-
-    w.grad = torch.ones(3)
-    with pytest.raises(RuntimeError):
-        opt.step(failing_closure)
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)  # the post-hook never ran
-    seen = []
-    opt.register_step_pre_hook(lambda o, a, k: seen.append(o.param_groups[0]["lr"]))
-    opt.step()
-    assert seen == [pytest.approx(0.05)]  # not compounded to 0.005
-    assert opt.param_groups[0]["lr"] == 0.5
-    factor.remove()
-    opt.step()
-    assert seen[-1] == 0.5

@@ -11,7 +11,7 @@ import pytest
 import sparsecore
 import torch
 import torch.nn.functional as F
-from snip_baseline import SCORING_BATCHES_OPTION, SCORING_DATA_OPTION, Snip, fresh_copy
+from snip_baseline import SCORING_BATCHES_OPTION, SCORING_DATA_OPTION, Snip, SnipAlgorithm, fresh_copy
 from snip_helpers import NUMELS, boundary_gap, make_batch, make_mlp, positions, reference_scores, top_k_positions
 from sparsecore import ConfigurationError
 from torch import nn
@@ -226,8 +226,8 @@ def test_bn_eval_while_scoring_then_train_mode_restored_and_nothing_else_touched
 def test_missing_scoring_data_says_how_to_pass_it(mlp):
     with pytest.raises(ConfigurationError, match=r"needs data to score.*batch=\(x, y\).*loader="):
         sparsecore.Sparsifier(mlp, sgd(mlp), algorithm="snip", density=0.1)
-    with pytest.raises(ConfigurationError, match="needs data to score"):
-        Snip()
+    with pytest.raises(ConfigurationError, match="data must be an iterable"):
+        sparsecore.Sparsifier(mlp, sgd(mlp), algorithm="snip", density=0.1, data=3)
 
 
 def test_bad_scoring_options_raise_configuration_errors(mlp, batch):
@@ -257,7 +257,9 @@ def test_bad_scoring_options_raise_configuration_errors(mlp, batch):
     with pytest.raises(ConfigurationError, match="keep_every_layer=False"):
         build(density=0.0015, batch=batch)  # κ = 2 < 3 layers
     with pytest.warns(UserWarning, match="start with no active weight"):
-        assert build(density=0.0015, batch=batch, keep_every_layer=False).nnz == 2
+        severed = build(density=0.0015, batch=batch, keep_every_layer=False)
+    assert severed.nnz == 2
+    severed.remove()
     with pytest.raises(ConfigurationError, match="pass per_layer=True"):
         build(batch=batch, distribution="erk")
 
@@ -268,5 +270,5 @@ def test_snip_is_installed_under_the_sparsecore_entry_point():
     if os.environ.get("SPARSECORE_DISABLE_PLUGIN_AUTOLOAD", "").strip() not in ("", "0", "false", "False"):
         pytest.skip("entry-point autoload is disabled in this environment")
     reg = sparsecore.registry.algorithm("snip")
-    assert reg.factory is Snip and reg.distribution == "snip-baseline"
+    assert reg.factory is SnipAlgorithm and reg.distribution == "snip-baseline"
     assert "snip" in sparsecore.available_algorithms()

@@ -91,16 +91,15 @@ def test_conv_layers_keep_their_forward():
 
 
 def test_dense_gradient_policy_keeps_module_forward():
-    class DenseGrads:
-        @sparsecore.hookimpl
-        def masking_policy(self, sparsifier):
-            return sparsecore.MaskingPolicy(mask_gradients=False, mask_optimizer_state=False)
+    class DenseGrads(sparsecore.Algorithm):
+        name = "dense-grads"
+        masking_policy = sparsecore.MaskingPolicy(mask_gradients=False, mask_optimizer_state=False)
 
     model = _mlp(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     plug = KernelPlugin(backend="csr")
     with pytest.warns(UserWarning, match="keep their own forward"):
-        sparsecore.Sparsifier(model, opt, algorithm="static", density=0.2, plugins=[DenseGrads(), plug])
+        sparsecore.Sparsifier(model, opt, algorithm=DenseGrads(), density=0.2, plugins=[plug])
     assert plug.kernels == {}
 
 

@@ -77,7 +77,9 @@ class SelectionCountRecorder:
         return None
 
     @sparsecore.hookimpl
-    def select_grow(self, layer, n: int) -> None:
-        """Record the regrowth count of ``layer`` and let the algorithm choose."""
+    def select_grow(self, layer, n: int, update) -> None:
+        """Record the regrowth count of ``layer`` (and every layer's prune count, which a plan may have fixed
+        without asking ``select_prune``) and let the algorithm choose."""
+        self.pruned.update(update.removed)
         self.grown[layer.name] = n
         return None

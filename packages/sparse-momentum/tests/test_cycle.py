@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-
 import pytest
+import sparsecore
 import torch
 
 from sm_helpers import SelectionCountRecorder, active, build, chain
@@ -208,9 +208,11 @@ def test_global_magnitude_counts_follow_the_smallest_weights():
     w0 = [0.01, 0.02, 0.03, 0.9, 0, 0, 0, 0, 0, 0]
     sparsifier = build(chain((5, 2), (2, 5)), density=0.4, masks={"0": range(4), "1": range(4)},
                        weights={"0": w0, "1": W1}, momenta={"0": M0, "1": M1}, prune="global_magnitude")
-    counts = sparsifier.algorithm.prune_counts(sparsifier, sparsifier.layers, 0.5)
-    # The 4 smallest over both layers: 0.01, 0.02, 0.03 (layer "0") and 0.2 (layer "1").
-    assert counts == {"0": 3, "1": 1}
+    masks = {name: layer.mask for name, layer in sparsifier.layers.items()}
+    plan = sparsifier.algorithm.plan_update(sparsifier, sparsifier.layers, sparsecore.TopologyUpdate(0.5, 0, None, masks))
+    # The 4 smallest over both layers: 0.01, 0.02, 0.03 (layer "0") and 0.2 (layer "1"), as selections.
+    assert {name: chosen.flatten().nonzero().flatten().tolist() for name, chosen in plan.prune.items()} == {"0": [0, 1, 2],
+                                                                                                  "1": [0]}
 
 
 def test_redistribution_none_shares_by_layer_size():

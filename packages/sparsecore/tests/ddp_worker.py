@@ -24,9 +24,7 @@ from sparsecore import MaskingPolicy, distributed, hookimpl, selection
 class MomentumGrowth:
     name = "momentum-growth"
 
-    @hookimpl
-    def masking_policy(self):
-        return MaskingPolicy(mask_gradients=False, mask_optimizer_state=False, reset_grown_state=False)
+    masking_policy = MaskingPolicy(mask_gradients=False, mask_optimizer_state=False, reset_grown_state=False)
 
     @hookimpl
     def select_grow(self, sparsifier, layer, n):

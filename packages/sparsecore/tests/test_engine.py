@@ -99,9 +99,7 @@ def test_grad_scaler_skipped_step_does_not_advance_schedule(fused):
 
 def test_dense_gradient_policy_keeps_momentum_of_inactive_weights():
     class DenseGrads:
-        @hookimpl
-        def masking_policy(self):
-            return MaskingPolicy(mask_gradients=False, mask_optimizer_state=False, reset_grown_state=False)
+        masking_policy = MaskingPolicy(mask_gradients=False, mask_optimizer_state=False, reset_grown_state=False)
 
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -115,10 +113,8 @@ def test_dense_gradient_policy_keeps_momentum_of_inactive_weights():
 
 def test_unmasked_weights_policy_leaves_weights_dense():
     class DenseWeights:
-        @hookimpl
-        def masking_policy(self):
-            return MaskingPolicy(mask_weights=False, mask_gradients=False, mask_optimizer_state=False,
-                                 reset_grown_state=False)
+        masking_policy = MaskingPolicy(mask_weights=False, mask_gradients=False, mask_optimizer_state=False,
+                                           reset_grown_state=False)
 
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -262,8 +258,8 @@ def test_block_option_errors():
         name = "odd-counts"
 
         @hookimpl
-        def prune_counts(self, layers):
-            return {name: 3 for name in layers}
+        def plan_update(self, layers):
+            return sparsecore.UpdatePlan(prune={name: 3 for name in layers})
 
     with pytest.raises(sparsecore.HookResultError, match="whole 4x8 blocks"):
         sp.update_topology(0.5)
@@ -271,3 +267,44 @@ def test_block_option_errors():
     sp = sparsecore.Sparsifier(model, opt, algorithm="static", density=0.5, block=(4, 8), plugins=[OddCounts()])
     with pytest.raises(sparsecore.HookResultError, match="not a multiple of the block size 32"):
         sp.update_topology(0.5)
+
+
+def _one_weight_run(lr=0.5):
+    model = nn.Sequential(nn.Linear(4, 2, bias=False))
+    nn.init.zeros_(model[0].weight)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    sp = sparsecore.Sparsifier(model, opt, algorithm="static", density=1.0, seed=0)
+    return model[0].weight, opt, sp
+
+
+def test_lr_factor_applies_only_during_the_step():
+    w, opt, sp = _one_weight_run(0.5)
+    sp.lr_factor = 0.1
+    seen = []
+    opt.register_step_pre_hook(lambda o, a, k: seen.append(o.param_groups[0]["lr"]))
+    w.grad = torch.ones_like(w)
+    opt.step()
+    assert seen == [pytest.approx(0.05)]
+    assert opt.param_groups[0]["lr"] == 0.5  # exactly the original value, not 0.05 / 0.1
+    assert torch.allclose(w.detach(), torch.full_like(w, -0.05))
+
+
+def test_lr_factor_survives_a_step_that_raised_and_ends_with_remove():
+    w, opt, sp = _one_weight_run(0.5)
+    sp.lr_factor = 0.1
+
+    def failing_closure():
+        raise RuntimeError("boom")
+
+    w.grad = torch.ones_like(w)
+    with pytest.raises(RuntimeError):
+        opt.step(failing_closure)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)  # the post-hook never ran
+    seen = []
+    opt.register_step_pre_hook(lambda o, a, k: seen.append(o.param_groups[0]["lr"]))
+    opt.step()
+    assert seen == [pytest.approx(0.05)]  # not compounded to 0.005
+    assert opt.param_groups[0]["lr"] == 0.5
+    sp.remove()
+    opt.step()
+    assert seen[-1] == 0.5

@@ -16,7 +16,11 @@ from core_helpers import mlp
 
 
 def build(model=None, **kw):
+    """A sparsifier on ``model`` (a fresh MLP by default); one already attached to ``model`` is removed first."""
     model = model or mlp()
+    attached = sparsecore.sparsifier.attached_sparsifier(model)
+    if attached is not None:
+        attached.remove()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     return sparsecore.Sparsifier(model, opt, **kw)
 
@@ -101,29 +105,33 @@ def test_a_bool_tensor_is_not_a_count():
 
 
 # -- engine_defaults -----------------------------------------------------------
-class _BadDefaults:
+class _Defaults(sparsecore.Algorithm):
+    name = "with-defaults"
+
     def __init__(self, answer):
-        self.answer = answer
-
-    @sparsecore.hookimpl
-    def engine_defaults(self):
-        return self.answer
-
-    def __repr__(self):
-        return "BadDefaults"
+        self.engine_defaults = answer
 
 
-def test_engine_defaults_error_names_the_plugin_that_answered():
-    with pytest.raises(sparsecore.HookResultError) as info:
-        build(algorithm="static", plugins=[_BadDefaults({"distribtion": "erk"})])
+def test_engine_defaults_error_names_the_algorithm_and_the_key():
+    with pytest.raises(sparsecore.ConfigurationError) as info:
+        build(algorithm=_Defaults({"distribtion": "erk"}))
     message = str(info.value)
-    assert "engine_defaults" in message and "BadDefaults" in message and "'static'" not in message
-    assert "['distribtion']" in message
+    assert "engine_defaults" in message and "'with-defaults'" in message and "['distribtion']" in message
 
 
 def test_engine_defaults_must_be_a_mapping():
-    with pytest.raises(sparsecore.HookResultError, match=r"engine_defaults.*must return a mapping, got int"):
-        build(algorithm="static", plugins=[_BadDefaults(3)])
+    with pytest.raises(sparsecore.ConfigurationError, match=r"'with-defaults'.*engine_defaults must be a mapping, got int"):
+        build(algorithm=_Defaults(3))
+
+
+def test_old_hook_forms_of_configuration_are_refused_with_a_hint():
+    class OldStyle:
+        @sparsecore.hookimpl
+        def engine_defaults(self):
+            return {"density": 0.5}
+
+    with pytest.raises(sparsecore.ConfigurationError, match="engine_defaults"):
+        build(algorithm="static", plugins=[OldStyle()])
 
 
 # -- one algorithm per run -----------------------------------------------------
@@ -184,28 +192,26 @@ def test_a_failed_setup_leaves_the_optimizer_and_model_untouched():
 
 
 # -- algorithm defaults and detaching --------------------------------------------
-class _DefaultDensity:
-    @sparsecore.hookimpl
-    def engine_defaults(self):
-        return {"density": 0.25}
-
-
 def test_density_comes_from_the_algorithm_when_not_given():
-    sp = build(algorithm="static", plugins=[_DefaultDensity()])
+    sp = build(algorithm=_Defaults({"density": 0.25}))
     assert sp.density == 0.25 and sp.nnz == round(0.25 * 512) + round(0.25 * 768) + round(0.25 * 96)
-    assert build(algorithm="static", density=0.5, plugins=[_DefaultDensity()]).density == 0.5
+    assert build(algorithm=_Defaults({"density": 0.25}), density=0.5).density == 0.5
     assert build(algorithm="static").density == 0.05
 
 
-def test_remove_calls_on_remove_once():
-    calls = []
-
-    class Recorder:
-        @sparsecore.hookimpl
-        def on_remove(self, sparsifier):
-            calls.append(sparsifier.step)
-
-    sp = build(algorithm="static", density=0.5, plugins=[Recorder()])
-    sp.remove()
-    sp.remove()
-    assert calls == [0]
+def test_a_second_sparsifier_on_the_same_model_or_optimizer_is_refused_until_remove():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = sparsecore.Sparsifier(model, opt, algorithm="static", density=0.25, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(sparsecore.ConfigurationError, match=r"already has a sparsifier attached.*remove\(\)"):
+        sparsecore.Sparsifier(model, opt, algorithm="static", density=0.5, seed=1)
+    other_opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(sparsecore.ConfigurationError, match="this model already has a sparsifier"):
+        sparsecore.Sparsifier(model, other_opt, algorithm="static", density=0.5, seed=1)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert len(opt._optimizer_step_post_hooks) == 1
+    first.remove()
+    second = sparsecore.Sparsifier(model, opt, algorithm="static", density=0.5, seed=1)
+    assert len(opt._optimizer_step_post_hooks) == 1 and second.density == 0.5

@@ -101,14 +101,14 @@ def test_builtins_are_attributed_to_the_core_distribution():
     reg.load()
     assert reg.algorithms["set"].distribution == "sparsecore"
     assert reg.algorithms["set"].version == sparsecore.__version__
-    assert reg.algorithms["set"].hooks() == ["on_epoch_end", "on_setup", "on_step"]
+    assert reg.algorithms["set"].hooks() == []  # configuration only: an UpdateSchedule over the built-in defaults
 
 
 def test_plugins_command_lists_builtins(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert f"sparsecore {sparsecore.__version__}" in out
-    assert "algorithm set: hooks on_epoch_end, on_setup, on_step" in out
+    assert "algorithm set: hooks none" in out
     assert main(["plugins", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     core = next(d for d in data if d["distribution"] == "sparsecore")

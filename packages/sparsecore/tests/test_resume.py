@@ -22,9 +22,7 @@ class MomentumGrowth:
     def __init__(self):
         self.updates = 0
 
-    @hookimpl
-    def masking_policy(self):
-        return MaskingPolicy(mask_gradients=False, mask_optimizer_state=False, reset_grown_state=False)
+    masking_policy = MaskingPolicy(mask_gradients=False, mask_optimizer_state=False, reset_grown_state=False)
 
     @hookimpl
     def select_grow(self, sparsifier, layer, n):

@@ -5,8 +5,7 @@ total_steps=...)`` (the sparse phase keeps ``density=0.7`` unless another is giv
 """
 
 from sparsecore_dsd.__about__ import __version__
-from sparsecore_dsd.algorithm import DSD
-from sparsecore_dsd.lr import StepLRFactor
+from sparsecore_dsd.algorithm import DSD, DSDAlgorithm
 from sparsecore_dsd.schedule import DENSE, REDENSE, SPARSE, PhaseSchedule, phase_names
 
-__all__ = ["DENSE", "DSD", "PhaseSchedule", "REDENSE", "SPARSE", "StepLRFactor", "__version__", "phase_names"]
+__all__ = ["DENSE", "DSD", "DSDAlgorithm", "PhaseSchedule", "REDENSE", "SPARSE", "__version__", "phase_names"]

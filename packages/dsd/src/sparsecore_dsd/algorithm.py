@@ -7,15 +7,14 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from sparsecore import CheckpointError, ConfigurationError, MaskingPolicy, hookimpl
+from sparsecore import Algorithm, CheckpointError, ConfigurationError, hookimpl
 from sparsecore import distributions, selection
-from sparsecore_dsd.lr import StepLRFactor
 from sparsecore_dsd.schedule import DENSE, SPARSE, STEP, PhaseSchedule, phase_names
 
 STATE_FORMAT = 1
 
 
-class DSD:
+class DSDAlgorithm(Algorithm):
     """Dense-Sparse-Dense training: train dense, prune and retrain sparse, re-densify and retrain.
 
     Phases (Han et al. 2017, Alg. 1):
@@ -46,13 +45,14 @@ class DSD:
     the paper never prunes the first conv); pass ``dense_first_layer=False`` to
     the engine to prune it too. Biases are never pruned.
 
-    **Learning rate.** The scaled rate is applied only while the optimizer
-    steps (:class:`~sparsecore_dsd.lr.StepLRFactor`: multiplied in the step
-    pre-hook, the original values put back in the post-hook), so the user's LR
-    scheduler, ``optimizer.state_dict()`` and resuming all see the unscaled
-    rates. :meth:`effective_lrs` tells the rate the next step uses.
-    :meth:`Sparsifier.remove` takes these hooks off the optimizer too (through
-    ``on_remove``); afterwards every step uses the param groups' own rates.
+    **Learning rate.** The phase's factor goes to the engine's
+    :attr:`Sparsifier.lr_factor <sparsecore.Sparsifier.lr_factor>`, applied
+    only while the optimizer steps (multiplied in the step pre-hook, the
+    original values put back in the post-hook), so the user's LR scheduler,
+    ``optimizer.state_dict()`` and resuming all see the unscaled rates.
+    :meth:`effective_lrs` tells the rate the next step uses. After
+    :meth:`Sparsifier.remove` or :meth:`remove` every step uses the param
+    groups' own rates.
 
     **Phase lengths** are fractions of ``total_steps`` (``phases``, switched
     after the optimizer step that completes a phase) or numbers of epochs
@@ -86,6 +86,10 @@ class DSD:
     """
 
     name = "dsd"
+    #: Density 0.7 (the paper's 30 % sparsity) and a dense first layer (the paper never prunes the first conv);
+    #: options the user passes to the engine win over these.
+    engine_defaults = {"density": 0.7, "dense_first_layer": True}
+    patterns = ("unstructured", "block")
 
     def __init__(self, phases: Sequence[float] | None = None, phase_epochs: Sequence[int] | None = None,
                  iterations: Sequence[float] | None = None, redense_lr_scale: float = 0.1,
@@ -109,12 +113,12 @@ class DSD:
         self.redense_lr_scale = float(redense_lr_scale)
         self.sparse_lr_scale = float(sparse_lr_scale)
         self.reset_optimizer_state = reset_optimizer_state
-        self.schedule: PhaseSchedule | None = None
+        self.phase_schedule: PhaseSchedule | None = None
         #: per sparse phase, the kept fraction of every sparse layer (known after set-up).
         self.sparse_densities: list[dict[str, float]] = []
         self._index = 0
         self._sparsifier: Any = None
-        self._lr: StepLRFactor | None = None
+        self._scales_lr = True
 
     # ------------------------------------------------------------------
     # public state
@@ -155,7 +159,7 @@ class DSD:
         """
         if self._sparsifier is None:
             raise RuntimeError("dsd: effective_lrs() is available once the sparsifier is set up")
-        factor = self.lr_factor if self._lr is not None else 1.0
+        factor = self._sparsifier.lr_factor if self._sparsifier._handles else 1.0
         return [float(g["lr"]) * factor for g in self._sparsifier.optimizer.param_groups]
 
     def phase_at(self, step: int | None = None, *, epoch: int | None = None,
@@ -177,27 +181,14 @@ class DSD:
             ValueError: neither or both of ``step`` and ``epoch``, or a
                 conversion without a known ``steps_per_epoch``.
         """
-        if self.schedule is None:
+        if self.phase_schedule is None:
             raise RuntimeError("dsd: phase_at() is available once the sparsifier is set up")
         spe = steps_per_epoch or getattr(self._sparsifier, "steps_per_epoch", None)
-        return self.names[self.schedule.index_at(step=step, epoch=epoch, steps_per_epoch=spe)]
+        return self.names[self.phase_schedule.index_at(step=step, epoch=epoch, steps_per_epoch=spe)]
 
     # ------------------------------------------------------------------
     # set-up hooks
     # ------------------------------------------------------------------
-    @hookimpl
-    def engine_defaults(self) -> dict[str, Any]:
-        """Density 0.7 (the paper's 30 % sparsity) and a dense first layer (the paper never prunes the first conv).
-
-        Options the user passes to the engine win over these.
-        """
-        return {"density": 0.7, "dense_first_layer": True}
-
-    @hookimpl
-    def masking_policy(self) -> MaskingPolicy:
-        """Mask weights, gradients and optimizer state (a no-op while the masks are all-True)."""
-        return MaskingPolicy()
-
     @hookimpl
     def init_masks(self, layers) -> dict[str, torch.Tensor]:
         """DSD starts dense: every mask all-True."""
@@ -205,15 +196,15 @@ class DSD:
 
     @hookimpl
     def on_setup(self, sparsifier) -> None:
-        """Build the phase schedule and the per-iteration densities; install the learning-rate factor."""
+        """Build the phase schedule and the per-iteration densities; set the engine's learning-rate factor."""
         if self._phase_epochs is not None:
-            self.schedule = PhaseSchedule.from_epochs(self._phase_epochs, self.names)
+            self.phase_schedule = PhaseSchedule.from_epochs(self._phase_epochs, self.names)
         else:
             if sparsifier.total_steps is None:
                 raise ConfigurationError("dsd: phase lengths are fractions of total_steps; pass total_steps to the "
                                          "Sparsifier or give phase_epochs=(dense, sparse, redense) in epochs")
             fractions = self._phases or [1.0 / len(self.names)] * len(self.names)
-            self.schedule = PhaseSchedule.from_fractions(fractions, sparsifier.total_steps, self.names)
+            self.phase_schedule = PhaseSchedule.from_fractions(fractions, sparsifier.total_steps, self.names)
         if self.iterations is None:
             self.sparse_densities = [{name: layer.target_density for name, layer in sparsifier.layers.items()}]
         else:
@@ -223,10 +214,8 @@ class DSD:
             shapes = {name: tuple(layer.shape) for name, layer in sparsifier.layers.items()}
             self.sparse_densities = [distributions.resolve(sparsifier.distribution, shapes, d) for d in self.iterations]
         self._sparsifier = sparsifier
-        if self._lr is not None:
-            self._lr.remove()
-        self._lr = StepLRFactor(sparsifier.optimizer)
-        self._lr.factor = self.lr_factor
+        self._scales_lr = True
+        sparsifier.lr_factor = self.lr_factor
 
     # ------------------------------------------------------------------
     # training hooks
@@ -234,14 +223,14 @@ class DSD:
     @hookimpl
     def on_step(self, sparsifier, step: int) -> None:
         """Step schedule: change phase after the step that completes one."""
-        if self.schedule is not None and self.schedule.unit == STEP:
-            self._advance(sparsifier, self.schedule.index_after(step))
+        if self.phase_schedule is not None and self.phase_schedule.unit == STEP:
+            self._advance(sparsifier, self.phase_schedule.index_after(step))
 
     @hookimpl
     def on_epoch_end(self, sparsifier, epoch: int) -> None:
         """Epoch schedule: change phase after the epoch that completes one."""
-        if self.schedule is not None and self.schedule.unit != STEP:
-            self._advance(sparsifier, self.schedule.index_after(epoch + 1))
+        if self.phase_schedule is not None and self.phase_schedule.unit != STEP:
+            self._advance(sparsifier, self.phase_schedule.index_after(epoch + 1))
 
     def _advance(self, sparsifier, target: int) -> None:
         while self._index < target:
@@ -254,10 +243,10 @@ class DSD:
         else:
             sparsifier.set_masks({n: torch.ones_like(l.mask) for n, l in sparsifier.layers.items()})
         if self.reset_optimizer_state:
-            _clear_optimizer_state(sparsifier.optimizer)
+            sparsifier.reset_optimizer_state()
         self._index = index
-        if self._lr is not None:
-            self._lr.factor = self.lr_factor
+        if self._scales_lr:
+            sparsifier.lr_factor = self.lr_factor
 
     @staticmethod
     def prune_masks(sparsifier, densities: Mapping[str, float]) -> dict[str, torch.Tensor]:
@@ -288,8 +277,8 @@ class DSD:
             "format": STATE_FORMAT,
             "phase_index": self._index,
             "phase": self.phase,
-            "unit": None if self.schedule is None else self.schedule.unit,
-            "boundaries": [] if self.schedule is None else list(self.schedule.boundaries),
+            "unit": None if self.phase_schedule is None else self.phase_schedule.unit,
+            "boundaries": [] if self.phase_schedule is None else list(self.phase_schedule.boundaries),
             "names": list(self.names),
         }
 
@@ -311,47 +300,28 @@ class DSD:
         if not 0 <= index < len(self.names):
             raise CheckpointError(f"dsd: checkpoint phase index {index} outside 0..{len(self.names) - 1}")
         self._index = index
-        if self._lr is not None:
-            self._lr.restore()
-            self._lr.factor = self.lr_factor
-
-    @hookimpl
-    def on_remove(self, sparsifier) -> None:
-        """:meth:`Sparsifier.remove` detaches the engine: take DSD's learning-rate hooks off the optimizer too."""
-        self.remove()
+        if self._sparsifier is not None and self._scales_lr:
+            self._sparsifier.lr_factor = self.lr_factor
 
     def remove(self) -> None:
-        """Remove the learning-rate hooks from the optimizer, restoring unscaled rates (calling it again does nothing).
+        """Stop scaling the learning rate: every later step uses the param groups' own rates.
 
-        :meth:`Sparsifier.remove` calls it; call it directly to keep the
-        sparsifier attached but train at the optimizer's own rates.
+        The sparsifier stays attached (phases and masks go on); calling it
+        again does nothing. :meth:`Sparsifier.remove` detaches everything.
         """
-        if self._lr is not None:
-            self._lr.remove()
-            self._lr = None
+        self._scales_lr = False
+        if self._sparsifier is not None:
+            self._sparsifier.lr_factor = 1.0
+
+    def metrics(self, sparsifier) -> dict[str, Any]:
+        """The phase the next step trains in, for the training harness's per-epoch record."""
+        return {"phase": self.phase}
 
     def __repr__(self) -> str:
         return (f"DSD(phase={self.phase!r}, iteration={self.iteration}, lr_factor={self.lr_factor}, "
-                f"schedule={self.schedule})")
+                f"schedule={self.phase_schedule})")
 
 
-def _clear_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Discard the per-parameter state of every parameter, as if the optimizer were newly built.
 
-    Optimizers create their state lazily at a parameter's first step (momentum
-    buffers, Adam moments, step counts, Rprop step sizes, ASGD's eta and mu),
-    so the next step is exactly the first step of a fresh optimizer with the
-    same hyper-parameters. ``torch.optim.Adagrad`` gets the state its
-    constructor creates (``sum = initial_accumulator_value``, ``step = 0``):
-    some torch versions set it up only there.
-    """
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            old = optimizer.state.pop(p, None)
-            if old and isinstance(optimizer, torch.optim.Adagrad) and "sum" in old:
-                v = optimizer.defaults["initial_accumulator_value"]
-                fresh = {"sum": torch.full_like(p, complex(v, v) if p.is_complex() else v,
-                                                memory_format=torch.preserve_format)}
-                if torch.is_tensor(old.get("step")):
-                    fresh["step"] = torch.zeros_like(old["step"])  # keeps the fused/non-fused dtype and device
-                optimizer.state[p] = fresh
+#: The name under which earlier releases exported the class.
+DSD = DSDAlgorithm

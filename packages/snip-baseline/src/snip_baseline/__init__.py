@@ -11,7 +11,7 @@ The scoring data goes in the factory option named by
 """
 
 from snip_baseline.__about__ import __version__
-from snip_baseline.algorithm import SCORING_BATCHES_OPTION, SCORING_DATA_OPTION, Snip, SnipResult
+from snip_baseline.algorithm import SCORING_BATCHES_OPTION, SCORING_DATA_OPTION, Snip, SnipAlgorithm, SnipResult
 from snip_baseline.masks import GuardReport, global_top_k, keep_every_layer, per_layer_top_k
 from snip_baseline.scoring import connection_sensitivity, eval_mode, fresh_copy, normalize
 
@@ -20,6 +20,7 @@ __all__ = [
     "SCORING_DATA_OPTION",
     "GuardReport",
     "Snip",
+    "SnipAlgorithm",
     "SnipResult",
     "__version__",
     "connection_sensitivity",

@@ -9,12 +9,12 @@ from typing import Any
 
 import sparsecore
 import torch
-from sparsecore import ConfigurationError, MaskingPolicy
+from sparsecore import Algorithm, ConfigurationError
 
 from snip_baseline import masks as mask_ops
 from snip_baseline.scoring import LossFn, connection_sensitivity, fresh_copy, normalize
 
-__all__ = ["SCORING_BATCHES_OPTION", "SCORING_DATA_OPTION", "Snip", "SnipResult"]
+__all__ = ["SCORING_BATCHES_OPTION", "SCORING_DATA_OPTION", "Snip", "SnipAlgorithm", "SnipResult"]
 
 #: The factory option a training harness fills with its training batches (an iterable of ``(x, y)``).
 SCORING_DATA_OPTION = "loader"
@@ -52,7 +52,7 @@ class SnipResult:
     guard_removed: dict[str, int] = field(default_factory=dict)
 
 
-class Snip:
+class SnipAlgorithm(Algorithm):
     """SNIP: single-shot network pruning by connection sensitivity (Lee, Ajanthan & Torr, ICLR 2019).
 
     Before the first optimizer step (hook ``init_masks``) every weight of the
@@ -80,8 +80,9 @@ class Snip:
     Args:
         batch: one scoring batch ``(x, y)``.
         loader: an iterable of ``(x, y)`` batches (a training data loader); the
-            first ``num_batches`` are scored. A training harness passes its
-            training batches here (:data:`SCORING_DATA_OPTION`).
+            first ``num_batches`` are scored. Without ``batch`` and ``loader``
+            the sparsifier's ``data`` (``Sparsifier(..., data=train_loader)``,
+            which a training harness passes) is used.
         num_batches: how many batches of ``loader`` are scored; their
             gradients are averaged. Must be 1 with ``batch``.
         loss_fn: ``loss_fn(model(x), y) -> scalar``; default cross-entropy
@@ -113,8 +114,6 @@ class Snip:
     def __init__(self, batch: tuple[Any, torch.Tensor] | None = None, loader: Iterable[Any] | None = None,
                  num_batches: int = 1, loss_fn: LossFn | None = None, per_layer: bool = False,
                  score_init: str = "actual", keep_every_layer: bool = True) -> None:
-        if batch is None and loader is None:
-            raise ConfigurationError(f"snip needs data to score connections on; {_HOW_TO_PASS}")
         if batch is not None and loader is not None:
             raise ConfigurationError("snip: pass either batch=(x, y) or loader=..., not both")
         if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
@@ -145,10 +144,17 @@ class Snip:
         self.result: SnipResult | None = None
 
     # ------------------------------------------------------------------
-    def _batches(self) -> list[Any]:
+    def _batches(self, sparsifier: sparsecore.Sparsifier) -> list[Any]:
         if self.batch is not None:
             return [tuple(self.batch)]
-        got = list(itertools.islice(iter(self.loader), self.num_batches))
+        loader = self.loader if self.loader is not None else sparsifier.data
+        if loader is None:
+            raise ConfigurationError(f"snip needs data to score connections on; {_HOW_TO_PASS}, or "
+                                     "Sparsifier(..., data=train_loader)")
+        if not isinstance(loader, Iterable):
+            raise ConfigurationError(f"snip: the sparsifier's data must be an iterable of (x, y) batches, got "
+                                     f"{type(loader).__name__}")
+        got = list(itertools.islice(iter(loader), self.num_batches))
         if len(got) < self.num_batches:
             raise ConfigurationError(f"snip: num_batches={self.num_batches}, but the loader yielded only {len(got)} "
                                      f"batch(es); {_HOW_TO_PASS}")
@@ -175,17 +181,15 @@ class Snip:
         if self.score_init == "fresh":
             model = fresh_copy(model, list(layers), sparsifier.generator)
         modules = dict(model.named_modules())
-        weights = {name: modules[name].weight for name in layers}
+        weights = {}
+        for name, layer in layers.items():
+            module_name = name if layer.param_name == "weight" else name.rsplit(".", 1)[0]
+            weights[name] = getattr(modules[module_name], layer.param_name)
         try:
-            raw = connection_sensitivity(model, weights, self._batches(), self.loss_fn)
+            raw = connection_sensitivity(model, weights, self._batches(sparsifier), self.loss_fn)
             return normalize(raw)
         except ValueError as exc:
             raise ConfigurationError(f"snip: {exc}") from None
-
-    @sparsecore.hookimpl
-    def masking_policy(self) -> MaskingPolicy:
-        """Fully masked training: weights, gradients and optimizer state of pruned weights stay zero."""
-        return MaskingPolicy()
 
     @sparsecore.hookimpl
     def init_masks(self, sparsifier: sparsecore.Sparsifier,
@@ -227,3 +231,7 @@ class Snip:
     def __repr__(self) -> str:
         return (f"Snip(per_layer={self.per_layer}, score_init={self.score_init!r}, num_batches={self.num_batches}, "
                 f"keep_every_layer={self.keep_every_layer})")
+
+
+#: The name under which earlier releases exported the class.
+Snip = SnipAlgorithm

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sparsecore
 
-from snip_baseline.algorithm import Snip
+from snip_baseline.algorithm import SnipAlgorithm
 
 
 @sparsecore.hookimpl
 def sparsecore_register_algorithms(register) -> None:
-    """Register :class:`~snip_baseline.Snip` under the name ``"snip"``."""
-    register("snip", Snip)
+    """Register :class:`~snip_baseline.SnipAlgorithm` under the name ``"snip"``."""
+    register("snip", SnipAlgorithm)

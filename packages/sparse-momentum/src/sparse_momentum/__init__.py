@@ -7,7 +7,13 @@ Installing the distribution registers the algorithm ``"sparse-momentum"``::
 """
 
 from sparse_momentum.__about__ import __version__
-from sparse_momentum.algorithm import GROWTH_MODES, PRUNE_MODES, REDISTRIBUTION_MODES, SparseMomentum
+from sparse_momentum.algorithm import (
+    GROWTH_MODES,
+    PRUNE_MODES,
+    REDISTRIBUTION_MODES,
+    SparseMomentum,
+    SparseMomentumAlgorithm,
+)
 from sparse_momentum.redistribution import growth_redistribution, layer_shares
 
 __all__ = [
@@ -15,6 +21,7 @@ __all__ = [
     "PRUNE_MODES",
     "REDISTRIBUTION_MODES",
     "SparseMomentum",
+    "SparseMomentumAlgorithm",
     "__version__",
     "growth_redistribution",
     "layer_shares",

@@ -1,17 +1,21 @@
 """The ``sparse-momentum`` algorithm: SNFS through sparsecore's hooks.
 
+The engine's :class:`~sparsecore.UpdateSchedule` runs the updates (after every
+epoch but the last, or every ``k`` steps, with the cosine-decayed prune rate).
 One topology update (the reference's ``truncate_weights``) maps onto the
 engine's cycle like this:
 
-* ``prune_counts``: gather the per-layer statistics on the masks *before*
+* ``plan_update``: gather the per-layer statistics on the masks *before*
   pruning (redistribution share, active and inactive counts), cap the prune
-  rate of dense growing layers, and return ``ceil(p_l * nnz_l)`` per layer;
-* ``select_prune``: the smallest ``|w|`` among active weights (or, with
-  ``prune="global_magnitude"``, the smallest over all layers together);
-* ``redistribute``: the residual loop of :func:`growth_redistribution` with
-  the drift correction, rounded down as the reference does;
-* ``select_grow``: the inactive weights of largest ``|momentum|`` (or random,
-  or the reference's per-neuron variant);
+  rate of dense growing layers, prune ``ceil(p_l * nnz_l)`` per layer (or,
+  with ``prune="global_magnitude"``, the smallest ``|w|`` over all layers
+  together), and fix each layer's regrowth with the residual loop of
+  :func:`growth_redistribution` and the drift correction, rounded down as the
+  reference does;
+* ``select_prune``: the engine's default, the smallest ``|w|`` among active weights;
+* ``select_grow``: the inactive weights of largest ``|momentum|`` (random
+  growth is the engine's default; the reference's per-neuron variant is
+  chosen in the plan);
 * ``on_topology_update``: update the drift correction ``adjusted_growth``
   from the new total of active weights.
 
@@ -22,12 +26,13 @@ its crashes, are listed in the package README.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 
-from sparsecore import ConfigurationError, MaskingPolicy, hookimpl, selection
-from sparsecore.schedules import make_decay
+from sparsecore import Algorithm, ConfigurationError, MaskingPolicy, UpdatePlan, UpdateSchedule, hookimpl, selection
+from sparsecore.optim_state import require_momentum
 from sparse_momentum.redistribution import adjust_prune_rates, growth_redistribution, layer_shares
 
 #: Statistics by which removed weights are redistributed across layers.
@@ -42,21 +47,18 @@ INIT_MODES = ("exact", "bernoulli")
 _ALIASES = {"nonzeros": "nonzero"}
 
 
+@dataclass(frozen=True)
 class _Cycle:
     """Numbers of one topology update, gathered before pruning."""
 
-    def __init__(self, rate: float, nnz: dict[str, int], zeros: dict[str, int], shares: dict[str, float],
-                 prune_rates: dict[str, float]) -> None:
-        self.rate = rate
-        self.nnz = nnz
-        self.zeros = zeros
-        self.shares = shares
-        self.prune_rates = prune_rates
-        self.prune_masks: dict[str, torch.Tensor] = {}
-        self.grow_masks: dict[str, torch.Tensor] = {}
+    rate: float
+    nnz: dict[str, int]
+    zeros: dict[str, int]
+    shares: dict[str, float]
+    prune_rates: dict[str, float]
 
 
-class SparseMomentum:
+class SparseMomentumAlgorithm(Algorithm):
     """Sparse Momentum / SNFS (Dettmers & Zettlemoyer 2019), faithful to the authors' reference code.
 
     Inactive weights stay at zero, but their gradients and momentum are *not*
@@ -108,6 +110,9 @@ class SparseMomentum:
     """
 
     name = "sparse-momentum"
+    masking_policy = MaskingPolicy(mask_weights=True, mask_gradients=False, mask_optimizer_state=False,
+                                   reset_grown_state=False)
+    patterns = ("unstructured", "block")
 
     def __init__(self, prune_rate: float = 0.5, eta_min: float = 0.005, decay: str = "cosine",
                  redistribution: str = "momentum", growth: str = "momentum", prune: str = "magnitude",
@@ -115,24 +120,17 @@ class SparseMomentum:
         redistribution = _ALIASES.get(redistribution, redistribution)
         for option, value, allowed in (("redistribution", redistribution, REDISTRIBUTION_MODES),
                                        ("growth", growth, GROWTH_MODES), ("prune", prune, PRUNE_MODES),
-                                       ("init", init, INIT_MODES), ("decay", decay, ("cosine", "linear", "constant"))):
+                                       ("init", init, INIT_MODES)):
             if value not in allowed:
                 raise ConfigurationError(f"sparse-momentum: unknown {option} {value!r}; choose one of {list(allowed)}")
-        if isinstance(prune_rate, bool) or not 0.0 < float(prune_rate) <= 1.0:
-            raise ConfigurationError(f"sparse-momentum: prune_rate must be in (0, 1], got {prune_rate!r}")
-        if not 0.0 <= float(eta_min) <= float(prune_rate):
-            raise ConfigurationError(f"sparse-momentum: eta_min must be in [0, prune_rate], got {eta_min!r}")
-        if update_every != "epoch" and (isinstance(update_every, bool) or not isinstance(update_every, int)
-                                        or update_every <= 0):
-            raise ConfigurationError(f"sparse-momentum: update_every must be 'epoch' or a positive int, "
-                                     f"got {update_every!r}")
-        self.prune_rate = float(prune_rate)
-        self.eta_min = float(eta_min)
+        self.schedule = UpdateSchedule(prune_rate, decay, eta_min, update_every, owner=self.name)
+        self.prune_rate = self.schedule.prune_rate
+        self.eta_min = self.schedule.eta_min
         self.decay = decay
+        self.update_every = self.schedule.update_every
         self.redistribution = redistribution
         self.growth = growth
         self.prune = prune
-        self.update_every = update_every
         self.init = init
         #: Target number of active weights, ``sum(target_density * numel)`` (set at setup).
         self.baseline_nonzero: float | None = None
@@ -140,97 +138,54 @@ class SparseMomentum:
         self.adjusted_growth: float = 0.0
         #: ``baseline_nonzero - nnz`` after every cycle so far.
         self.adjustments: list[float] = []
-        self._schedule: Callable[[int], float] | None = None
-        self._cycle: _Cycle | None = None
 
     # ------------------------------------------------------------------
     # set-up
     # ------------------------------------------------------------------
     @hookimpl
-    def masking_policy(self) -> MaskingPolicy:
-        """Mask weights only: gradients and momentum of inactive weights stay dense; grown weights start at 0."""
-        return MaskingPolicy(mask_weights=True, mask_gradients=False, mask_optimizer_state=False,
-                             reset_grown_state=False)
-
-    @hookimpl
     def init_masks(self, sparsifier, layers) -> dict[str, torch.Tensor] | None:
         """With ``init="bernoulli"``: each weight active with probability ``target_density``."""
         if self.init != "bernoulli":
             return None
+        if sparsifier.block is not None:
+            raise ConfigurationError("sparse-momentum: init='bernoulli' draws single weights; block-sparse runs "
+                                     "need init='exact'")
         gen = sparsifier.generator
         return {name: (torch.rand(layer.shape, generator=gen, device=gen.device) < layer.target_density)
                 .to(layer.weight.device) for name, layer in layers.items()}
 
     @hookimpl
     def on_setup(self, sparsifier) -> None:
-        """Check the run, build the prune-rate schedule, fix the target count, reset the drift state.
+        """Check the run, fix the target count, reset the drift state.
 
         Raises:
-            ConfigurationError: the sparsifier has no ``total_steps``, or the
-                optimizer has no momentum while growth or redistribution need it.
+            ConfigurationError: the sparsifier has no ``total_steps``, the
+                optimizer has no momentum while growth or redistribution need
+                it, or per-neuron growth in a block-sparse run.
         """
         if sparsifier.total_steps is None:
             raise ConfigurationError(
                 "sparse-momentum needs total_steps (steps_per_epoch * epochs): it skips the topology update "
                 "after the final epoch, which it can only recognise from total_steps, and its prune-rate "
                 "schedule runs over total_steps; pass total_steps= to the Sparsifier")
-        try:
-            self._schedule = make_decay(self.decay, self.prune_rate, sparsifier.total_steps, self.eta_min)
-        except ValueError as exc:
-            raise ConfigurationError(f"sparse-momentum: {exc}") from None
+        if self.growth == "momentum_neuron" and sparsifier.block is not None:
+            raise ConfigurationError("sparse-momentum: growth='momentum_neuron' chooses single weights per neuron; "
+                                     "block-sparse runs need growth='momentum' or 'random'")
+        if self._needs_momentum():
+            require_momentum(sparsifier.optimizer, "sparse-momentum",
+                             "growth/redistribution by momentum need it (or choose growth='random' and "
+                             "redistribution other than 'momentum')")
         self.baseline_nonzero = float(sum(layer.target_density * layer.capacity
                                           for layer in sparsifier.layers.values()))
         self.adjusted_growth = 0.0
         self.adjustments = []
-        self._cycle = None
-        if self._needs_momentum():
-            for group in sparsifier.optimizer.param_groups:
-                if "momentum" in group and "betas" not in group and not group["momentum"]:
-                    raise ConfigurationError(
-                        "sparse-momentum: the optimizer has momentum 0, but growth/redistribution by momentum "
-                        "need it; use SGD with momentum > 0 or an Adam-family optimizer, or choose "
-                        "growth='random' and redistribution other than 'momentum'")
 
     def _needs_momentum(self) -> bool:
         return self.redistribution == "momentum" or self.growth in ("momentum", "momentum_neuron")
 
     def rate(self, step: int) -> float:
-        """The prune rate after ``step`` optimizer steps.
-
-        Raises:
-            RuntimeError: before the sparsifier was set up.
-        """
-        if self._schedule is None:
-            raise RuntimeError("sparse-momentum: rate() is available once the Sparsifier is set up")
-        return self._schedule(step)
-
-    # ------------------------------------------------------------------
-    # schedule
-    # ------------------------------------------------------------------
-    @hookimpl
-    def on_step(self, sparsifier, step: int) -> None:
-        """Step-scheduled updates (``update_every=k``): at every multiple of ``k`` below ``total_steps``.
-
-        None at or after ``total_steps``: an update at the run's last step
-        would change masks that are never trained again, the step-mode
-        counterpart of skipping the update after the final epoch.
-        """
-        if self.update_every == "epoch" or step % self.update_every:
-            return
-        if step >= sparsifier.total_steps:
-            return
-        sparsifier.update_topology(self.rate(step))
-
-    @hookimpl
-    def on_epoch_end(self, sparsifier, epoch: int) -> None:
-        """Epoch-scheduled updates: after every epoch except the last.
-
-        The last epoch is the one whose end reaches ``total_steps`` (within half
-        an epoch, :meth:`sparsecore.Sparsifier.is_final_epoch`); set-up makes
-        sure ``total_steps`` is given.
-        """
-        if self.update_every == "epoch" and not sparsifier.is_final_epoch(epoch):
-            sparsifier.update_topology(self.rate(sparsifier.step))
+        """The prune rate after ``step`` optimizer steps."""
+        return self.schedule.rate(step)
 
     # ------------------------------------------------------------------
     # statistics
@@ -267,95 +222,63 @@ class SparseMomentum:
     # topology update
     # ------------------------------------------------------------------
     @hookimpl
-    def prune_counts(self, sparsifier, layers, rate: float) -> dict[str, int]:
-        """Gather statistics on the unpruned masks; ``ceil(p_l * nnz_l)`` per layer.
+    def plan_update(self, sparsifier, layers, update) -> UpdatePlan:
+        """The whole update from statistics of the unpruned masks: prune counts (or selections) and regrowth.
 
-        With ``prune="global_magnitude"`` the ``ceil(rate * baseline_nonzero)``
-        smallest ``|w|`` over all layers are removed, and the count per layer
-        is where they fall.
+        Per layer ``ceil(p_l * nnz_l)`` weights are pruned (whole blocks in a
+        block-sparse run); with ``prune="global_magnitude"`` the
+        ``ceil(rate * baseline_nonzero)`` smallest ``|w|`` over all layers.
+        Regrowth is the residual loop, ``floor``-ed and clamped to each
+        layer's free slots after pruning. The reference lets a layer's growth
+        exceed its free slots (the extra picks land on active weights and do
+        nothing) and would grow almost the whole layer for a negative count;
+        here both are clamped, which yields the same masks in the first case.
         """
-        cycle = self._gather(sparsifier, layers, rate)
-        self._cycle = cycle
+        cycle = self._gather(sparsifier, layers, update.rate)
+        prune: dict[str, Any]
         if self.prune == "global_magnitude":
-            return self._global_prune(layers, cycle)
-        return {name: min(cycle.nnz[name], math.ceil(cycle.prune_rates[name] * cycle.nnz[name]))
-                for name in layers}
-
-    def _global_prune(self, layers, cycle: _Cycle) -> dict[str, int]:
-        total_nnz = sum(cycle.nnz.values())
-        n = min(total_nnz, math.ceil(cycle.rate * float(self.baseline_nonzero)))
-        names = list(layers)
-        scores = torch.cat([layers[name].weight.detach().abs().reshape(-1)[layers[name].mask.reshape(-1)].float().cpu()
-                            for name in names])
-        owner = torch.cat([torch.full((cycle.nnz[name],), i, dtype=torch.long) for i, name in enumerate(names)])
-        order = torch.argsort(scores, stable=True)[:n]
-        chosen_owner = owner[order]
-        offsets = [0]
-        for name in names:
-            offsets.append(offsets[-1] + cycle.nnz[name])
-        counts = {}
-        for i, name in enumerate(names):
-            layer = layers[name]
-            positions = order[chosen_owner == i] - offsets[i]
-            active = layer.mask.reshape(-1).nonzero().squeeze(1).cpu()
-            flat = torch.zeros(layer.capacity, dtype=torch.bool)
-            flat[active[positions]] = True
-            cycle.prune_masks[name] = flat.view(layer.shape).to(layer.weight.device)
-            counts[name] = int(positions.numel())
-        return counts
-
-    @hookimpl
-    def select_prune(self, layer, n: int) -> torch.Tensor:
-        """The ``n`` active weights of smallest ``|w|`` (the global choice for ``global_magnitude``)."""
-        cycle = self._cycle
-        if cycle is not None and layer.name in cycle.prune_masks:
-            chosen = cycle.prune_masks[layer.name]
-            if int(chosen.sum()) == n:
-                return chosen
-        return selection.smallest(layer.weight.detach().abs(), layer.mask, n)
-
-    @hookimpl
-    def redistribute(self, sparsifier, layers, removed: Mapping[str, int]) -> dict[str, int]:
-        """Regrowth per layer: the residual loop, ``floor``-ed and clamped to ``[0, free slots]``.
-
-        The reference lets a layer's growth exceed its free slots (the extra
-        picks land on active weights and do nothing) and would grow almost the
-        whole layer for a negative count; here both are clamped, which yields
-        the same masks in the first case.
-        """
-        cycle = self._cycle
-        if cycle is None:  # another plugin answered prune_counts: statistics of the pruned masks
-            cycle = self._gather(sparsifier, layers, 0.0)
-            self._cycle = cycle
-        total_removed = float(sum(removed.values()))
+            block_size = next(iter(layers.values())).block_size
+            n = min(sum(cycle.nnz.values()), math.ceil(cycle.rate * float(self.baseline_nonzero) / block_size)
+                    * block_size)
+            prune = selection.global_smallest({k: l.weight.detach().abs() for k, l in layers.items()},
+                                              {k: l.mask for k, l in layers.items()}, n, sparsifier.block)
+            counts = {name: int(chosen.sum()) for name, chosen in prune.items()}
+        else:
+            counts = {name: min(cycle.nnz[name], _whole_blocks(math.ceil, cycle.prune_rates[name] * cycle.nnz[name],
+                                                               layer.block_size))
+                      for name, layer in layers.items()}
+            prune = dict(counts)
+        total_removed = float(sum(counts.values()))
         regrowth = growth_redistribution(cycle.shares, cycle.nnz, cycle.zeros, cycle.prune_rates,
                                          total_removed, self.adjusted_growth)
         if self.prune == "global_magnitude":
             for name in regrowth:
                 expected = float(self.baseline_nonzero) * cycle.prune_rates[name]
                 regrowth[name] = 0.0 if expected == 0.0 else math.floor(total_removed / expected * regrowth[name])
-        counts = {}
+        grow: dict[str, Any] = {}
         for name, layer in layers.items():
-            free = layer.capacity - layer.nnz
-            counts[name] = max(0, min(free, math.floor(regrowth[name])))
+            free = cycle.zeros[name] + counts[name]
+            grow[name] = max(0, min(free, _whole_blocks(math.floor, regrowth[name], layer.block_size)))
         if self.growth == "momentum_neuron":
             for name, layer in layers.items():
-                chosen = self._neuron_growth(sparsifier, layer, counts[name])
-                cycle.grow_masks[name] = chosen
-                counts[name] = int(chosen.sum())
-        return counts
+                chosen = prune[name] if torch.is_tensor(prune[name]) else \
+                    selection.smallest(layer.weight.detach().abs(), layer.mask, counts[name])
+                prune[name] = chosen
+                grow[name] = self._neuron_growth(sparsifier, layer, layer.mask & ~chosen, grow[name])
+        return UpdatePlan(prune=prune, grow=grow)
 
-    def _neuron_growth(self, sparsifier, layer, n: int) -> torch.Tensor:
+    def _neuron_growth(self, sparsifier, layer, mask: torch.Tensor, n: int) -> torch.Tensor:
         """The reference's ``momentum_neuron_growth``: budget per output neuron by its mean |momentum|.
 
         Neuron ``i`` gets ``k_i = min(floor(v_i * n), free_i)`` with ``v_i`` its
         share of mean ``|momentum|``; neurons with ``k_i < 10`` grow nothing;
         otherwise the inactive weights whose ``|momentum|`` is strictly above
         the ``k_i``-th largest score of the row grow (active weights score 0).
+        ``mask`` is the layer's mask after pruning.
         """
-        inactive = ~layer.mask
+        inactive = ~mask
         magnitude = self._momentum(sparsifier, layer).abs().float()
-        chosen = torch.zeros_like(layer.mask)
+        chosen = torch.zeros_like(mask)
         if n <= 0 or magnitude.dim() < 2:
             return chosen
         dims = list(range(1, magnitude.dim()))
@@ -377,23 +300,17 @@ class SparseMomentum:
         return chosen
 
     @hookimpl
-    def select_grow(self, sparsifier, layer, n: int) -> torch.Tensor:
-        """The ``n`` inactive weights of largest ``|momentum|`` (ties by position), or random ones."""
+    def select_grow(self, sparsifier, layer, n: int) -> torch.Tensor | None:
+        """The ``n`` inactive weights of largest ``|momentum|`` (ties by position); random growth is the default's."""
         if self.growth == "random":
-            return selection.random_choice(~layer.mask, n, sparsifier.generator)
-        cycle = self._cycle
-        if self.growth == "momentum_neuron" and cycle is not None and layer.name in cycle.grow_masks:
-            chosen = cycle.grow_masks[layer.name]
-            if int(chosen.sum()) == n:
-                return chosen
-        return selection.largest(self._momentum(sparsifier, layer).abs(), ~layer.mask, n)
+            return None
+        return selection.largest(self._momentum(sparsifier, layer).abs(), ~layer.mask, n, layer.block)
 
     @hookimpl
     def on_topology_update(self, sparsifier, report) -> None:
         """Drift correction: ``adjusted_growth = 0.25 a + 0.75 (B - nnz) + mean(adjustments)``."""
         if report.reason != "update":
             return
-        self._cycle = None
         total = sum(update.nnz for update in report.layers.values())
         gap = float(self.baseline_nonzero) - total
         self.adjustments.append(gap)
@@ -418,3 +335,14 @@ class SparseMomentum:
         return (f"SparseMomentum(prune_rate={self.prune_rate}, eta_min={self.eta_min}, decay={self.decay!r}, "
                 f"redistribution={self.redistribution!r}, growth={self.growth!r}, prune={self.prune!r}, "
                 f"update_every={self.update_every!r}, init={self.init!r})")
+
+
+#: The name under which earlier releases exported the class.
+SparseMomentum = SparseMomentumAlgorithm
+
+
+def _whole_blocks(rounding, count: float, block_size: int) -> int:
+    """``rounding(count)`` for element-wise layers; ``rounding`` in whole blocks otherwise."""
+    if block_size == 1:
+        return int(rounding(count))
+    return int(rounding(count / block_size)) * block_size

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sparsecore
-from sparse_momentum.algorithm import SparseMomentum
+from sparse_momentum.algorithm import SparseMomentumAlgorithm
 
 
 @sparsecore.hookimpl
 def sparsecore_register_algorithms(register) -> None:
-    """Register ``"sparse-momentum"`` (factory :class:`~sparse_momentum.SparseMomentum`)."""
-    register("sparse-momentum", SparseMomentum)
+    """Register ``"sparse-momentum"`` (factory :class:`~sparse_momentum.SparseMomentumAlgorithm`)."""
+    register("sparse-momentum", SparseMomentumAlgorithm)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
+from sparsecore.selection import spread_overflow
+
 #: A layer may regrow at most this fraction of its free slots.
 GROWTH_CAP = 0.99
 #: A layer sparser than this (fraction of zeros) is "dense" for the prune-rate cap.
@@ -96,24 +98,6 @@ def growth_redistribution(shares: Mapping[str, float], nnz: Mapping[str, int], z
     Returns:
         Layer name to its (fractional) regrowth.
     """
-    regrowth: dict[str, float] = {}
-    mean_residual = 0.0
-    residual = float("inf")
-    iterations = 0
-    while residual > 0 and iterations < max_iterations:
-        residual = 0.0
-        for name, share in shares.items():
-            max_regrowth = zeros[name] + math.ceil(prune_rates[name] * nnz[name])
-            if name in regrowth:
-                value = regrowth[name]
-            else:
-                value = math.ceil(share * (total_removed + adjusted_growth))
-            value += mean_residual
-            if value > cap * max_regrowth:
-                regrowth[name] = cap * max_regrowth
-                residual += value - regrowth[name]
-            else:
-                regrowth[name] = value
-        mean_residual = residual / len(regrowth) if regrowth else 0.0
-        iterations += 1
-    return regrowth
+    initial = {name: float(math.ceil(share * (total_removed + adjusted_growth))) for name, share in shares.items()}
+    limits = {name: cap * (zeros[name] + math.ceil(prune_rates[name] * nnz[name])) for name in shares}
+    return spread_overflow(initial, limits, max_iterations=max_iterations)

@@ -7,6 +7,7 @@ group ``sparsecore``.
 """
 
 from sparsecore.__about__ import __version__
+from sparsecore.algorithm import Algorithm
 from sparsecore.errors import (
     CheckpointError,
     ConfigurationError,
@@ -20,9 +21,12 @@ from sparsecore.layers import SparseLayer
 from sparsecore.plugins import available_algorithms, available_plugins, registry
 from sparsecore.policy import MaskingPolicy
 from sparsecore.reporting import DensityReport, TopologyReport
+from sparsecore.schedules import UpdateSchedule
 from sparsecore.sparsifier import Sparsifier
+from sparsecore.topology import TopologyUpdate, UpdatePlan
 
 __all__ = [
+    "Algorithm",
     "CheckpointError",
     "ConfigurationError",
     "DensityReport",
@@ -33,7 +37,10 @@ __all__ = [
     "SparsecoreError",
     "Sparsifier",
     "TopologyReport",
+    "TopologyUpdate",
     "UnknownAlgorithmError",
+    "UpdatePlan",
+    "UpdateSchedule",
     "__version__",
     "available_algorithms",
     "available_plugins",

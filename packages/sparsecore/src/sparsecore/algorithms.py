@@ -1,36 +1,19 @@
 """Algorithms built into the core: ``static`` and ``set``.
 
 ``set`` relies on the built-in defaults for its selection (magnitude prune,
-random growth, no redistribution) and only adds the schedule, so it doubles as
-the reference for writing an algorithm.
+random growth, no redistribution) and on the engine's
+:class:`~sparsecore.schedules.UpdateSchedule`, so it doubles as the reference
+for writing an algorithm: it is only configuration.
 """
 
 from __future__ import annotations
 
-import numbers
-from typing import Any, Callable
-
-from sparsecore.errors import ConfigurationError
+from sparsecore.algorithm import Algorithm
 from sparsecore.hookspecs import hookimpl
-from sparsecore.policy import MaskingPolicy
-from sparsecore.schedules import make_decay
+from sparsecore.schedules import UpdateSchedule
 
 
-DECAYS = ("cosine", "linear", "constant")
-
-
-def _number(algorithm: str, option: str, value: Any, low: float, high: float, low_open: bool) -> float:
-    """``value`` as a float in ``(low, high]`` (``low_open``) or ``[low, high]``; else a ConfigurationError."""
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigurationError(f"{algorithm}: {option} must be a number in {interval}, got {value!r}")
-    number = float(value)
-    if not (low < number <= high if low_open else low <= number <= high):
-        raise ConfigurationError(f"{algorithm}: {option} must be a number in {interval}, got {value!r}")
-    return number
-
-
-class StaticAlgorithm:
+class StaticAlgorithm(Algorithm):
     """A fixed random mask at the chosen distribution; the topology never changes.
 
     Weights, gradients and optimizer state of inactive weights are masked. It
@@ -38,14 +21,10 @@ class StaticAlgorithm:
     """
 
     name = "static"
-
-    @hookimpl
-    def masking_policy(self) -> MaskingPolicy:
-        """Fully masked training."""
-        return MaskingPolicy()
+    patterns = ("unstructured", "block")
 
 
-class SetAlgorithm:
+class SetAlgorithm(Algorithm):
     """Sparse Evolutionary Training (Mocanu et al. 2018), as RigL's SET baseline.
 
     Every update removes ``floor(rate * nnz)`` active weights of smallest
@@ -69,53 +48,17 @@ class SetAlgorithm:
     """
 
     name = "set"
+    patterns = ("unstructured", "block")
 
     def __init__(self, prune_rate: float = 0.3, decay: str = "cosine", eta_min: float = 0.0,
                  update_every: int | str = "epoch", update_end: float = 1.0) -> None:
-        self.prune_rate = _number("set", "prune_rate", prune_rate, 0.0, 1.0, low_open=True)
-        self.eta_min = _number("set", "eta_min", eta_min, 0.0, 1.0, low_open=False)
-        if self.eta_min > self.prune_rate:
-            raise ConfigurationError(f"set: eta_min ({eta_min!r}) must not exceed prune_rate ({prune_rate!r}); "
-                                     "the rate decays from prune_rate to eta_min")
-        if decay not in DECAYS:
-            raise ConfigurationError(f"set: decay must be one of {', '.join(map(repr, DECAYS))}, got {decay!r}")
-        if update_every != "epoch" and (isinstance(update_every, bool) or not isinstance(update_every, numbers.Integral)
-                                        or update_every <= 0):
-            raise ConfigurationError(f"set: update_every must be 'epoch' or a positive int, got {update_every!r}")
-        self.update_end = _number("set", "update_end", update_end, 0.0, 1.0, low_open=True)
-        self.decay = decay
-        self.update_every = update_every if update_every == "epoch" else int(update_every)
-        self._schedule: Callable[[int], float] | None = None
+        self.schedule = UpdateSchedule(prune_rate, decay, eta_min, update_every, update_end, owner=self.name)
+        self.prune_rate, self.decay, self.eta_min = self.schedule.prune_rate, decay, self.schedule.eta_min
+        self.update_every, self.update_end = self.schedule.update_every, self.schedule.update_end
 
     def rate(self, step: int) -> float:
         """The prune rate after ``step`` optimizer steps."""
-        assert self._schedule is not None, "rate() is available once the sparsifier is set up"
-        return self._schedule(step)
-
-    @hookimpl
-    def on_setup(self, sparsifier) -> None:
-        """Build the decay schedule over the run's ``total_steps``."""
-        try:
-            span = None if sparsifier.total_steps is None else int(sparsifier.total_steps * self.update_end)
-            self._schedule = make_decay(self.decay, self.prune_rate, span, self.eta_min)
-        except ValueError as exc:
-            raise ConfigurationError(f"set: {exc}") from None
-
-    @hookimpl
-    def on_step(self, sparsifier, step: int) -> None:
-        """Step-scheduled updates: every ``update_every`` steps up to ``update_end``, never at the final step."""
-        if self.update_every == "epoch" or step % self.update_every:
-            return
-        total = sparsifier.total_steps
-        if total is not None and (step >= total or step > self.update_end * total):
-            return  # weights grown at (or after) the last step would never be trained
-        sparsifier.update_topology(self.rate(step))
-
-    @hookimpl
-    def on_epoch_end(self, sparsifier, epoch: int) -> None:
-        """Epoch-scheduled updates: after every epoch except the last."""
-        if self.update_every == "epoch" and not sparsifier.is_final_epoch(epoch):
-            sparsifier.update_topology(self.rate(sparsifier.step))
+        return self.schedule.rate(step)
 
 
 @hookimpl

@@ -1,13 +1,12 @@
 """Built-in hook implementations, registered ``trylast`` in every run.
 
-They answer every first-result hook no algorithm answered: magnitude prune,
-random growth, no redistribution, random initial masks with exact counts, the
-fully masking policy, ``floor(rate * nnz)`` prune counts.
+They answer every first-result hook no algorithm answered: random initial
+masks with exact counts, ``floor(rate * nnz)`` prune counts, magnitude prune,
+no redistribution, random growth.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import torch
@@ -15,23 +14,13 @@ import torch
 from sparsecore import selection
 from sparsecore.hookspecs import hookimpl
 from sparsecore.layers import SparseLayer
-from sparsecore.policy import MaskingPolicy
+from sparsecore.topology import TopologyUpdate, UpdatePlan, default_prune_counts
 
 
 class BuiltinDefaults:
     """The defaults every algorithm and user plugin can override hook by hook."""
 
     name = "sparsecore-defaults"
-
-    @hookimpl(trylast=True)
-    def engine_defaults(self) -> Mapping[str, object]:
-        """No engine defaults beyond the Sparsifier's own."""
-        return {}
-
-    @hookimpl(trylast=True)
-    def masking_policy(self) -> MaskingPolicy:
-        """Mask weights, gradients and optimizer state (RigL/SNIP/DSD style)."""
-        return MaskingPolicy()
 
     @hookimpl(trylast=True)
     def init_masks(self, sparsifier, layers: Mapping[str, SparseLayer]) -> dict[str, torch.Tensor]:
@@ -43,10 +32,9 @@ class BuiltinDefaults:
         }
 
     @hookimpl(trylast=True)
-    def prune_counts(self, layers: Mapping[str, SparseLayer], rate: float) -> dict[str, int]:
-        """``floor(rate * nnz)`` per layer (in whole blocks for block layers)."""
-        return {name: int(math.floor(rate * layer.nnz / layer.block_size)) * layer.block_size
-                for name, layer in layers.items()}
+    def plan_update(self, layers: Mapping[str, SparseLayer], update: TopologyUpdate) -> UpdatePlan:
+        """Prune ``floor(rate * nnz)`` per layer (whole blocks); growth left to ``redistribute``."""
+        return UpdatePlan(prune=default_prune_counts(layers, update.rate))
 
     @hookimpl(trylast=True)
     def select_prune(self, layer: SparseLayer, n: int) -> torch.Tensor:

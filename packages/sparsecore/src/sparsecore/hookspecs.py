@@ -20,6 +20,14 @@ The engine validates every first-result answer (type, shape, count, capacity)
 and raises :class:`sparsecore.HookResultError` naming the hook and the plugin
 at fault; nothing is silently corrected.
 
+The five core hooks come first (:func:`on_step`, :func:`on_epoch_end`,
+:func:`select_prune`, :func:`redistribute`, :func:`select_grow`); the
+advanced ones after them serve algorithms that need more (a whole-model plan,
+initial masks, a replaced forward, set-up checks, the dense gradient, FLOPs,
+update reports). An algorithm's run-level configuration (masking policy,
+engine defaults, update schedule, supported patterns) is not a hook but plain
+attributes of the algorithm object: see :class:`sparsecore.Algorithm`.
+
 Call order of one training step (see the docs page "Engine lifecycle")::
 
     loss.backward()
@@ -29,13 +37,16 @@ Call order of one training step (see the docs page "Engine lifecycle")::
         -> the optimizer's update
         -> [engine re-applies masks to weights]
         -> on_step
-    sparsifier.epoch_end(epoch) -> on_epoch_end
+        -> [update_topology if the algorithm's schedule says so]
+    sparsifier.epoch_end(epoch)
+        -> on_epoch_end
+        -> [update_topology if the algorithm's schedule says so]
 
 and of one topology update (``sparsifier.update_topology(rate)``)::
 
-    prune_counts -> select_prune (per layer) -> redistribute
-        -> select_grow (per layer) -> [masks, weights, optimizer state updated]
-        -> on_topology_update
+    plan_update (whole model) -> select_prune (per layer, unless planned)
+        -> redistribute (unless planned) -> select_grow (per layer, unless planned)
+        -> [masks, weights, optimizer state updated] -> on_topology_update
 """
 
 from __future__ import annotations
@@ -48,9 +59,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from sparsecore.layers import SparseLayer
-    from sparsecore.policy import MaskingPolicy
     from sparsecore.reporting import TopologyReport
     from sparsecore.sparsifier import Sparsifier
+    from sparsecore.topology import TopologyUpdate, UpdatePlan
 
 PROJECT_NAME = "sparsecore"
 
@@ -104,40 +115,140 @@ def sparsecore_register_plugins(register: Callable[..., None]) -> None:
 
 
 # --------------------------------------------------------------------------
-# Set-up (per run)
+# The five core hooks
 # --------------------------------------------------------------------------
 
 
-@hookspec(firstresult=True)
-def engine_defaults() -> Mapping[str, Any] | None:
-    """Default engine options the active algorithm wants.
+@hookspec
+def on_step(sparsifier: Sparsifier, step: int) -> None:
+    """After every optimizer step that really happened, masks re-applied.
 
-    Called once while the :class:`~sparsecore.Sparsifier` is constructed,
-    before layers are selected. Keys the user passed explicitly win. Accepted
-    keys: ``density`` (the overall density when the user gives none; DSD's
-    sparse phase keeps 0.7), ``distribution``, ``dense_first_layer``,
-    ``dense_last_layer``, ``include``, ``exclude``, ``layer_types``.
+    Called from the optimizer's step post-hook after the engine has zeroed the
+    inactive weights. A step that AMP's GradScaler skipped is not a step: this
+    hook is not called and the schedule does not advance. When the
+    algorithm's ``schedule`` says an update is due after this step, the engine
+    runs it right after this hook.
+
+    Args:
+        sparsifier: the engine.
+        step: the number of optimizer steps completed, counting this one (1 after the first).
 
     Returns:
-        A mapping of option name to default, or ``None``. First-result.
+        Nothing. Broadcast.
+    """
+
+
+@hookspec
+def on_epoch_end(sparsifier: Sparsifier, epoch: int) -> None:
+    """The training loop reported the end of an epoch.
+
+    Called by :meth:`Sparsifier.epoch_end`. When the algorithm's ``schedule``
+    updates per epoch (after every epoch except the last), the engine runs the
+    update right after this hook. Plugins that change the run per epoch (DSD's
+    phases) act here; ``sparsifier.is_final_epoch(epoch)`` tells whether it was
+    the last one.
+
+    Args:
+        sparsifier: the engine.
+        epoch: the epoch that just ended, as the loop numbers it (usually from 0).
+
+    Returns:
+        Nothing. Broadcast.
     """
 
 
 @hookspec(firstresult=True)
-def masking_policy(sparsifier: Sparsifier) -> MaskingPolicy | None:
-    """How the engine treats inactive weights, gradients and optimizer state.
+def select_prune(sparsifier: Sparsifier, layer: SparseLayer, n: int, update: TopologyUpdate) -> torch.Tensor | None:
+    """Choose which active weights of one layer to remove.
 
-    Called once while the sparsifier is constructed. Sparse momentum needs the
-    dense gradient and momentum of zero weights (``mask_gradients=False``,
-    ``mask_optimizer_state=False``); RigL, SNIP and DSD mask both; SWAT keeps
-    dense weights (``mask_weights=False``).
+    Called during a topology update, once per sparse layer, in model order,
+    with the count from :func:`plan_update` (not called for a layer whose
+    selection the plan fixed).
 
     Args:
-        sparsifier: the engine being built (layers are known).
+        sparsifier: the engine.
+        layer: the layer; ``layer.mask`` is its mask before pruning.
+        n: how many weights to remove (a multiple of ``layer.block_size``).
+        update: the :class:`~sparsecore.topology.TopologyUpdate` in progress.
 
     Returns:
-        A :class:`sparsecore.MaskingPolicy`, or ``None``. First-result; the
-        built-in default masks weights, gradients and optimizer state.
+        A bool tensor shaped like the weight, ``True`` = remove, with exactly
+        ``n`` entries, all currently active; or ``None``. First-result; the
+        built-in default removes the ``n`` smallest ``|w|`` (ties broken by
+        position).
+    """
+
+
+@hookspec(firstresult=True)
+def redistribute(sparsifier: Sparsifier, layers: Mapping[str, SparseLayer], removed: Mapping[str, int],
+                 update: TopologyUpdate) -> Mapping[str, int] | None:
+    """Decide how many weights each layer regrows.
+
+    Called during a topology update after every layer was pruned
+    (``layer.mask`` is the pruned mask), unless :func:`plan_update` fixed the
+    growth.
+
+    Args:
+        sparsifier: the engine.
+        layers: every sparse layer by name.
+        removed: how many weights each layer lost in this update.
+        update: the :class:`~sparsecore.topology.TopologyUpdate` in progress.
+
+    Returns:
+        ``dict[name, int]`` for every layer, each between 0 and the layer's free
+        slots (``layer.capacity - layer.nnz``); or ``None``. First-result; the
+        built-in default regrows in each layer exactly what it lost.
+    """
+
+
+@hookspec(firstresult=True)
+def select_grow(sparsifier: Sparsifier, layer: SparseLayer, n: int, update: TopologyUpdate) -> torch.Tensor | None:
+    """Choose which inactive weights of one layer to activate.
+
+    Called during a topology update, once per sparse layer, after
+    :func:`redistribute` (not called for a layer whose selection the plan
+    fixed). Weights pruned in this update are inactive and may be chosen again
+    (they keep their value; newly activated weights start at 0).
+
+    Args:
+        sparsifier: the engine.
+        layer: the layer; ``layer.mask`` is its mask after pruning.
+        n: how many weights to activate (a multiple of ``layer.block_size``).
+        update: the :class:`~sparsecore.topology.TopologyUpdate` in progress.
+
+    Returns:
+        A bool tensor shaped like the weight, ``True`` = activate, with exactly
+        ``n`` entries, all currently inactive; or ``None``. First-result; the
+        built-in default draws uniformly at random from ``sparsifier.generator``.
+    """
+
+
+# --------------------------------------------------------------------------
+# Advanced hooks
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def plan_update(sparsifier: Sparsifier, layers: Mapping[str, SparseLayer], update: TopologyUpdate) -> UpdatePlan | None:
+    """Plan a topology update for every layer at once.
+
+    Called first in :meth:`Sparsifier.update_topology`, with the masks before
+    the update. Algorithms whose choices span layers answer here: sparse
+    momentum computes per-layer prune counts and regrowth from statistics of
+    all layers; global magnitude pruning returns the selections themselves.
+    Whatever the plan leaves as a count goes to :func:`select_prune` /
+    :func:`select_grow`; a plan without ``grow`` asks :func:`redistribute`.
+
+    Args:
+        sparsifier: the engine.
+        layers: every sparse layer by name, in model order.
+        update: the :class:`~sparsecore.topology.TopologyUpdate` in progress
+            (``update.rate`` is the prune rate of this update).
+
+    Returns:
+        An :class:`~sparsecore.UpdatePlan`, or ``None``. First-result; the
+        built-in default prunes ``floor(rate * nnz)`` per layer (whole blocks
+        for block layers) and leaves growth to ``redistribute``.
     """
 
 
@@ -185,12 +296,16 @@ def layer_forward(sparsifier: Sparsifier, layer: SparseLayer) -> Callable[..., A
 
 @hookspec
 def on_setup(sparsifier: Sparsifier) -> None:
-    """The sparsifier is fully built: layers, initial masks, forwards, optimizer hooks.
+    """The run is planned: layers, target densities and initial masks are known; nothing is applied yet.
 
-    Called once, at the end of :class:`~sparsecore.Sparsifier` construction.
-    Algorithms validate their options against the run here (e.g. a schedule
-    that needs ``total_steps``) and initialise state that depends on the
-    layers.
+    Called once while the :class:`~sparsecore.Sparsifier` is constructed,
+    after ``init_masks`` and before the engine touches the model or the
+    optimizer (set-up is a transaction: if any plugin raises here, the model,
+    its forwards and the optimizer stay exactly as they were). Algorithms
+    validate their options against the run (e.g. a schedule that needs
+    ``total_steps``, an optimizer with momentum) and initialise state that
+    depends on the layers. Implementations must not change the model or the
+    optimizer.
 
     Args:
         sparsifier: the engine.
@@ -198,11 +313,6 @@ def on_setup(sparsifier: Sparsifier) -> None:
     Returns:
         Nothing. Broadcast.
     """
-
-
-# --------------------------------------------------------------------------
-# Training loop
-# --------------------------------------------------------------------------
 
 
 @hookspec
@@ -211,8 +321,9 @@ def before_optimizer_step(sparsifier: Sparsifier, step: int) -> None:
 
     Called from the optimizer's step pre-hook, before the engine masks
     gradients (when the policy masks them), so the dense gradient is visible
-    here (RigL's growth criterion). Not called for a step AMP's GradScaler
-    skips.
+    here (RigL's growth criterion; ``sparsifier.is_update_step(step + 1)``
+    tells whether this step ends with a topology update). Not called for a
+    step AMP's GradScaler skips.
 
     Args:
         sparsifier: the engine.
@@ -220,124 +331,6 @@ def before_optimizer_step(sparsifier: Sparsifier, step: int) -> None:
 
     Returns:
         Nothing. Broadcast.
-    """
-
-
-@hookspec
-def on_step(sparsifier: Sparsifier, step: int) -> None:
-    """After every optimizer step that really happened, masks re-applied.
-
-    Called from the optimizer's step post-hook after the engine has zeroed the
-    inactive weights. A step that AMP's GradScaler skipped is not a step: this
-    hook is not called and the schedule does not advance. Algorithms that
-    update the topology every k steps call :meth:`Sparsifier.update_topology`
-    from here.
-
-    Args:
-        sparsifier: the engine.
-        step: the number of optimizer steps completed, counting this one (1 after the first).
-
-    Returns:
-        Nothing. Broadcast.
-    """
-
-
-@hookspec
-def on_epoch_end(sparsifier: Sparsifier, epoch: int) -> None:
-    """The training loop reported the end of an epoch.
-
-    Called by :meth:`Sparsifier.epoch_end`. Epoch-scheduled algorithms update
-    the topology here (sparse momentum: after every epoch except the last;
-    ``sparsifier.is_final_epoch(epoch)`` tells).
-
-    Args:
-        sparsifier: the engine.
-        epoch: the epoch that just ended, as the loop numbers it (usually from 0).
-
-    Returns:
-        Nothing. Broadcast.
-    """
-
-
-# --------------------------------------------------------------------------
-# Topology update
-# --------------------------------------------------------------------------
-
-
-@hookspec(firstresult=True)
-def prune_counts(sparsifier: Sparsifier, layers: Mapping[str, SparseLayer], rate: float) -> Mapping[str, int] | None:
-    """How many active weights each layer loses in this topology update.
-
-    Called first in :meth:`Sparsifier.update_topology`.
-
-    Args:
-        sparsifier: the engine.
-        layers: every sparse layer by name.
-        rate: the prune rate the caller passed (a fraction of active weights).
-
-    Returns:
-        ``dict[name, int]`` for every layer, each between 0 and the layer's
-        active count, or ``None``. First-result; the built-in default is
-        ``floor(rate * nnz)`` per layer.
-    """
-
-
-@hookspec(firstresult=True)
-def select_prune(sparsifier: Sparsifier, layer: SparseLayer, n: int) -> torch.Tensor | None:
-    """Choose which active weights of one layer to remove.
-
-    Called during a topology update, once per sparse layer, in model order,
-    with the count from :func:`prune_counts`.
-
-    Args:
-        sparsifier: the engine.
-        layer: the layer; ``layer.mask`` is its mask before pruning.
-        n: how many weights to remove.
-
-    Returns:
-        A bool tensor shaped like the weight, ``True`` = remove, with exactly
-        ``n`` entries, all currently active; or ``None``. First-result; the
-        built-in default removes the ``n`` smallest ``|w|`` (ties broken by
-        position).
-    """
-
-
-@hookspec(firstresult=True)
-def redistribute(sparsifier: Sparsifier, layers: Mapping[str, SparseLayer], removed: Mapping[str, int]) -> Mapping[str, int] | None:
-    """Decide how many weights each layer regrows.
-
-    Called during a topology update after every layer was pruned
-    (``layer.mask`` is the pruned mask).
-
-    Args:
-        sparsifier: the engine.
-        layers: every sparse layer by name.
-        removed: how many weights each layer lost in this update.
-
-    Returns:
-        ``dict[name, int]`` for every layer, each between 0 and the layer's free
-        slots (``layer.capacity - layer.nnz``); or ``None``. First-result; the
-        built-in default regrows in each layer exactly what it lost.
-    """
-
-
-@hookspec(firstresult=True)
-def select_grow(sparsifier: Sparsifier, layer: SparseLayer, n: int) -> torch.Tensor | None:
-    """Choose which inactive weights of one layer to activate.
-
-    Called during a topology update, once per sparse layer, after
-    :func:`redistribute`. Weights pruned in this update are inactive and may be
-    chosen again (they keep their value; newly activated weights start at 0).
-
-    Args:
-        sparsifier: the engine.
-        layer: the layer; ``layer.mask`` is its mask after pruning.
-        n: how many weights to activate.
-
-    Returns:
-        A bool tensor shaped like the weight, ``True`` = activate, with exactly
-        ``n`` entries, all currently inactive; or ``None``. First-result; the
-        built-in default draws uniformly at random from ``sparsifier.generator``.
     """
 
 
@@ -360,23 +353,6 @@ def layer_train_flops(sparsifier: Sparsifier, layer: SparseLayer) -> tuple[int, 
         backward ``2·nnz·P`` for the input gradient plus ``2·nnz·P`` (masked
         gradients) or ``2·numel·P`` (dense gradients) for the weight gradient,
         with ``P = layer.output_positions``.
-    """
-
-
-@hookspec
-def on_remove(sparsifier: Sparsifier) -> None:
-    """The engine is being detached by :meth:`Sparsifier.remove`.
-
-    Called after the engine removed its own optimizer hooks and restored the
-    layers' forwards. A plugin that installed hooks of its own (on the
-    optimizer, the model or elsewhere) removes them here, so that nothing of
-    the run acts on the model or optimizer afterwards. Masks stay applied.
-
-    Args:
-        sparsifier: the engine.
-
-    Returns:
-        Nothing. Broadcast.
     """
 
 

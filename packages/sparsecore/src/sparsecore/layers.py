@@ -1,17 +1,41 @@
-"""The public layer object handed to every hook."""
+"""The public layer object handed to every hook, and which modules become sparse layers."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-#: Module types made sparse by default, with the short kind name each gets.
+#: Module types made sparse by default, with the short kind name each gets. A
+#: ``MultiheadAttention`` contributes its input projection (``in_proj_weight``,
+#: or ``q/k/v_proj_weight``); its ``out_proj`` is a Linear of its own.
 DEFAULT_LAYER_TYPES: dict[type[nn.Module], str] = {
     nn.Linear: "linear",
     nn.Conv1d: "conv1d",
     nn.Conv2d: "conv2d",
     nn.Conv3d: "conv3d",
+    nn.MultiheadAttention: "attention",
 }
+
+#: Module types that may be made sparse on request (``layer_types=[...]``), with their kind names.
+OPT_IN_LAYER_TYPES: dict[type[nn.Module], str] = {
+    nn.Embedding: "embedding",
+    nn.ConvTranspose1d: "conv_transpose1d",
+    nn.ConvTranspose2d: "conv_transpose2d",
+    nn.ConvTranspose3d: "conv_transpose3d",
+}
+
+#: Why modules of these types stay dense by default (reported in ``Sparsifier.dense_layers``).
+DENSE_BY_DEFAULT: dict[type[nn.Module], str] = {
+    nn.Embedding: "embeddings stay dense by default; opt in with layer_types=[..., nn.Embedding]",
+    nn.EmbeddingBag: "EmbeddingBag is not supported; it stays dense",
+    nn.ConvTranspose1d: "transposed convolutions stay dense by default; opt in with layer_types",
+    nn.ConvTranspose2d: "transposed convolutions stay dense by default; opt in with layer_types",
+    nn.ConvTranspose3d: "transposed convolutions stay dense by default; opt in with layer_types",
+    nn.RNNBase: "recurrent weights (weight_ih_l*/weight_hh_l*) are read by fused RNN kernels; they stay dense",
+}
+
+#: Parameters of a ``MultiheadAttention`` that are sparse layers (when present).
+ATTENTION_PARAMS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 
 
 class SparseLayer:
@@ -21,29 +45,41 @@ class SparseLayer:
     ``mask`` (through a topology update or :meth:`Sparsifier.set_masks`).
 
     Attributes:
-        name: the module's qualified name in the model (``"features.0"``).
+        name: the module's qualified name in the model (``"features.0"``); for
+            a parameter other than ``weight`` (attention's ``in_proj_weight``),
+            ``"<module>.<parameter>"``.
         module: the ``nn.Module`` that owns the weight.
+        param_name: the weight's attribute name on ``module`` (``"weight"``).
         weight: the weight parameter.
         mask: bool tensor shaped like ``weight``; ``True`` = active.
         target_density: the density the distribution assigned to this layer.
         index: position of the layer in model order (0 = first sparse layer).
-        kind: ``"linear"``, ``"conv1d"``, ``"conv2d"`` or ``"conv3d"``.
+        kind: ``"linear"``, ``"conv1d"``, ``"conv2d"``, ``"conv3d"``,
+            ``"attention"`` (a MultiheadAttention input projection), or an
+            opt-in kind (``"embedding"``, ``"conv_transpose2d"``, ...).
         version: increases by one whenever the mask changes, so kernels can
             cache formats per version.
         block: ``(rows, cols)`` when the engine keeps this layer block-sparse
             (the weight seen as a ``shape[0] x prod(shape[1:])`` matrix), else ``None``.
+        forward_replaceable: ``False`` when the model reads this weight without
+            calling ``module.forward`` (a ``MultiheadAttention``'s ``out_proj``
+            and input projections): the engine then never asks ``layer_forward``
+            for it, and masking the weight is the only way to make it sparse.
     """
 
-    def __init__(self, name: str, module: nn.Module, kind: str, index: int, target_density: float) -> None:
+    def __init__(self, name: str, module: nn.Module, kind: str, index: int, target_density: float,
+                 param_name: str = "weight", forward_replaceable: bool = True) -> None:
         self.name = name
         self.module = module
-        self.weight: nn.Parameter = module.weight
+        self.param_name = param_name
+        self.weight: nn.Parameter = getattr(module, param_name)
         self.kind = kind
         self.index = index
         self.target_density = float(target_density)
         self.mask = torch.ones_like(self.weight, dtype=torch.bool)
         self.version = 0
         self.block: tuple[int, int] | None = None
+        self.forward_replaceable = forward_replaceable
         #: output positions per sample (H*W for conv2d, 1 for linear), recorded at the first forward.
         self.output_positions: int | None = None
 

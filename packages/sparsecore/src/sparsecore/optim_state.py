@@ -31,3 +31,41 @@ def momentum(optimizer: torch.optim.Optimizer, weight: torch.Tensor) -> torch.Te
         return state["exp_avg"] / (state["exp_avg_sq"].sqrt() + ADAM_EPS)
     buf = state.get("momentum_buffer")
     return buf if torch.is_tensor(buf) else None
+
+
+def clear_state(optimizer: torch.optim.Optimizer) -> None:
+    """Discard the per-parameter state of every parameter, as if the optimizer were newly built.
+
+    Optimizers create their state lazily at a parameter's first step (momentum
+    buffers, Adam moments, step counts, Rprop step sizes, ASGD's eta and mu),
+    so the next step is exactly the first step of a fresh optimizer with the
+    same hyper-parameters. ``torch.optim.Adagrad`` gets the state its
+    constructor creates (``sum = initial_accumulator_value``, ``step = 0``):
+    some torch versions set it up only there.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            old = optimizer.state.pop(p, None)
+            if old and isinstance(optimizer, torch.optim.Adagrad) and "sum" in old:
+                v = optimizer.defaults["initial_accumulator_value"]
+                fresh = {"sum": torch.full_like(p, complex(v, v) if p.is_complex() else v,
+                                                memory_format=torch.preserve_format)}
+                if torch.is_tensor(old.get("step")):
+                    fresh["step"] = torch.zeros_like(old["step"])  # keeps the fused/non-fused dtype and device
+                optimizer.state[p] = fresh
+
+
+def require_momentum(optimizer: torch.optim.Optimizer, who: str, why: str) -> None:
+    """Refuse an optimizer without momentum (SGD with ``momentum=0``) for an algorithm that reads it.
+
+    Adam-family optimizers (``betas``) always have a first moment.
+
+    Raises:
+        ConfigurationError: naming ``who`` and ``why``.
+    """
+    from sparsecore.errors import ConfigurationError
+
+    for group in optimizer.param_groups:
+        if "momentum" in group and "betas" not in group and not group["momentum"]:
+            raise ConfigurationError(f"{who}: the optimizer has momentum 0, but {why}; use SGD with momentum > 0 "
+                                     "or an Adam-family optimizer")

@@ -35,6 +35,14 @@ HOOK_NAMES: tuple[str, ...] = tuple(
     name for name, fn in vars(hookspecs).items()
     if callable(fn) and hasattr(fn, f"{hookspecs.PROJECT_NAME}_spec"))
 REGISTRATION_HOOKS = ("sparsecore_register_algorithms", "sparsecore_register_plugins")
+#: Hooks of earlier releases and what replaced them (named in the error for a plugin that still implements one).
+RETIRED_HOOKS = {
+    "engine_defaults": "an attribute of the algorithm now (engine_defaults = {...}; see sparsecore.Algorithm)",
+    "masking_policy": "an attribute of the algorithm now (masking_policy = MaskingPolicy(...); see sparsecore.Algorithm)",
+    "prune_counts": "replaced by plan_update, which returns a sparsecore.UpdatePlan",
+    "on_remove": "retired: the engine undoes what it installs; an algorithm sets sparsifier.lr_factor instead of "
+                 "hooking the optimizer",
+}
 RUN_HOOKS = tuple(h for h in HOOK_NAMES if h not in REGISTRATION_HOOKS)
 
 
@@ -337,7 +345,7 @@ class RunManager:
         self.pm.add_hookspecs(hookspecs)
         self.names: dict[int, str] = {}
         self._register(defaults.BuiltinDefaults(), "sparsecore-defaults")
-        self._register(algorithm, algorithm_name)
+        self._register(algorithm, algorithm_name, configuration_only_ok=True)
         for name, plugin in extra:
             self._register(plugin, name)
         try:
@@ -359,13 +367,17 @@ class RunManager:
         for plugin_name, hooks in unknown.items():
             described = []
             for hook_name in sorted(hooks):
+                if hook_name in RETIRED_HOOKS:
+                    described.append(f"{hook_name!r} ({RETIRED_HOOKS[hook_name]})")
+                    continue
                 close = difflib.get_close_matches(hook_name, RUN_HOOKS, n=1)
                 described.append(f"{hook_name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             parts.append(f"plugin {plugin_name!r} implements unknown hook(s) {', '.join(described)}")
         return f"{'; '.join(parts)}. Valid hooks: {', '.join(RUN_HOOKS)}"
 
-    def _register(self, plugin: Any, name: str) -> None:
-        if not implemented_hooks(plugin):
+    def _register(self, plugin: Any, name: str, configuration_only_ok: bool = False) -> None:
+        # an algorithm may be configuration only (a schedule over the built-in defaults, like ``set``)
+        if not configuration_only_ok and not implemented_hooks(plugin):
             raise ConfigurationError(
                 f"plugin {name!r} ({type(plugin).__name__}) implements no sparsecore hook; "
                 "decorate its methods with @sparsecore.hookimpl")

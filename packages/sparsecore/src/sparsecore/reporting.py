@@ -48,10 +48,14 @@ class DensityReport:
     Attributes:
         layers: one :class:`LayerStats` per sparse layer, in model order.
         dense_params: parameters the engine does not sparsify (biases, norms, dense layers).
+        dense_layers: module name → why it stays dense, for the modules a user
+            might expect sparse (embeddings, recurrent weights, attention
+            weights under a forward-sparsity algorithm).
     """
 
     layers: tuple[LayerStats, ...]
     dense_params: int
+    dense_layers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def nnz(self) -> int:
@@ -92,7 +96,8 @@ class DensityReport:
         """Plain-data form (JSON-serialisable)."""
         return {"layers": [asdict(s) for s in self.layers], "dense_params": self.dense_params, "nnz": self.nnz,
                 "numel": self.numel, "density": self.density, "train_flops": self.train_flops,
-                "dense_train_flops": self.dense_train_flops, "train_flops_ratio": self.train_flops_ratio}
+                "dense_train_flops": self.dense_train_flops, "train_flops_ratio": self.train_flops_ratio,
+                "dense_layers": dict(self.dense_layers)}
 
     def table(self) -> str:
         """A Markdown table of the layers and the total."""
@@ -103,6 +108,9 @@ class DensityReport:
             rows.append(f"| {s.name} | {'x'.join(map(str, s.shape))} | {s.density:.4f} | {s.nnz:,} / {s.numel:,} | {ratio} |")
         total = "n/a" if self.train_flops_ratio is None else f"{self.train_flops_ratio:.3f}"
         rows.append(f"| **total** | | {self.density:.4f} | {self.nnz:,} / {self.numel:,} | {total} |")
+        if self.dense_layers:
+            rows.append("")
+            rows.extend(f"- `{name}` stays dense: {reason}" for name, reason in self.dense_layers.items())
         return "\n".join(rows)
 
 

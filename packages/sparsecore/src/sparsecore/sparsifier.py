@@ -2,44 +2,49 @@
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import warnings
+import weakref
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from sparsecore import distributed, distributions, optim_state, selection
-from sparsecore.errors import CheckpointError, ConfigurationError, HookResultError, NoPrunableLayersError
-from sparsecore.layers import DEFAULT_LAYER_TYPES, SparseLayer
+from sparsecore.algorithm import ENGINE_DEFAULT_KEYS, PATTERNS
+from sparsecore.errors import CheckpointError, ConfigurationError, HookResultError
+from sparsecore.layer_selection import select_layers
+from sparsecore.layers import SparseLayer
+from sparsecore.masking import FusedMasks
 from sparsecore.plugins import RunManager, instantiate, plugin_display_name, registry
 from sparsecore.policy import MaskingPolicy
 from sparsecore.reporting import DensityReport, LayerUpdate, TopologyReport, default_train_flops, layer_stats
+from sparsecore.schedules import UpdateSchedule
+from sparsecore.topology import AnswerChecks, run_update
 
 STATE_FORMAT = 1
 DEFAULT_DENSITY = 0.05
-_ENGINE_DEFAULT_KEYS = ("density", "distribution", "dense_first_layer", "dense_last_layer", "include", "exclude", "layer_types")
+
+#: The sparsifier attached to each model and optimizer (one at a time).
+_ATTACHED: weakref.WeakKeyDictionary[Any, Sparsifier] = weakref.WeakKeyDictionary()
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside ``DistributedDataParallel`` / ``DataParallel`` wrappers (or the model itself)."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` / ``torch.compile`` wrappers (or the model)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # type: ignore[assignment]
+        else:
+            return model
 
 
-def _patterns(key: str, value: Any) -> tuple[str, ...]:
-    """``include``/``exclude`` as a tuple of glob patterns; a single string is one pattern."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    patterns = tuple(value)
-    bad = [p for p in patterns if not isinstance(p, str)]
-    if bad:
-        raise ConfigurationError(f"{key} must be glob patterns (strings), got {bad!r}")
-    return patterns
+def attached_sparsifier(obj: nn.Module | torch.optim.Optimizer) -> Sparsifier | None:
+    """The sparsifier currently attached to a model or optimizer, or ``None``."""
+    if isinstance(obj, nn.Module):
+        obj = unwrap_model(obj)
+    return _ATTACHED.get(obj)
 
 
 class Sparsifier:
@@ -66,7 +71,7 @@ class Sparsifier:
         algorithm: a registered algorithm name (``available_algorithms()``) or a
             plugin object implementing the hooks.
         density: fraction of weights kept over all sparse layers, in (0, 1];
-            ``None``: the algorithm's default (``engine_defaults``), else 0.05.
+            ``None``: the algorithm's default (its ``engine_defaults``), else 0.05.
         distribution: ``"uniform"``, ``"erk"``, ``"er"``, a mapping of layer name
             to density, or a callable; default ``"uniform"`` unless the
             algorithm's ``engine_defaults`` say otherwise.
@@ -79,15 +84,21 @@ class Sparsifier:
         include: glob patterns of module names to make sparse (default: all
             prunable); a single string is one pattern.
         exclude: glob patterns of module names to keep dense (a string is one pattern).
-        layer_types: module types to make sparse (default Linear and Conv1d/2d/3d).
-            A weight shared by several modules (tied weights) is one sparse
-            layer, named after its first module; empty weights are skipped.
+        layer_types: module types to make sparse (default Linear, Conv1d/2d/3d
+            and MultiheadAttention's projections; Embedding and ConvTranspose on
+            request). A weight shared by several modules (tied weights) is one
+            sparse layer, named after its first module; empty weights are
+            skipped. Modules left dense are listed in :attr:`dense_layers`.
         seed: seed of :attr:`generator`; by default drawn from torch's global RNG.
         block: ``(rows, cols)`` to keep every sparse layer block-sparse: masks,
             prune/grow choices and counts come in whole blocks of the weight seen
             as a ``shape[0] x prod(shape[1:])`` matrix (for block-sparse kernels).
             Every sparse layer must divide into such blocks; keep the others
-            dense with ``exclude`` or ``dense_last_layer``.
+            dense with ``exclude`` or ``dense_last_layer``. The algorithm must
+            list ``"block"`` in its ``patterns``.
+        data: training batches for algorithms that look at data before
+            training (SNIP scores connections on them); an iterable of
+            ``(inputs, targets)`` the engine only hands on as :attr:`data`.
         algorithm_options: options passed to the algorithm's factory.
         **options: more algorithm options (merged into ``algorithm_options``).
 
@@ -100,13 +111,26 @@ class Sparsifier:
         generator: ``torch.Generator`` for random choices, identical on every DDP rank.
         policy: the :class:`MaskingPolicy` in force.
         algorithm: the active algorithm's plugin object; ``algorithm_name`` its name.
+        schedule: the algorithm's :class:`~sparsecore.schedules.UpdateSchedule` (or ``None``).
         history: the :class:`TopologyReport` of every recorded update.
+        dense_layers: module name → why it stays dense (embeddings, recurrent
+            weights, or weights whose forward cannot be replaced when the
+            algorithm's sparsity lives in the forward).
+        lr_factor: multiplies every param group's learning rate during each
+            optimizer step (1.0 by default; DSD's re-dense phase lowers it).
+            Between steps the param groups hold the user's own values.
 
     Raises:
         ConfigurationError: bad density, distribution, option or layer selection.
         UnknownAlgorithmError: an algorithm or plugin name nobody registered.
         NoPrunableLayersError: the model has no layer to make sparse.
         HookResultError: a plugin's answer broke its hook's contract.
+
+    Set-up is a transaction: until every plugin has accepted the run, nothing
+    about the model, its forwards or the optimizer changes, so a refused
+    set-up leaves them exactly as they were. A model or optimizer holds at
+    most one sparsifier at a time; :meth:`remove` the first before building
+    another.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, algorithm: str | Any = "set",
@@ -115,8 +139,9 @@ class Sparsifier:
                  dense_first_layer: bool | None = None, dense_last_layer: bool | None = None,
                  include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
                  layer_types: Sequence[type[nn.Module]] | None = None, seed: int | None = None,
-                 block: Sequence[int] | None = None,
+                 block: Sequence[int] | None = None, data: Iterable[Any] | None = None,
                  algorithm_options: Mapping[str, Any] | None = None, **options: Any) -> None:
+        # -- 1. arguments (nothing is touched until step 5) ---------------------
         if not isinstance(model, nn.Module):
             raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -128,26 +153,98 @@ class Sparsifier:
             raise ConfigurationError(f"total_steps must be a positive int or None, got {total_steps!r}")
         self.model = unwrap_model(model)
         self.optimizer = optimizer
+        self._refuse_second_sparsifier()
         self.total_steps = total_steps
+        self.data = data
         self.step = 0
         self.epoch: int | None = None
         self.steps_per_epoch: int | None = None
         self._epoch_start_step = 0
         self.history: list[TopologyReport] = []
+        self.lr_factor = 1.0
+        self._saved_lrs: list[Any] | None = None
         self._handles: list[Any] = []
+        self._size_hooks: dict[str, Any] = {}
         self._original_forwards: dict[str, Any] = {}
-        self._mask_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._attached = False
 
-        # -- plugins ---------------------------------------------------------
-        all_options = {**(algorithm_options or {}), **options}
+        # -- 2. plugins and the algorithm's configuration ---------------------
+        self._build_plugins(algorithm, plugins, {**(algorithm_options or {}), **options})
+        defaults = self._algorithm_defaults()
+        self.density = distributions.check_density(
+            density if density is not None else defaults.get("density", DEFAULT_DENSITY))
+        given = {"distribution": distribution, "dense_first_layer": dense_first_layer,
+                 "dense_last_layer": dense_last_layer, "include": include, "exclude": exclude,
+                 "layer_types": layer_types}
+        cfg = {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
+        self.distribution = cfg["distribution"] or "uniform"
+        self.policy = self._algorithm_policy()
+        self.schedule = self._algorithm_schedule()
+
+        # -- 3. layers, densities, randomness, initial masks ------------------
+        self.layers, self.dense_layers = select_layers(self.model, optimizer, cfg, self.density)
+        self._keep_forward_sparsity_honest()
+        self._refuse_meta_weights()
+        self.block = self._set_blocks(block)
+        shapes = {name: tuple(layer.shape) for name, layer in self.layers.items()}
+        for name, d in distributions.resolve(self.distribution, shapes, self.density).items():
+            self.layers[name].target_density = d
+        self._seed_generator(seed)
+        masks, who = self.manager.call_first("init_masks", sparsifier=self, layers=self.layers)
+        initial = AnswerChecks(self.layers).masks("init_masks", who, masks)
+        self._warn_empty(initial, who)
+        forwards = self._collect_forwards()
+
+        # -- 4. every plugin accepts the run ------------------------------------
+        for name, mask in initial.items():  # plugins see the planned masks; weights are not touched yet
+            self.layers[name].mask = mask
+        self.manager.hook.on_setup(sparsifier=self)
+        if self.schedule is not None:
+            self.schedule.bind(total_steps)
+
+        # -- 5. commit: from here on the model and optimizer change ------------
+        self._masks = FusedMasks(list(self.layers.values()))
+        self._has_before_step = bool(self.manager.hook.before_optimizer_step.get_hookimpls())
+        self._has_on_step = bool(self.manager.hook.on_step.get_hookimpls())
+        self._install_forwards(forwards)
+        self._record_output_sizes()
+        self._handles.append(optimizer.register_step_pre_hook(self._before_step))
+        self._handles.append(optimizer.register_step_post_hook(self._after_step))
+        _ATTACHED[self.model] = self
+        _ATTACHED[optimizer] = self
+        self._attached = True
+        self._commit_masks(initial, reason="init", rate=None, notify=False)
+
+    # ------------------------------------------------------------------
+    # set-up helpers (none of them changes the model or the optimizer)
+    # ------------------------------------------------------------------
+    def _refuse_second_sparsifier(self) -> None:
+        for obj, what in ((self.model, "model"), (self.optimizer, "optimizer")):
+            other = _ATTACHED.get(obj)
+            if other is not None:
+                raise ConfigurationError(
+                    f"this {what} already has a sparsifier attached ({other!r}); call its remove() before "
+                    "building another one (two sparsifiers would both mask the weights and report wrong densities)")
+
+    def _refuse_meta_weights(self) -> None:
+        meta = [name for name, layer in self.layers.items() if layer.weight.is_meta]
+        if meta:
+            raise ConfigurationError(
+                f"layer(s) {meta} have weights on the meta device (no data yet); materialise the model first "
+                "(e.g. model.to_empty(device='cpu') and initialise it) and build the optimizer and Sparsifier after")
+
+    def _build_plugins(self, algorithm: str | Any, plugins: Sequence[Any], options: Mapping[str, Any]) -> None:
         if isinstance(algorithm, str):
             reg = registry.algorithm(algorithm)
-            self.algorithm_name = algorithm
-            self.algorithm = instantiate(reg, all_options)
+            self.algorithm_name = reg.name
+            self.algorithm = instantiate(reg, options)
         else:
-            if all_options:
+            if options:
                 raise ConfigurationError("algorithm options can only be given with an algorithm name; "
-                                         f"configure the plugin object directly instead of passing {sorted(all_options)}")
+                                         f"configure the plugin object directly instead of passing {sorted(options)}")
+            if isinstance(algorithm, type):
+                raise ConfigurationError(f"algorithm {algorithm.__name__} was passed as a class; pass an instance: "
+                                         f"{algorithm.__name__}()")
             self.algorithm_name = plugin_display_name(algorithm)
             self.algorithm = algorithm
         if isinstance(plugins, str) or not isinstance(plugins, Iterable):
@@ -156,64 +253,10 @@ class Sparsifier:
         self.manager = RunManager(self.algorithm, self.algorithm_name, extra)
         self.plugins = [p for _, p in extra]
 
-        # -- layers ----------------------------------------------------------
-        defaults, who = self.manager.call_first("engine_defaults")
-        if not isinstance(defaults, Mapping):
-            raise HookResultError("engine_defaults", who, f"must return a mapping, got {type(defaults).__name__}")
-        unknown = sorted(set(defaults) - set(_ENGINE_DEFAULT_KEYS), key=str)
-        if unknown:
-            raise HookResultError("engine_defaults", who, f"sets unknown option(s) {unknown}; "
-                                                          f"known: {list(_ENGINE_DEFAULT_KEYS)}")
-        self.density = distributions.check_density(
-            density if density is not None else defaults.get("density", DEFAULT_DENSITY))
-        given = {"distribution": distribution, "dense_first_layer": dense_first_layer,
-                 "dense_last_layer": dense_last_layer, "include": include, "exclude": exclude,
-                 "layer_types": layer_types}
-        cfg = {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
-        self.distribution = cfg["distribution"] or "uniform"
-        self.layers: dict[str, SparseLayer] = self._select_layers(cfg)
-        self.block = self._set_blocks(block)
-        shapes = {name: tuple(layer.shape) for name, layer in self.layers.items()}
-        for name, d in distributions.resolve(self.distribution, shapes, self.density).items():
-            self.layers[name].target_density = d
-
-        # -- randomness: one generator, identical on every rank ----------------
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        if distributed.is_distributed():
-            seed = distributed.broadcast_int(seed)
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
-
-        # -- policy, masks, forwards, optimizer hooks -------------------------
-        policy, who = self.manager.call_first("masking_policy", sparsifier=self)
-        if not isinstance(policy, MaskingPolicy):
-            raise HookResultError("masking_policy", who, f"must return a MaskingPolicy, got {type(policy).__name__}")
-        self.policy = policy
-        masks, who = self.manager.call_first("init_masks", sparsifier=self, layers=self.layers)
-        self._commit_masks(self._check_masks("init_masks", who, masks), reason="init", rate=None, notify=False)
-        empty = [name for name, layer in self.layers.items() if layer.nnz == 0]
-        if empty:
-            warnings.warn(f"sparse layer(s) {empty} start with no active weight (init_masks of {who!r} at density "
-                          f"{self.density}): they pass no signal; raise the density or keep them dense with "
-                          "exclude=[...]", UserWarning, stacklevel=2)
-        try:
-            self._install_forwards()
-            self._record_output_sizes()
-            self._handles.append(optimizer.register_step_pre_hook(self._before_step))
-            self._handles.append(optimizer.register_step_post_hook(self._after_step))
-            self.manager.hook.on_setup(sparsifier=self)
-        except BaseException:
-            self.remove()  # a refused set-up leaves no hook on the optimizer and no replaced forward
-            raise
-
-    # ------------------------------------------------------------------
-    # set-up helpers
-    # ------------------------------------------------------------------
     def _resolve_plugin(self, plugin: Any) -> tuple[str, Any]:
         if isinstance(plugin, str):
             reg = registry.plugin(plugin)
-            return plugin, instantiate(reg, {})
+            return reg.name, instantiate(reg, {})
         if isinstance(plugin, type):
             raise ConfigurationError(f"plugin {plugin.__name__} was passed as a class; pass an instance: {plugin.__name__}()")
         registry.load()
@@ -224,116 +267,159 @@ class Sparsifier:
                     f"{self.algorithm_name!r}; a run activates exactly one algorithm: pass it as algorithm= instead")
         return plugin_display_name(plugin), plugin
 
-    def _select_layers(self, cfg: Mapping[str, Any]) -> dict[str, SparseLayer]:
-        types = tuple(cfg["layer_types"] or DEFAULT_LAYER_TYPES)
-        kinds = {t: DEFAULT_LAYER_TYPES.get(t, t.__name__.lower()) for t in types}
-        candidates: list[tuple[str, nn.Module]] = []
-        seen: set[int] = set()
-        for name, module in self.model.named_modules():
-            weight = getattr(module, "weight", None)
-            if isinstance(module, types) and isinstance(weight, nn.Parameter) and weight.requires_grad:
-                # a weight shared by several modules (tied weights) is one sparse layer, named after its first
-                # module; an empty weight has nothing to prune
-                if id(weight) in seen or weight.numel() == 0:
-                    continue
-                seen.add(id(weight))
-                candidates.append((name, module))
-        if not candidates:
-            found = sorted({type(m).__name__ for m in self.model.modules()})
-            raise NoPrunableLayersError(
-                f"model {type(self.model).__name__} has no prunable layer (looked for "
-                f"{', '.join(t.__name__ for t in types)} with a trainable weight; found modules: {', '.join(found)})")
-        names = [n for n, _ in candidates]
-        for key in ("include", "exclude"):
-            cfg = {**cfg, key: _patterns(key, cfg[key])}
-            for pattern in cfg[key]:
-                if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-                    raise ConfigurationError(f"{key} pattern {pattern!r} matches no prunable layer; layers are {names}")
-        chosen = candidates
-        if cfg["include"]:
-            chosen = [(n, m) for n, m in chosen if any(fnmatch.fnmatchcase(n, p) for p in cfg["include"])]
-        if cfg["exclude"]:
-            chosen = [(n, m) for n, m in chosen if not any(fnmatch.fnmatchcase(n, p) for p in cfg["exclude"])]
-        if cfg["dense_first_layer"] and chosen and chosen[0][0] == names[0]:
-            chosen = chosen[1:]
-        if cfg["dense_last_layer"] and chosen and chosen[-1][0] == names[-1]:
-            chosen = chosen[:-1]
-        if not chosen:
-            raise NoPrunableLayersError(f"the layer selection leaves no sparse layer (prunable layers: {names})")
-        in_optimizer = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
-        layers: dict[str, SparseLayer] = {}
-        for i, (name, module) in enumerate(chosen):
-            if id(module.weight) not in in_optimizer:
-                raise ConfigurationError(f"the weight of layer {name!r} is not in the optimizer's parameter groups")
-            kind = next(k for t, k in kinds.items() if isinstance(module, t))
-            layers[name] = SparseLayer(name, module, kind, i, self.density)
-        return layers
+    def _algorithm_defaults(self) -> Mapping[str, Any]:
+        defaults = getattr(self.algorithm, "engine_defaults", None) or {}
+        if callable(defaults):
+            raise ConfigurationError(f"algorithm {self.algorithm_name!r}: engine_defaults must be a mapping "
+                                     "attribute (e.g. {'density': 0.7}), not a method")
+        if not isinstance(defaults, Mapping):
+            raise ConfigurationError(f"algorithm {self.algorithm_name!r}: engine_defaults must be a mapping, "
+                                     f"got {type(defaults).__name__}")
+        unknown = sorted(set(defaults) - set(ENGINE_DEFAULT_KEYS), key=str)
+        if unknown:
+            raise ConfigurationError(f"algorithm {self.algorithm_name!r}: engine_defaults sets unknown option(s) "
+                                     f"{unknown}; known: {list(ENGINE_DEFAULT_KEYS)}")
+        return defaults
+
+    def _algorithm_policy(self) -> MaskingPolicy:
+        policy = getattr(self.algorithm, "masking_policy", None)
+        if policy is None:
+            return MaskingPolicy()
+        if not isinstance(policy, MaskingPolicy):
+            raise ConfigurationError(f"algorithm {self.algorithm_name!r}: masking_policy must be a "
+                                     f"sparsecore.MaskingPolicy, got {type(policy).__name__}")
+        return policy
+
+    def _algorithm_schedule(self) -> UpdateSchedule | None:
+        schedule = getattr(self.algorithm, "schedule", None)
+        if schedule is not None and not isinstance(schedule, UpdateSchedule):
+            raise ConfigurationError(f"algorithm {self.algorithm_name!r}: schedule must be a "
+                                     f"sparsecore.UpdateSchedule or None, got {type(schedule).__name__}")
+        return schedule
+
+    def _algorithm_patterns(self) -> tuple[str, ...]:
+        found = getattr(self.algorithm, "patterns", ("unstructured",))
+        if isinstance(found, str) or not all(p in PATTERNS for p in found):
+            raise ConfigurationError(f"algorithm {self.algorithm_name!r}: patterns must be a tuple of {PATTERNS}, "
+                                     f"got {found!r}")
+        return tuple(found)
+
+    def _keep_forward_sparsity_honest(self) -> None:
+        """Under a policy that keeps dense weights, sparsity exists only in replaced forwards: a weight the model
+        reads without calling its module's forward would be dense while reported sparse, so it stays dense."""
+        if self.policy.mask_weights:
+            return
+        bypassed = [name for name, layer in self.layers.items() if not layer.forward_replaceable]
+        if not bypassed:
+            return
+        for name in bypassed:
+            del self.layers[name]
+            self.dense_layers[name] = (f"{self.algorithm_name} makes layers sparse in their forward, and the model "
+                                       "reads this weight without calling that forward (MultiheadAttention)")
+        if not self.layers:
+            raise ConfigurationError(f"no layer left for {self.algorithm_name}: {bypassed} are read by "
+                                     "MultiheadAttention directly, so their forward cannot be replaced")
+        for i, layer in enumerate(self.layers.values()):
+            layer.index = i
+        warnings.warn(f"{self.algorithm_name}: layer(s) {bypassed} stay dense: the model reads these weights "
+                      "without calling the layer's forward (MultiheadAttention), where this algorithm makes its "
+                      "sparsity", UserWarning, stacklevel=3)
 
     def _set_blocks(self, block: Sequence[int] | None) -> tuple[int, int] | None:
         if block is None:
             return None
-        if len(block) != 2 or not all(isinstance(b, int) and b > 0 for b in block):
+        if isinstance(block, (str, bytes)) or len(block) != 2 or not all(
+                isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block):
             raise ConfigurationError(f"block must be two positive ints (rows, cols), got {block!r}")
-        block = (int(block[0]), int(block[1]))
+        if "block" not in self._algorithm_patterns():
+            raise ConfigurationError(f"algorithm {self.algorithm_name!r} does not support block-sparse runs (its "
+                                     f"patterns are {self._algorithm_patterns()}); drop block=")
+        shape = (int(block[0]), int(block[1]))
         for layer in self.layers.values():
             try:
-                selection.block_view_shape(layer.shape, block)
+                selection.block_view_shape(layer.shape, shape)
             except ValueError as exc:
                 raise ConfigurationError(f"layer {layer.name!r}: {exc}; keep it dense with exclude=[{layer.name!r}] "
                                          "(or dense_first_layer/dense_last_layer)") from None
-            layer.block = block
-        return block
+            layer.block = shape
+        return shape
 
-    def _install_forwards(self) -> None:
+    def _seed_generator(self, seed: int | None) -> None:
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        if distributed.is_distributed():
+            seed = distributed.broadcast_int(seed)
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _warn_empty(self, masks: Mapping[str, torch.Tensor], who: str) -> None:
+        empty = [name for name, mask in masks.items() if not bool(mask.any())]
+        if empty:
+            warnings.warn(f"sparse layer(s) {empty} start with no active weight (init_masks of {who!r} at density "
+                          f"{self.density}): they pass no signal; raise the density or keep them dense with "
+                          "exclude=[...]", UserWarning, stacklevel=3)
+
+    def _collect_forwards(self) -> dict[str, Callable[..., Any]]:
+        forwards = {}
         for name, layer in self.layers.items():
+            if not layer.forward_replaceable:
+                continue
             forward, who = self.manager.call_first_or_none("layer_forward", sparsifier=self, layer=layer)
             if forward is None:
                 continue
             if not callable(forward):
                 raise HookResultError("layer_forward", who, f"returned a non-callable for layer {name!r}")
-            self._original_forwards[name] = layer.module.__dict__.get("forward")
-            layer.module.forward = forward
+            forwards[name] = forward
+        return forwards
+
+    def _install_forwards(self, forwards: Mapping[str, Callable[..., Any]]) -> None:
+        for name, forward in forwards.items():
+            module = self.layers[name].module
+            self._original_forwards[name] = module.__dict__.get("forward")
+            module.forward = forward
 
     def _record_output_sizes(self) -> None:
-        def make(layer: SparseLayer):
-            def hook(module, args, output):
-                if torch.is_tensor(output) and output.dim() >= 2:
+        def make(layer: SparseLayer) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                if isinstance(output, tuple) and layer.kind == "attention":  # (attn_output, attn_weights)
+                    out = output[0]
+                    if torch.is_tensor(out) and out.dim() == 3:
+                        layer.output_positions = out.shape[1] if getattr(module, "batch_first", False) else out.shape[0]
+                elif torch.is_tensor(output) and output.dim() >= 2:
                     layer.output_positions = math.prod(output.shape[2:]) if layer.kind.startswith("conv") \
                         else math.prod(output.shape[1:-1])
-                handle = layer.__dict__.pop("_size_hook", None)
+                handle = self._size_hooks.pop(layer.name, None)
                 if handle is not None:
                     handle.remove()
             return hook
 
         for layer in self.layers.values():
-            layer.__dict__["_size_hook"] = layer.module.register_forward_hook(make(layer))
+            self._size_hooks[layer.name] = layer.module.register_forward_hook(make(layer))
 
     # ------------------------------------------------------------------
-    # optimizer hooks
+    # optimizer hooks (the per-step hot path)
     # ------------------------------------------------------------------
-    def _before_step(self, optimizer, args, kwargs) -> None:
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._restore_lrs()  # a previous step that raised never reached the post-hook
         if self._step_was_skipped(optimizer, kwargs):
             return
-        self.manager.hook.before_optimizer_step(sparsifier=self, step=self.step)
+        if self._has_before_step:
+            self.manager.hook.before_optimizer_step(sparsifier=self, step=self.step)
         if self.policy.mask_gradients:
-            for layer in self.layers.values():
-                grad = layer.weight.grad
-                if grad is not None:
-                    grad.mul_(self._mask_like(layer, grad))
+            self._masks.apply_to_gradients()
+        if self.lr_factor != 1.0:
+            self._saved_lrs = [group["lr"] for group in optimizer.param_groups]
+            for group, lr in zip(optimizer.param_groups, self._saved_lrs):
+                group["lr"] = lr * self.lr_factor
 
-    def _mask_like(self, layer: SparseLayer, tensor: torch.Tensor) -> torch.Tensor:
-        # Multiplying by a bool mask takes a slow mixed-dtype path (about 7x a same-dtype multiply on
-        # CPU), so the per-step hooks use a copy of the mask in the tensor's dtype, rebuilt whenever
-        # the engine replaces the mask (it never changes a mask in place).
-        cached = self._mask_cache.get(layer.name)
-        if cached is None or cached[0] is not layer.mask or cached[1].dtype != tensor.dtype \
-                or cached[1].device != tensor.device:
-            cached = (layer.mask, layer.mask.to(device=tensor.device, dtype=tensor.dtype))
-            self._mask_cache[layer.name] = cached
-        return cached[1]
+    def _restore_lrs(self) -> None:
+        if self._saved_lrs is not None:
+            for group, lr in zip(self.optimizer.param_groups, self._saved_lrs):
+                group["lr"] = lr  # the original objects: schedulers and checkpoints never see a scaled rate
+            self._saved_lrs = None
 
     @staticmethod
-    def _step_was_skipped(optimizer, kwargs) -> bool:
+    def _step_was_skipped(optimizer: torch.optim.Optimizer, kwargs: Any) -> bool:
         # GradScaler steps optimizers that support AMP scaling (fused ones) even on inf/nan and
         # hands them ``found_inf`` (an attribute during the step, or the scaler as a kwarg).
         found_inf = getattr(optimizer, "found_inf", None)
@@ -344,21 +430,23 @@ class Sparsifier:
             return any(bool(v.item()) for v in scaler._check_inf_per_device(optimizer).values())
         return False
 
-    def _after_step(self, optimizer, args, kwargs) -> None:
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._restore_lrs()
         if self._step_was_skipped(optimizer, kwargs):
             return
         if self.policy.mask_weights:
-            with torch.no_grad():
-                for layer in self.layers.values():
-                    layer.weight.mul_(self._mask_like(layer, layer.weight))
+            self._masks.apply_to_weights()
         self.step += 1
-        self.manager.hook.on_step(sparsifier=self, step=self.step)
+        if self._has_on_step:
+            self.manager.hook.on_step(sparsifier=self, step=self.step)
+        if self.schedule is not None and self.schedule.due_after_step(self.step):
+            self.update_topology(self.schedule.rate(self.step))
 
     # ------------------------------------------------------------------
     # training loop API
     # ------------------------------------------------------------------
     def epoch_end(self, epoch: int) -> None:
-        """Tell the engine an epoch ended; calls the ``on_epoch_end`` hook.
+        """Tell the engine an epoch ended: calls ``on_epoch_end``, then runs a scheduled update.
 
         Args:
             epoch: the epoch that ended, as the loop numbers it.
@@ -368,6 +456,8 @@ class Sparsifier:
         self._epoch_start_step = self.step
         self.epoch = epoch
         self.manager.hook.on_epoch_end(sparsifier=self, epoch=epoch)
+        if self.schedule is not None and self.schedule.due_after_epoch(self.is_final_epoch(epoch)):
+            self.update_topology(self.schedule.rate(self.step))
 
     def is_final_epoch(self, epoch: int | None = None) -> bool:
         """Whether the epoch that just ended is the run's last one.
@@ -380,6 +470,14 @@ class Sparsifier:
             return False
         slack = (self.steps_per_epoch or 0) // 2
         return self.step + slack >= self.total_steps
+
+    def is_update_step(self, step: int) -> bool:
+        """Whether the schedule runs a topology update right after optimizer step ``step`` (1 after the first).
+
+        Read it in ``before_optimizer_step`` as ``is_update_step(step + 1)`` to
+        keep the dense gradient of the step that ends with an update (RigL).
+        """
+        return self.schedule is not None and self.schedule.due_after_step(step)
 
     @property
     def progress(self) -> float:
@@ -396,14 +494,39 @@ class Sparsifier:
         layer = self.layers[layer] if isinstance(layer, str) else layer
         return optim_state.weight_state(self.optimizer, layer.weight)
 
+    def reset_optimizer_state(self) -> None:
+        """Discard the optimizer's state of every parameter, so the next step is a fresh optimizer's first.
+
+        DSD calls it at each phase change (the paper restarts the solver).
+        """
+        optim_state.clear_state(self.optimizer)
+
+    def algorithm_metrics(self) -> dict[str, Any]:
+        """The algorithm's own per-epoch values for a training harness (``Algorithm.metrics``), e.g. DSD's phase.
+
+        Raises:
+            ConfigurationError: the algorithm returned something other than a mapping.
+        """
+        metrics = getattr(self.algorithm, "metrics", None)
+        if not callable(metrics):
+            return {}
+        values = metrics(self)
+        if not isinstance(values, Mapping):
+            raise ConfigurationError(f"algorithm {self.algorithm_name!r}: metrics() must return a mapping, "
+                                     f"got {type(values).__name__}")
+        return dict(values)
+
     # ------------------------------------------------------------------
     # topology
     # ------------------------------------------------------------------
     def update_topology(self, rate: float) -> TopologyReport:
-        """Run one prune → redistribute → grow cycle over every sparse layer.
+        """Run one plan → prune → redistribute → grow cycle over every sparse layer.
+
+        The engine calls it when the algorithm's schedule says so; call it
+        directly for updates of your own.
 
         Args:
-            rate: the prune rate handed to ``prune_counts`` (a fraction of active weights).
+            rate: the prune rate of this update (a fraction of active weights), in [0, 1].
 
         Returns:
             The :class:`TopologyReport` of the update (also in :attr:`history`).
@@ -411,35 +534,12 @@ class Sparsifier:
         Raises:
             HookResultError: a plugin returned a wrong type, shape, or count,
                 pruned an inactive weight, grew an active one, or exceeded a
-                layer's capacity.
+                layer's capacity. The previous masks stay in force.
         """
         rate = float(rate)
         if not (0.0 <= rate <= 1.0):
             raise ConfigurationError(f"prune rate must be in [0, 1], got {rate}")
-        counts, who = self.manager.call_first("prune_counts", sparsifier=self, layers=self.layers, rate=rate)
-        counts = self._check_counts("prune_counts", who, counts, {n: l.nnz for n, l in self.layers.items()},
-                                    "its active weights")
-        new_masks = {name: layer.mask.clone() for name, layer in self.layers.items()}
-        old_masks = {name: layer.mask for name, layer in self.layers.items()}
-        try:
-            for name, layer in self.layers.items():
-                chosen, who = self.manager.call_first("select_prune", sparsifier=self, layer=layer, n=counts[name])
-                self._check_selection("select_prune", who, layer, chosen, counts[name], layer.mask, "active")
-                layer.mask = layer.mask & ~chosen
-            removed = dict(counts)
-            free = {name: layer.capacity - layer.nnz for name, layer in self.layers.items()}
-            regrow, who = self.manager.call_first("redistribute", sparsifier=self, layers=self.layers, removed=removed)
-            regrow = self._check_counts("redistribute", who, regrow, free, "its free slots (capacity - nnz)")
-            for name, layer in self.layers.items():
-                chosen, who = self.manager.call_first("select_grow", sparsifier=self, layer=layer, n=regrow[name])
-                self._check_selection("select_grow", who, layer, chosen, regrow[name], ~layer.mask, "inactive")
-                layer.mask = layer.mask | chosen
-            for name, layer in self.layers.items():
-                new_masks[name] = layer.mask
-        finally:  # on error the previous masks stay in force
-            for name, layer in self.layers.items():
-                layer.mask = old_masks[name]
-        return self._commit_masks(new_masks, reason="update", rate=rate)
+        return self._commit_masks(run_update(self, rate), reason="update", rate=rate)
 
     def set_masks(self, masks: Mapping[str, torch.Tensor], record: bool = True) -> TopologyReport:
         """Replace the masks of some or all layers (e.g. DSD's phase changes).
@@ -458,7 +558,7 @@ class Sparsifier:
             The :class:`TopologyReport` (reason ``"set_masks"``).
         """
         full = {name: layer.mask for name, layer in self.layers.items()}
-        full.update(self._check_masks("set_masks", "<caller>", masks, partial=True))
+        full.update(AnswerChecks(self.layers).masks("set_masks", "<caller>", masks, partial=True))
         return self._commit_masks(full, reason="set_masks", rate=None, notify=record)
 
     def _commit_masks(self, masks: Mapping[str, torch.Tensor], reason: str, rate: float | None,
@@ -485,6 +585,7 @@ class Sparsifier:
                     if self.policy.mask_optimizer_state and n_pruned:
                         optim_state.zero_state(self.optimizer, layer.weight, ~new)
                 updates[name] = LayerUpdate(n_pruned, n_grown, int(new.sum()), float(new.sum()) / new.numel())
+        self._masks.invalidate()
         report = TopologyReport(self.step, self.epoch, rate, updates, reason)
         if notify:
             self.history.append(report)
@@ -492,75 +593,10 @@ class Sparsifier:
         return report
 
     # ------------------------------------------------------------------
-    # validation of hook answers
-    # ------------------------------------------------------------------
-    def _check_masks(self, hook: str, who: str, masks: Any, partial: bool = False) -> dict[str, torch.Tensor]:
-        if not isinstance(masks, Mapping):
-            raise HookResultError(hook, who, f"must return a mapping of layer name to bool mask, got {type(masks).__name__}")
-        unknown = sorted(set(masks) - set(self.layers))
-        missing = [] if partial else [n for n in self.layers if n not in masks]
-        if unknown or missing:
-            raise HookResultError(hook, who, f"masks do not match the sparse layers: missing {missing}, unknown {unknown}")
-        out = {}
-        for name, mask in masks.items():
-            layer = self.layers[name]
-            self._check_tensor(hook, who, layer, mask)
-            out[name] = mask.clone()
-        return out
-
-    def _check_tensor(self, hook: str, who: str, layer: SparseLayer, t: Any) -> None:
-        if not torch.is_tensor(t) or t.dtype != torch.bool:
-            what = t.dtype if torch.is_tensor(t) else type(t).__name__
-            raise HookResultError(hook, who, f"layer {layer.name!r}: expected a bool tensor, got {what}")
-        if t.shape != layer.shape:
-            raise HookResultError(hook, who, f"layer {layer.name!r}: shape {tuple(t.shape)} does not match the weight's "
-                                             f"{tuple(layer.shape)}")
-        if t.device != layer.weight.device:
-            raise HookResultError(hook, who, f"layer {layer.name!r}: tensor on {t.device}, weight on {layer.weight.device}")
-        if layer.block is not None and not selection.is_block_structured(t, layer.block):
-            raise HookResultError(hook, who, f"layer {layer.name!r}: not made of whole {layer.block[0]}x{layer.block[1]} "
-                                             "blocks (the run is block-sparse; see sparsecore.selection's block= option)")
-
-    def _check_selection(self, hook: str, who: str, layer: SparseLayer, chosen: Any, n: int,
-                         allowed: torch.Tensor, allowed_name: str) -> None:
-        self._check_tensor(hook, who, layer, chosen)
-        count = int(chosen.sum())
-        if count != n:
-            raise HookResultError(hook, who, f"layer {layer.name!r}: selected {count} entries, expected exactly {n}")
-        bad = int((chosen & ~allowed).sum())
-        if bad:
-            raise HookResultError(hook, who, f"layer {layer.name!r}: {bad} selected entries are not {allowed_name}")
-
-    def _check_counts(self, hook: str, who: str, counts: Any, limits: Mapping[str, int], limit_name: str) -> dict[str, int]:
-        if not isinstance(counts, Mapping):
-            raise HookResultError(hook, who, f"must return a mapping of layer name to int, got {type(counts).__name__}")
-        missing = [n for n in self.layers if n not in counts]
-        unknown = sorted(set(counts) - set(self.layers))
-        if missing or unknown:
-            raise HookResultError(hook, who, f"counts do not match the sparse layers: missing {missing}, unknown {unknown}")
-        out = {}
-        for name in self.layers:
-            value = counts[name]
-            integer_tensor = (torch.is_tensor(value) and value.numel() == 1 and not value.is_floating_point()
-                              and value.dtype != torch.bool)
-            if isinstance(value, bool) or not isinstance(value, int) and not integer_tensor:
-                raise HookResultError(hook, who, f"layer {name!r}: count must be an int, got {value!r}")
-            value = int(value)
-            block_size = self.layers[name].block_size
-            if value % block_size:
-                raise HookResultError(hook, who, f"layer {name!r}: count {value} is not a multiple of the block size "
-                                                 f"{block_size}")
-            if value < 0 or value > limits[name]:
-                raise HookResultError(hook, who, f"layer {name!r}: count {value} is outside [0, {limits[name]}] "
-                                                 f"({limit_name})")
-            out[name] = value
-        return out
-
-    # ------------------------------------------------------------------
     # reporting
     # ------------------------------------------------------------------
     def report(self) -> DensityReport:
-        """Per-layer and total density, nonzeros, and training FLOPs against dense."""
+        """Per-layer and total density, nonzeros, training FLOPs against dense, and the layers left dense."""
         sparse_ids = {id(l.weight) for l in self.layers.values()}
         dense_params = sum(p.numel() for p in self.model.parameters() if id(p) not in sparse_ids)
         stats = []
@@ -573,7 +609,7 @@ class Sparsifier:
                 elif not (isinstance(flops, tuple) and len(flops) == 2):
                     raise HookResultError("layer_train_flops", who, f"must return (forward, backward), got {flops!r}")
             stats.append(layer_stats(layer, flops))
-        return DensityReport(tuple(stats), dense_params)
+        return DensityReport(tuple(stats), dense_params, dict(self.dense_layers))
 
     @property
     def nnz(self) -> int:
@@ -602,6 +638,7 @@ class Sparsifier:
             "steps_per_epoch": self.steps_per_epoch,
             "epoch_start_step": self._epoch_start_step,
             "total_steps": self.total_steps,
+            "schedule": None if self.schedule is None else self.schedule.config(),
             "seed": self.seed,
             "generator": self.generator.get_state(),
             "block": list(self.block) if self.block else None,
@@ -614,11 +651,35 @@ class Sparsifier:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`. Load the model's and optimizer's state as well.
 
+        Everything is checked before anything changes.
+
         Raises:
-            CheckpointError: another algorithm, other layers or shapes.
+            CheckpointError: another algorithm, density, schedule, block size, other layers or shapes.
         """
-        if state.get("format") != STATE_FORMAT:
-            raise CheckpointError(f"unsupported sparsifier state format {state.get('format')!r} (expected {STATE_FORMAT})")
+        self._check_state(state)
+        for name, layer in self.layers.items():
+            layer.mask = state["masks"][name].to(device=layer.weight.device, dtype=torch.bool).clone()
+            layer.version = max(layer.version, int(state["versions"][name])) + 1
+            layer.target_density = float(state["target_densities"][name])
+            if self.policy.mask_weights:
+                with torch.no_grad():
+                    layer.weight.mul_(layer.mask)
+        self._masks.invalidate()
+        self.step = int(state["step"])
+        self.epoch = state["epoch"]
+        self.steps_per_epoch = state["steps_per_epoch"]
+        self._epoch_start_step = int(state["epoch_start_step"])
+        self.seed = int(state["seed"])
+        self.generator.set_state(state["generator"])
+        plugin_states = state.get("plugins", {})
+        for name, plugin in self.manager.plugins():
+            if name in plugin_states and callable(getattr(plugin, "load_state_dict", None)):
+                plugin.load_state_dict(plugin_states[name])
+
+    def _check_state(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            found = state.get("format") if isinstance(state, Mapping) else type(state).__name__
+            raise CheckpointError(f"unsupported sparsifier state format {found!r} (expected {STATE_FORMAT})")
         if state["algorithm"] != self.algorithm_name:
             raise CheckpointError(f"checkpoint is of algorithm {state['algorithm']!r}, this run uses {self.algorithm_name!r}")
         if float(state["density"]) != self.density:
@@ -634,32 +695,18 @@ class Sparsifier:
                 raise CheckpointError(f"layer {name!r}: checkpoint mask {tuple(mask.shape)} vs weight {tuple(self.layers[name].shape)}")
             if mask.dtype != torch.bool:
                 raise CheckpointError(f"layer {name!r}: checkpoint mask has dtype {mask.dtype}, expected torch.bool")
-        for name, layer in self.layers.items():
-            layer.mask = masks[name].to(device=layer.weight.device, dtype=torch.bool).clone()
-            layer.version = max(layer.version, int(state["versions"][name])) + 1
-            layer.target_density = float(state["target_densities"][name])
-            if self.policy.mask_weights:
-                with torch.no_grad():
-                    layer.weight.mul_(layer.mask)
-        self.step = int(state["step"])
-        self.epoch = state["epoch"]
-        self.steps_per_epoch = state["steps_per_epoch"]
-        self._epoch_start_step = int(state["epoch_start_step"])
-        self.seed = int(state["seed"])
-        self.generator.set_state(state["generator"])
-        plugin_states = state.get("plugins", {})
-        for name, plugin in self.manager.plugins():
-            if name in plugin_states and callable(getattr(plugin, "load_state_dict", None)):
-                plugin.load_state_dict(plugin_states[name])
+        mine = None if self.schedule is None else self.schedule.config()
+        if "schedule" in state and state["schedule"] != mine:
+            raise CheckpointError(f"checkpoint has schedule {state['schedule']}, this run uses {mine}")
 
     # ------------------------------------------------------------------
     def remove(self) -> None:
         """Detach the engine: remove the optimizer hooks and restore replaced forwards. Masks stay applied.
 
-        Plugins remove what they installed themselves in :func:`~sparsecore.hookspecs.on_remove`.
-        Calling it again does nothing.
+        Afterwards the model and optimizer may get a new sparsifier. Calling it
+        again does nothing.
         """
-        attached = bool(self._handles or self._original_forwards)
+        self._restore_lrs()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -670,12 +717,14 @@ class Sparsifier:
             else:
                 module.forward = original
         self._original_forwards.clear()
-        for layer in self.layers.values():
-            handle = layer.__dict__.pop("_size_hook", None)
-            if handle is not None:
-                handle.remove()
-        if attached:
-            self.manager.hook.on_remove(sparsifier=self)
+        for handle in self._size_hooks.values():
+            handle.remove()
+        self._size_hooks.clear()
+        if self._attached:
+            for obj in (self.model, self.optimizer):
+                if _ATTACHED.get(obj) is self:
+                    del _ATTACHED[obj]
+            self._attached = False
 
     def __repr__(self) -> str:
         return (f"Sparsifier(algorithm={self.algorithm_name!r}, density={self.density}, layers={len(self.layers)}, "

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from sparsecore.selection import spread_overflow
+
 
 def momentum_shares(means: Mapping[str, float]) -> dict[str, float]:
     """Normalise per-layer mean ``|momentum|`` to shares summing to 1.
@@ -53,24 +55,8 @@ def momentum_budgets(sizes: Mapping[str, int], shares: Mapping[str, float], dens
     """
     total = sum(sizes.values())
     target = density * total
-    budget: dict[str, float] = {}
-    mean_residual = 0.0
-    assigned = 0.0
-    for _ in range(max_iterations):
-        if assigned > target:
-            break
-        residual = 0.0
-        assigned = 0.0
-        for name, size in sizes.items():
-            want = budget.get(name, float(math.ceil(shares[name] * target))) + mean_residual
-            if want > 0.99 * size:
-                budget[name] = float(size)
-                residual += want - size
-            else:
-                budget[name] = want
-            assigned += budget[name]
-        if residual > len(sizes):
-            mean_residual = float(math.ceil(residual / len(sizes)))
-        else:
-            break
+    initial = {name: float(math.ceil(shares[name] * target)) for name in sizes}
+    budget = spread_overflow(initial, {name: 0.99 * size for name, size in sizes.items()},
+                             clamp_to={name: float(size) for name, size in sizes.items()},
+                             tolerance=len(sizes), round_up=True, total=target, max_iterations=max_iterations)
     return {name: min(1.0, max(budget[name], 1.0) / size) for name, size in sizes.items()}

@@ -32,7 +32,7 @@ _MOMENTUM_HINT = ("use an optimizer with momentum (SGD with momentum > 0 or an A
                   "or another variant ('uniform' or 'erk')")
 
 
-class SwatAlgorithm:
+class SwatAlgorithm(sparsecore.Algorithm):
     """SWAT (Raihan & Aamodt 2020): sparse weights and activations in forward and backward.
 
     Args:
@@ -65,6 +65,10 @@ class SwatAlgorithm:
             with momentum).
     """
 
+    name = "swat"
+    masking_policy = sparsecore.MaskingPolicy(mask_weights=False, mask_gradients=False,
+                                              mask_optimizer_state=False, reset_grown_state=False)
+
     def __init__(self, variant: str = "uniform", structure: str | None = None,
                  activation_density: float | None = None, period: int = 1,
                  sparsify_first_layer: bool | None = None, sparsify_last_layer: bool = True) -> None:
@@ -82,26 +86,17 @@ class SwatAlgorithm:
             sparsify_first_layer = variant in ("erk", "momentum")
         self.sparsify_first_layer = bool(sparsify_first_layer)
         self.sparsify_last_layer = bool(sparsify_last_layer)
+        #: Distribution (ERK for SWAT-ERK) and which end layers stay dense, unless the user says otherwise.
+        self.engine_defaults = {
+            "distribution": "erk" if variant == "erk" else "uniform",
+            "dense_first_layer": not self.sparsify_first_layer,
+            "dense_last_layer": not self.sparsify_last_layer,
+        }
         #: layer name -> :class:`TopKState`, filled while the sparsifier is built.
         self.states: dict[str, TopKState] = {}
         self._pending_state: dict[str, Any] | None = None
 
     # -- set-up ---------------------------------------------------------------
-    @sparsecore.hookimpl
-    def engine_defaults(self) -> Mapping[str, Any]:
-        """Distribution (ERK for SWAT-ERK) and which end layers stay dense."""
-        return {
-            "distribution": "erk" if self.variant == "erk" else "uniform",
-            "dense_first_layer": not self.sparsify_first_layer,
-            "dense_last_layer": not self.sparsify_last_layer,
-        }
-
-    @sparsecore.hookimpl
-    def masking_policy(self) -> sparsecore.MaskingPolicy:
-        """Dense weights, gradients and optimizer state: every weight keeps training."""
-        return sparsecore.MaskingPolicy(mask_weights=False, mask_gradients=False,
-                                        mask_optimizer_state=False, reset_grown_state=False)
-
     def state_for(self, layer: sparsecore.SparseLayer) -> TopKState:
         """The :class:`TopKState` of a sparse layer, created at its target density on first use."""
         state = self.states.get(layer.name)

@@ -1,0 +1,77 @@
+"""The shape of an algorithm: what the engine reads from the active algorithm object.
+
+An algorithm is a plugin object: its methods marked with :data:`sparsecore.hookimpl`
+answer hooks, and a few plain attributes configure the run. Subclassing
+:class:`Algorithm` gives every attribute its default; any object with the same
+attributes works too (the engine reads them with these defaults).
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+from sparsecore.policy import MaskingPolicy
+from sparsecore.schedules import UpdateSchedule
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sparsecore.sparsifier import Sparsifier
+
+#: Keys an algorithm's :attr:`Algorithm.engine_defaults` may set.
+ENGINE_DEFAULT_KEYS = ("density", "distribution", "dense_first_layer", "dense_last_layer", "include", "exclude",
+                       "layer_types")
+#: Sparsity patterns an algorithm may declare in :attr:`Algorithm.patterns`.
+PATTERNS = ("unstructured", "block")
+
+
+class Algorithm:
+    """Base class of sparse-training algorithms: the run-level configuration the engine reads.
+
+    Attributes:
+        name: the algorithm's public name (as registered).
+        masking_policy: how the engine treats inactive weights, gradients and
+            optimizer state (:class:`MaskingPolicy`); the default masks all three.
+        engine_defaults: engine options this algorithm wants when the user gives
+            none; keys from :data:`ENGINE_DEFAULT_KEYS` (e.g. DSD's
+            ``{"density": 0.7}``, SWAT's ``{"dense_first_layer": True}``).
+        schedule: an :class:`~sparsecore.schedules.UpdateSchedule` the engine
+            drives (topology updates after steps or epochs), or ``None`` for an
+            algorithm whose topology does not change on a schedule.
+        patterns: the sparsity patterns it supports, from :data:`PATTERNS`;
+            ``block=`` is refused for an algorithm that does not list ``"block"``.
+
+    Example:
+        ```python
+        class MyGrowth(sparsecore.Algorithm):
+            name = "my-growth"
+            patterns = ("unstructured", "block")
+
+            def __init__(self, prune_rate=0.3):
+                self.schedule = sparsecore.UpdateSchedule(prune_rate, update_every=100, owner=self.name)
+
+            @sparsecore.hookimpl
+            def select_grow(self, layer, n):
+                return sparsecore.selection.largest(layer.weight.grad.abs(), ~layer.mask, n, layer.block)
+        ```
+    """
+
+    name: ClassVar[str] = ""
+    masking_policy: MaskingPolicy = MaskingPolicy()
+    engine_defaults: Mapping[str, Any] = MappingProxyType({})
+    schedule: UpdateSchedule | None = None
+    patterns: tuple[str, ...] = ("unstructured",)
+
+    def metrics(self, sparsifier: Sparsifier) -> dict[str, Any]:
+        """Values a training harness records each epoch beside loss and accuracy (e.g. DSD's ``phase``).
+
+        Returns:
+            A mapping of short names to numbers or strings; empty by default.
+        """
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint with the sparsifier (tensors, numbers, strings, lists, dicts only)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""

@@ -1,0 +1,131 @@
+"""Which weights of a model become sparse layers, and why the others stay dense."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from sparsecore.errors import ConfigurationError, NoPrunableLayersError
+from sparsecore.layers import ATTENTION_PARAMS, DEFAULT_LAYER_TYPES, DENSE_BY_DEFAULT, OPT_IN_LAYER_TYPES, SparseLayer
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A weight the engine could make sparse."""
+
+    name: str
+    module: nn.Module
+    param_name: str
+    kind: str
+    forward_replaceable: bool
+
+
+def patterns(key: str, value: Any) -> tuple[str, ...]:
+    """``include``/``exclude`` as a tuple of glob patterns; a single string is one pattern."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    found = tuple(value)
+    bad = [p for p in found if not isinstance(p, str)]
+    if bad:
+        raise ConfigurationError(f"{key} must be glob patterns (strings), got {bad!r}")
+    return found
+
+
+def _kind(module: nn.Module, types: Sequence[type[nn.Module]]) -> str:
+    for t in types:
+        if isinstance(module, t):
+            return DEFAULT_LAYER_TYPES.get(t) or OPT_IN_LAYER_TYPES.get(t) or t.__name__.lower()
+    raise AssertionError("module of no selected type")
+
+
+def candidates(model: nn.Module, types: Sequence[type[nn.Module]]) -> tuple[list[Candidate], dict[str, str]]:
+    """Every trainable weight of a selected type, in model order, and the dense modules with the reason.
+
+    A weight shared by several modules (tied weights) is one candidate, named
+    after its first module; empty weights are skipped.
+    """
+    found: list[Candidate] = []
+    dense: dict[str, str] = {}
+    seen: set[int] = set()
+    bypassed: set[int] = set()  # modules whose forward the model never calls (attention's out_proj)
+
+    def add(name: str, module: nn.Module, param_name: str, kind: str, replaceable: bool) -> None:
+        weight = getattr(module, param_name, None)
+        if not isinstance(weight, nn.Parameter) or not weight.requires_grad:
+            return
+        if id(weight) in seen or weight.numel() == 0:
+            return
+        seen.add(id(weight))
+        found.append(Candidate(name, module, param_name, kind, replaceable))
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention):
+            out_proj = getattr(module, "out_proj", None)
+            if out_proj is not None:
+                bypassed.add(id(out_proj))
+        if isinstance(module, tuple(types)):
+            kind = _kind(module, types)
+            if isinstance(module, nn.MultiheadAttention):
+                for param_name in ATTENTION_PARAMS:
+                    add(f"{name}.{param_name}", module, param_name, kind, False)
+            else:
+                add(name, module, "weight", kind, id(module) not in bypassed)
+            continue
+        for dense_type, reason in DENSE_BY_DEFAULT.items():
+            if isinstance(module, dense_type) and any(p.requires_grad for p in module.parameters(recurse=False)):
+                dense[name] = reason
+                break
+    return found, dense
+
+
+def select_layers(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any],
+                  density: float) -> tuple[dict[str, SparseLayer], dict[str, str]]:
+    """The sparse layers of a run (model order) and the modules left dense with their reasons.
+
+    Args:
+        model: the unwrapped model.
+        optimizer: the run's optimizer; every sparse weight must be in it.
+        cfg: ``layer_types``, ``include``, ``exclude``, ``dense_first_layer``, ``dense_last_layer``.
+        density: the initial target density of every layer (the distribution sets the real ones).
+
+    Raises:
+        NoPrunableLayersError: nothing to make sparse.
+        ConfigurationError: a pattern that matches nothing, or a weight not in the optimizer.
+    """
+    types = tuple(cfg["layer_types"] or DEFAULT_LAYER_TYPES)
+    found, dense = candidates(model, types)
+    if not found:
+        kinds = sorted({type(m).__name__ for m in model.modules()})
+        raise NoPrunableLayersError(
+            f"model {type(model).__name__} has no prunable layer (looked for "
+            f"{', '.join(t.__name__ for t in types)} with a trainable weight; found modules: {', '.join(kinds)})")
+    names = [c.name for c in found]
+    include, exclude = patterns("include", cfg["include"]), patterns("exclude", cfg["exclude"])
+    for key, pats in (("include", include), ("exclude", exclude)):
+        for pattern in pats:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                raise ConfigurationError(f"{key} pattern {pattern!r} matches no prunable layer; layers are {names}")
+    chosen = found
+    if include:
+        chosen = [c for c in chosen if any(fnmatch.fnmatchcase(c.name, p) for p in include)]
+    if exclude:
+        chosen = [c for c in chosen if not any(fnmatch.fnmatchcase(c.name, p) for p in exclude)]
+    if cfg["dense_first_layer"] and chosen and chosen[0].name == names[0]:
+        chosen = chosen[1:]
+    if cfg["dense_last_layer"] and chosen and chosen[-1].name == names[-1]:
+        chosen = chosen[:-1]
+    if not chosen:
+        raise NoPrunableLayersError(f"the layer selection leaves no sparse layer (prunable layers: {names})")
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    layers: dict[str, SparseLayer] = {}
+    for i, c in enumerate(chosen):
+        if id(getattr(c.module, c.param_name)) not in in_optimizer:
+            raise ConfigurationError(f"the weight of layer {c.name!r} is not in the optimizer's parameter groups")
+        layers[c.name] = SparseLayer(c.name, c.module, c.kind, i, density, c.param_name, c.forward_replaceable)
+    return layers, dense

@@ -1,0 +1,204 @@
+"""One topology update over the whole model: plan, prune, redistribute, grow, with every answer checked.
+
+The engine runs the cycle; plugins answer its hooks::
+
+    plan_update (whole model) -> select_prune (per layer, unless planned)
+        -> redistribute (unless planned) -> select_grow (per layer, unless planned)
+
+A global algorithm (sparse momentum's redistribution, global magnitude
+pruning) answers :func:`~sparsecore.hookspecs.plan_update` with an
+:class:`UpdatePlan` that fixes counts or selections for every layer at once;
+anything it leaves open goes to the per-layer hooks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+
+from sparsecore import selection
+from sparsecore.errors import HookResultError
+from sparsecore.layers import SparseLayer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sparsecore.sparsifier import Sparsifier
+
+
+@dataclass(frozen=True)
+class UpdatePlan:
+    """A whole-model plan for one topology update (the answer of ``plan_update``).
+
+    Each mapping holds every sparse layer by name; a value is either an int
+    (how many weights; the per-layer hook chooses which) or a bool tensor
+    shaped like the weight (exactly which weights).
+
+    Attributes:
+        prune: per layer, the count or selection of active weights to remove.
+        grow: per layer, the count or selection of inactive weights (after
+            pruning) to activate; ``None`` leaves the counts to ``redistribute``.
+    """
+
+    prune: Mapping[str, int | torch.Tensor]
+    grow: Mapping[str, int | torch.Tensor] | None = None
+
+
+@dataclass
+class TopologyUpdate:
+    """The update in progress, handed to every hook of the cycle as ``update``.
+
+    Attributes:
+        rate: the prune rate the update was started with.
+        step: optimizer steps completed.
+        epoch: the last epoch reported (``None`` before the first).
+        masks_before: every layer's mask before the update (read-only).
+        plan: the :class:`UpdatePlan` in force (``None`` while planning).
+        removed: weights removed per layer (filled after pruning).
+    """
+
+    rate: float
+    step: int
+    epoch: int | None
+    masks_before: Mapping[str, torch.Tensor]
+    plan: UpdatePlan | None = None
+    removed: dict[str, int] = field(default_factory=dict)
+
+
+def default_prune_counts(layers: Mapping[str, SparseLayer], rate: float) -> dict[str, int]:
+    """``floor(rate * nnz)`` per layer, in whole blocks for block layers."""
+    return {name: int(math.floor(rate * layer.nnz / layer.block_size)) * layer.block_size
+            for name, layer in layers.items()}
+
+
+class AnswerChecks:
+    """Validation of hook answers against the run's layers; every failure names the hook and the plugin."""
+
+    def __init__(self, layers: Mapping[str, SparseLayer]) -> None:
+        self.layers = layers
+
+    def masks(self, hook: str, who: str, masks: Any, partial: bool = False) -> dict[str, torch.Tensor]:
+        """A mapping of layer name to bool mask, one per layer (``partial``: some layers)."""
+        self.mapping(hook, who, masks, partial, "bool mask")
+        out = {}
+        for name, mask in masks.items():
+            self.tensor(hook, who, self.layers[name], mask)
+            out[name] = mask.clone()
+        return out
+
+    def mapping(self, hook: str, who: str, value: Any, partial: bool, what: str) -> None:
+        """``value`` is a mapping whose keys are the layer names (all of them unless ``partial``)."""
+        if not isinstance(value, Mapping):
+            raise HookResultError(hook, who, f"must return a mapping of layer name to {what}, "
+                                             f"got {type(value).__name__}")
+        unknown = sorted(set(value) - set(self.layers), key=str)
+        missing = [] if partial else [n for n in self.layers if n not in value]
+        if unknown or missing:
+            raise HookResultError(hook, who, f"layers do not match the sparse layers: missing {missing}, "
+                                             f"unknown {unknown}")
+
+    def tensor(self, hook: str, who: str, layer: SparseLayer, t: Any) -> None:
+        """A bool tensor shaped like the layer's weight, on its device, in the run's pattern."""
+        if not torch.is_tensor(t) or t.dtype != torch.bool:
+            what = t.dtype if torch.is_tensor(t) else type(t).__name__
+            raise HookResultError(hook, who, f"layer {layer.name!r}: expected a bool tensor, got {what}")
+        if t.shape != layer.shape:
+            raise HookResultError(hook, who, f"layer {layer.name!r}: shape {tuple(t.shape)} does not match the "
+                                             f"weight's {tuple(layer.shape)}")
+        if t.device != layer.weight.device:
+            raise HookResultError(hook, who, f"layer {layer.name!r}: tensor on {t.device}, weight on "
+                                             f"{layer.weight.device}")
+        if layer.block is not None and not selection.is_block_structured(t, layer.block):
+            raise HookResultError(hook, who, f"layer {layer.name!r}: not made of whole {layer.block[0]}x"
+                                             f"{layer.block[1]} blocks (the run is block-sparse; pass "
+                                             "block=layer.block to sparsecore.selection)")
+
+    def selection(self, hook: str, who: str, layer: SparseLayer, chosen: Any, n: int | None,
+                  allowed: torch.Tensor, allowed_name: str) -> int:
+        """A selection of exactly ``n`` entries (any count if ``None``), all within ``allowed``; returns its count."""
+        self.tensor(hook, who, layer, chosen)
+        count = int(chosen.sum())
+        if n is not None and count != n:
+            raise HookResultError(hook, who, f"layer {layer.name!r}: selected {count} entries, expected exactly {n}")
+        bad = int((chosen & ~allowed).sum())
+        if bad:
+            raise HookResultError(hook, who, f"layer {layer.name!r}: {bad} selected entries are not {allowed_name}")
+        return count
+
+    def count(self, hook: str, who: str, name: str, value: Any, limit: int, limit_name: str) -> int:
+        """An int count in ``[0, limit]``, a multiple of the layer's block size."""
+        integer_tensor = (torch.is_tensor(value) and value.numel() == 1 and not value.is_floating_point()
+                          and value.dtype != torch.bool)
+        if isinstance(value, bool) or not isinstance(value, int) and not integer_tensor:
+            raise HookResultError(hook, who, f"layer {name!r}: count must be an int, got {value!r}")
+        value = int(value)
+        block_size = self.layers[name].block_size
+        if value % block_size:
+            raise HookResultError(hook, who, f"layer {name!r}: count {value} is not a multiple of the block size "
+                                             f"{block_size}")
+        if value < 0 or value > limit:
+            raise HookResultError(hook, who, f"layer {name!r}: count {value} is outside [0, {limit}] ({limit_name})")
+        return value
+
+    def counts(self, hook: str, who: str, counts: Any, limits: Mapping[str, int], limit_name: str) -> dict[str, int]:
+        """A mapping of every layer to a valid count."""
+        self.mapping(hook, who, counts, False, "int")
+        return {name: self.count(hook, who, name, counts[name], limits[name], limit_name) for name in self.layers}
+
+
+def run_update(sparsifier: Sparsifier, rate: float) -> dict[str, torch.Tensor]:
+    """Run one plan → prune → redistribute → grow cycle; return the new masks (nothing committed).
+
+    While the cycle runs, ``layer.mask`` shows the masks as pruned so far, so
+    hooks read the current state; the previous masks are back in place when
+    this returns or raises.
+    """
+    layers, manager = sparsifier.layers, sparsifier.manager
+    checks = AnswerChecks(layers)
+    update = TopologyUpdate(rate, sparsifier.step, sparsifier.epoch,
+                            {name: layer.mask for name, layer in layers.items()})
+    plan, who = manager.call_first("plan_update", sparsifier=sparsifier, layers=layers, update=update)
+    if not isinstance(plan, UpdatePlan):
+        raise HookResultError("plan_update", who, f"must return a sparsecore.UpdatePlan, got {type(plan).__name__}")
+    checks.mapping("plan_update", who, plan.prune, False, "prune count or selection")
+    if plan.grow is not None:
+        checks.mapping("plan_update", who, plan.grow, False, "grow count or selection")
+    update.plan = plan
+    try:
+        for name, layer in layers.items():
+            chosen = _choose(sparsifier, checks, "select_prune", ("plan_update", who), layer, plan.prune[name],
+                             layer.mask, "active", update)
+            layer.mask = layer.mask & ~chosen
+            update.removed[name] = int(chosen.sum())
+        if plan.grow is None:
+            free = {name: layer.capacity - layer.nnz for name, layer in layers.items()}
+            regrow, by = manager.call_first("redistribute", sparsifier=sparsifier, layers=layers,
+                                            removed=dict(update.removed), update=update)
+            grow: Mapping[str, int | torch.Tensor] = checks.counts("redistribute", by, regrow, free,
+                                                                    "its free slots (capacity - nnz)")
+            source = ("redistribute", by)
+        else:
+            grow, source = plan.grow, ("plan_update", who)
+        for name, layer in layers.items():
+            chosen = _choose(sparsifier, checks, "select_grow", source, layer, grow[name], ~layer.mask, "inactive",
+                             update)
+            layer.mask = layer.mask | chosen
+        return {name: layer.mask for name, layer in layers.items()}
+    finally:  # the previous masks stay in force until the engine commits the new ones
+        for name, layer in layers.items():
+            layer.mask = update.masks_before[name]
+
+
+def _choose(sparsifier: Sparsifier, checks: AnswerChecks, hook: str, source: tuple[str, str], layer: SparseLayer,
+            planned: int | torch.Tensor, allowed: torch.Tensor, allowed_name: str,
+            update: TopologyUpdate) -> torch.Tensor:
+    """The selection fixed by ``source`` (a hook and the plugin that answered it), checked, or else the
+    per-layer hook's answer for the count ``source`` gave."""
+    if torch.is_tensor(planned) and planned.dtype == torch.bool:
+        checks.selection(*source, layer, planned, None, allowed, allowed_name)
+        return planned
+    n = checks.count(*source, layer.name, planned, int(allowed.sum()), f"its {allowed_name} weights")
+    chosen, who = sparsifier.manager.call_first(hook, sparsifier=sparsifier, layer=layer, n=n, update=update)
+    checks.selection(hook, who, layer, chosen, n, allowed, allowed_name)
+    return chosen
