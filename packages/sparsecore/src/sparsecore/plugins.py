@@ -13,9 +13,7 @@ always registered.
 
 from __future__ import annotations
 
-import contextvars
 import difflib
-import functools
 import inspect
 import os
 import threading
@@ -31,11 +29,29 @@ from sparsecore.errors import ConfigurationError, HookResultError, UnknownAlgori
 
 ENTRY_POINT_GROUP = "sparsecore"
 AUTOLOAD_ENV = "SPARSECORE_DISABLE_PLUGIN_AUTOLOAD"
-HOOK_NAMES: tuple[str, ...] = tuple(
-    name for name, fn in vars(hookspecs).items()
-    if callable(fn) and hasattr(fn, f"{hookspecs.PROJECT_NAME}_spec"))
+
+
+def _hookspec_options() -> dict[str, dict[str, Any]]:
+    """Name -> pluggy options of every hook specification in :mod:`sparsecore.hookspecs`, in source order."""
+    reader = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    found = {}
+    for name in vars(hookspecs):
+        opts = reader.parse_hookspec_opts(hookspecs, name)
+        if opts is not None:
+            found[name] = dict(opts)
+    return found
+
+
+_SPEC_OPTIONS = _hookspec_options()
+#: Every hook specified in :mod:`sparsecore.hookspecs`, in source order.
+HOOK_NAMES: tuple[str, ...] = tuple(_SPEC_OPTIONS)
+#: The hooks of entry-point modules, called once when the registry loads.
 REGISTRATION_HOOKS = ("sparsecore_register_algorithms", "sparsecore_register_plugins")
+#: The hooks a run's plugins implement.
 RUN_HOOKS = tuple(h for h in HOOK_NAMES if h not in REGISTRATION_HOOKS)
+#: The run hooks whose first non-``None`` answer is the result (:meth:`RunManager.call_first`).
+FIRST_RESULT_HOOKS: frozenset[str] = frozenset(
+    h for h in RUN_HOOKS if _SPEC_OPTIONS[h].get("firstresult"))
 
 
 @dataclass(frozen=True)
@@ -303,31 +319,15 @@ def plugin_display_name(plugin: Any) -> str:
     return type(plugin).__name__ if not inspect.ismodule(plugin) else plugin.__name__
 
 
-#: The answers recorded during the innermost :meth:`RunManager.call_first_or_none` of this context:
-#: ``(plugin name, result)`` of each implementation that returned something other than ``None``.
-_ANSWERS: contextvars.ContextVar[list[tuple[str, Any]] | None] = contextvars.ContextVar(
-    "sparsecore_answers", default=None)
-
-
-def _recording(function: Callable[..., Any], plugin_name: str) -> Callable[..., Any]:
-    """Wrap a first-result implementation so the call in progress learns that it answered."""
-    @functools.wraps(function)
-    def record(*args: Any) -> Any:
-        result = function(*args)
-        answers = _ANSWERS.get()
-        if result is not None and answers is not None:
-            answers.append((plugin_name, result))
-        return result
-    record._sparsecore_recording = True  # type: ignore[attr-defined]
-    return record
-
-
 class RunManager:
     """The per-run plugin manager: defaults (``trylast``), one algorithm, the user's plugins.
 
     First-result hooks are called through :meth:`call_first`, which also tells
-    which plugin answered, so errors can name it. They run through pluggy, so
-    hook wrappers (``hookwrapper=True`` / ``wrapper=True``) see every call.
+    which plugin answered, so errors can name it: it calls the implementations
+    one at a time in pluggy's order. Hook wrappers (``hookwrapper=True`` /
+    ``wrapper=True``) are therefore refused on first-result hooks, at
+    registration; on broadcast hooks they are allowed and run through
+    :attr:`hook` as pluggy runs them.
     """
 
     def __init__(self, algorithm: Any, algorithm_name: str, extra: Iterable[tuple[str, Any]]) -> None:
@@ -379,6 +379,16 @@ class RunManager:
             raise ConfigurationError(f"plugin {name!r} is invalid: {exc}") from None
         except ValueError as exc:
             raise ConfigurationError(f"plugin {name!r} could not be registered: {exc}") from None
+        wrapped = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or ()
+                         if caller.name in FIRST_RESULT_HOOKS
+                         and any(impl.plugin is plugin and (impl.wrapper or impl.hookwrapper)
+                                 for impl in caller.get_hookimpls()))
+        if wrapped:
+            self.pm.unregister(plugin)
+            raise ConfigurationError(
+                f"plugin {name!r} wraps first-result hook(s) {', '.join(map(repr, wrapped))} "
+                "(wrapper=True / hookwrapper=True); first-result hooks take plain implementations "
+                "(return None to defer to the next plugin); wrappers are allowed on broadcast hooks only")
         self.names[id(plugin)] = name
 
     @property
@@ -393,29 +403,32 @@ class RunManager:
     def call_first_or_none(self, hook_name: str, **kwargs: Any) -> tuple[Any, str]:
         """Like :meth:`call_first`, but ``(None, "")`` when no plugin answers.
 
-        The name is that of the implementation that returned the first
-        non-``None`` result, also when hook wrappers run around the call; if a
-        wrapper replaced that result, the wrapper(s) are named instead.
+        The implementations are called one at a time in pluggy's order (the
+        reverse of registration, ``tryfirst`` first and ``trylast`` last), each
+        with only the arguments it names; the first non-``None`` result is
+        returned with the registered name of the plugin that gave it.
+
+        Raises:
+            ValueError: ``hook_name`` is not a first-result hook.
+            pluggy.HookCallError: an implementation needs an argument the call did not give.
         """
-        caller = getattr(self.pm.hook, hook_name)
-        impls = caller.get_hookimpls()
-        for impl in impls:  # each implementation reports a non-None answer to the call in progress
-            if not (impl.wrapper or impl.hookwrapper or getattr(impl.function, "_sparsecore_recording", False)):
-                impl.function = _recording(impl.function, impl.plugin_name)  # type: ignore[misc]
-        token = _ANSWERS.set([])
-        try:
-            result = caller(**kwargs)
-            answers = _ANSWERS.get() or []
-        finally:
-            _ANSWERS.reset(token)
-        if result is None:
-            return None, ""
-        if answers and answers[0][1] is result:
-            return result, answers[0][0]
-        wrappers = ", ".join(i.plugin_name for i in impls if i.wrapper or i.hookwrapper)
-        if answers:  # a wrapper changed the answer; which of them is not known
-            return result, f"{wrappers} (hook wrapper; replaced the answer of {answers[0][0]})"
-        return result, f"{wrappers} (hook wrapper)"
+        if hook_name not in FIRST_RESULT_HOOKS:
+            raise ValueError(f"{hook_name!r} is not a first-result hook; first-result hooks: "
+                             f"{', '.join(sorted(FIRST_RESULT_HOOKS))}")
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        for impl in reversed(impls):
+            if impl.wrapper or impl.hookwrapper:  # only reachable by registering on self.pm directly
+                raise ConfigurationError(f"plugin {impl.plugin_name!r} wraps first-result hook {hook_name!r}; "
+                                         "wrappers are allowed on broadcast hooks only")
+            try:
+                args = [kwargs[arg] for arg in impl.argnames]
+            except KeyError as exc:
+                raise pluggy.HookCallError(f"hook {hook_name!r} of plugin {impl.plugin_name!r} needs argument "
+                                           f"{exc.args[0]!r}, which the call did not provide") from None
+            result = impl.function(*args)
+            if result is not None:
+                return result, impl.plugin_name
+        return None, ""
 
     def call_first(self, hook_name: str, **kwargs: Any) -> tuple[Any, str]:
         """Call a first-result hook; return ``(result, name of the plugin that answered)``."""
