@@ -49,8 +49,8 @@ def _plugins_command(args: argparse.Namespace) -> int:
             names, why = hooks[id(reg)]
             listed = (", ".join(names) or "none") if names is not None else f"known once built ({why})"
             rows.append(f"  {reg.kind} {reg.name}: hooks {listed}")
-    for error in registry.load_errors:
-        rows.append(f"failed to load: {error}")
+    for failure in registry.load_failures:
+        rows.append(f"failed to load: {failure.message}")
     print("\n".join(rows))
     return 0
 

@@ -102,13 +102,18 @@ class LoadFailure:
         distribution: the distribution that declared the entry point.
         version: that distribution's version.
         entry_point: the entry point's value (``"package.module"``).
-        error: what went wrong.
+        error: what went wrong (the exception's ``repr``).
     """
 
     distribution: str
     version: str
     entry_point: str
     error: str
+
+    @property
+    def message(self) -> str:
+        """One line naming the distribution, the entry point and the error."""
+        return f"{self.distribution} {self.version}: entry point {self.entry_point!r} failed to load: {self.error}"
 
 
 def factory_hooks(factory: Callable[..., Any]) -> tuple[list[str] | None, str]:
@@ -159,16 +164,30 @@ def implemented_hooks(obj: Any) -> list[str]:
 
 
 class Registry:
-    """Process-wide registry of algorithms and non-algorithm plugins by name."""
+    """Process-wide registry of algorithms and non-algorithm plugins by name.
+
+    Attributes:
+        algorithms: algorithm name -> its registration.
+        plugins: non-algorithm plugin name -> its registration.
+        distributions: distribution name -> what it registered.
+        load_failures: the entry points that failed to load, in load order.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        self._forget()
+
+    def _forget(self) -> None:
         self._loaded = False
         self.algorithms: dict[str, Registration] = {}
         self.plugins: dict[str, Registration] = {}
         self.distributions: dict[str, Distribution] = {}
-        self.load_errors: list[str] = []
         self.load_failures: list[LoadFailure] = []
+
+    @property
+    def load_errors(self) -> list[str]:
+        """One message per entry point that failed to load (:attr:`LoadFailure.message`)."""
+        return [failure.message for failure in self.load_failures]
 
     # -- loading -------------------------------------------------------
     def _register_module(self, module: Any, dist_name: str, dist_version: str) -> None:
@@ -221,15 +240,17 @@ class Registry:
                     module = ep.load()
                     self._register_module(module, dist_name, dist_version)
                 except Exception as exc:  # a broken plugin must not take the others down
-                    message = f"{dist_name} {dist_version}: entry point {ep.value!r} failed to load: {exc!r}"
-                    self.load_errors.append(message)
-                    self.load_failures.append(LoadFailure(dist_name, dist_version, str(ep.value), repr(exc)))
-                    warnings.warn(f"sparsecore plugin {message}", RuntimeWarning, stacklevel=2)
+                    failure = LoadFailure(dist_name, dist_version, str(ep.value), repr(exc))
+                    self.load_failures.append(failure)
+                    warnings.warn(f"sparsecore plugin {failure.message}", RuntimeWarning, stacklevel=2)
 
     def reset(self) -> None:
-        """Forget everything loaded (tests use this with the environment switch)."""
+        """Forget everything loaded and registered; the next lookup loads again.
+
+        Tests use this with the environment switch.
+        """
         with self._lock:
-            self.__init__()
+            self._forget()
 
     # -- registering in code ---------------------------------------------
     def register_algorithm(self, name: str, factory: Callable[..., Any], distribution: str = "<code>",
