@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsecore.errors import CheckpointError, ConfigurationError
+from sparsecore.errors import CheckpointError, ConfigurationError, SparsecoreError
 from sparsecore.layers import DEFAULT_LAYER_TYPES
 from sparsecore.plugins import registry
 from sparsecore.sparsifier import Sparsifier
 from sparsecore.train import rundir
+from sparsecore.train.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
 from sparsecore.train.config import DEFAULT_ALGORITHM, FALLBACK_ALGORITHM, TrainConfig, flag_name
+from sparsecore.train.errors import RunFolderError, kept_checkpoint
 
-CHECKPOINT_FORMAT = 1
-CHECKPOINT_NAME = "checkpoint.pt"
 #: Config fields that may change when a run is resumed; everything else comes from the checkpoint.
 RESUME_OVERRIDABLE = ("epochs", "stop_after", "device", "threads", "quiet", "plots")
 
@@ -309,36 +309,6 @@ def _set_rng_state(state: dict[str, Any], data_generator: torch.Generator) -> No
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
-    """Load a run's checkpoint (``weights_only=True``) from a run folder or a checkpoint file.
-
-    Returns:
-        The checkpoint dict and the run folder.
-
-    Raises:
-        CheckpointError: no checkpoint there, or not one written by this job.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"no run folder or checkpoint file at {path}")
-    file = path / CHECKPOINT_NAME if path.is_dir() else path
-    if not file.is_file():
-        raise CheckpointError(f"no checkpoint at {file} (pass a run folder or its {CHECKPOINT_NAME})")
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        raise CheckpointError(f"cannot read checkpoint {file}: {exc}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{file} is not a sparsecore train checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt, file.parent
-
-
-def _save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    tmp = run_dir / (CHECKPOINT_NAME + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(run_dir / CHECKPOINT_NAME)
-
-
 # ----------------------------------------------------------------------
 # the job
 # ----------------------------------------------------------------------
@@ -347,8 +317,8 @@ def run_training(config: TrainConfig | None = None, **changes: Any) -> RunResult
 
     The run folder ``<runs_dir>/<timestamp>-<algorithm>-<model>/`` receives
     ``config.json``, ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt``
-    (rewritten after every epoch; resumable with :func:`resume_training`),
-    ``summary.md`` and the PNG plots.
+    (rewritten atomically after every epoch, with its sha256 in ``checkpoint.pt.sha256``;
+    resumable with :func:`resume_training`), ``summary.md`` and the PNG plots.
 
     Example:
         ```python
@@ -385,17 +355,21 @@ def resume_training(path: str | Path, **overrides: Any) -> RunResult:
         **overrides: fields in :data:`RESUME_OVERRIDABLE` to change.
 
     Raises:
-        CheckpointError: missing or foreign checkpoint.
+        CheckpointError: missing, empty, truncated, corrupted (its sha256 differs from the recorded one) or
+            foreign checkpoint.
         ConfigurationError: an override that cannot change on resume, or nothing left to train.
     """
     bad = sorted(set(overrides) - set(RESUME_OVERRIDABLE))
     if bad:
         raise ConfigurationError(f"{', '.join(map(flag_name, bad))} cannot change when resuming: a resumed run keeps "
                                  f"its configuration (changeable: {', '.join(map(flag_name, RESUME_OVERRIDABLE))})")
-    ckpt, run_dir = load_checkpoint(path)
+    loaded = read_checkpoint(path)
+    ckpt, run_dir = loaded.state, loaded.run_dir
     config = TrainConfig.from_dict(ckpt["config"])
     config = config.replace(stop_after=None, **{k: v for k, v in overrides.items() if v is not None or k == "stop_after"})
     config.validate()
+    for notice in loaded.notices:
+        rundir.Printer(config.quiet).notice(notice)
     if ckpt["epoch"] >= config.epochs:
         raise ConfigurationError(f"the run in {run_dir} has already trained {ckpt['epoch']}/{config.epochs} epochs; "
                                  f"pass a larger --epochs to train further")
@@ -442,6 +416,7 @@ class _Job:
     data_generator: torch.Generator
     run_dir: Path | None = None
     start_epoch: int = 0
+    checkpoint_epoch: int = 0  # epochs in the run folder's checkpoint (0: none yet)
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -504,17 +479,28 @@ def _build_job(config: TrainConfig, algorithm: str, notices: list[str], info: An
 
 
 def _restore(job: _Job, checkpoint: dict[str, Any], run_dir: Path | None, say: rundir.Printer) -> None:
-    """Put the checkpoint's weights, optimizer, schedules, engine and RNG state into the job."""
+    """Put the checkpoint's weights, optimizer, schedules, engine and RNG state into the job.
+
+    Raises:
+        CheckpointError: the checkpoint's state does not fit the model, optimizer or engine its config builds.
+    """
     config = job.config
-    job.model.load_state_dict(checkpoint["model"])
-    job.optimizer.load_state_dict(checkpoint["optimizer"])
-    if job.scheduler is not None and checkpoint.get("scheduler") is not None:
-        job.scheduler.load_state_dict(checkpoint["scheduler"])
-    if job.sparsifier is not None:
-        job.sparsifier.load_state_dict(checkpoint["sparsifier"])
-    _set_rng_state(checkpoint["rng"], job.data_generator)
+    try:
+        job.model.load_state_dict(checkpoint["model"])
+        job.optimizer.load_state_dict(checkpoint["optimizer"])
+        if job.scheduler is not None and checkpoint.get("scheduler") is not None:
+            job.scheduler.load_state_dict(checkpoint["scheduler"])
+        if job.sparsifier is not None:
+            job.sparsifier.load_state_dict(checkpoint["sparsifier"])
+        _set_rng_state(checkpoint["rng"], job.data_generator)
+    except SparsecoreError:
+        raise
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"the checkpoint in {run_dir} does not fit the run its config describes: "
+                              f"{reason}") from None
     job.run_dir = run_dir
-    job.start_epoch = int(checkpoint["epoch"])
+    job.start_epoch = job.checkpoint_epoch = int(checkpoint["epoch"])
     if config.epochs != checkpoint["config"]["epochs"]:
         say.notice(f"note: the run was planned for {checkpoint['config']['epochs']} epochs and now trains "
                    f"{config.epochs}; its schedules span the new length from here on")
@@ -580,8 +566,12 @@ def _train_and_checkpoint_epoch(job: _Job, epoch: int, say: rundir.Printer) -> N
         job.sparsifier.epoch_end(epoch)
         record["update_seconds"] = time.perf_counter() - tick
     job.metrics.append(record)
-    rundir.append_metrics(job.run_dir, record)
-    _save_checkpoint(job.run_dir, _checkpoint_state(job, epoch + 1))
+    try:
+        rundir.append_metrics(job.run_dir, record)
+        save_checkpoint(job.run_dir, _checkpoint_state(job, epoch + 1))
+    except RunFolderError as exc:
+        raise RunFolderError(f"{exc}; {kept_checkpoint(job.run_dir, job.checkpoint_epoch, config.epochs)}") from exc
+    job.checkpoint_epoch = epoch + 1
     say.line(rundir.epoch_line(record, config.epochs))
 
 
