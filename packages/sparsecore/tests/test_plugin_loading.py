@@ -71,10 +71,17 @@ def plugin_module(name, algorithms=(), plugins=(), then=None):
 
 @pytest.fixture
 def entry_points(monkeypatch):
-    """The list of fake entry points ``importlib.metadata.entry_points(group="sparsecore")`` returns."""
+    """The list of fake entry points ``importlib.metadata.entry_points(group="sparsecore")`` returns.
+
+    Other groups (torch looks some up lazily) get the real answer.
+    """
     eps = []
-    monkeypatch.setattr(importlib.metadata, "entry_points",
-                        lambda group=None, **kw: list(eps) if group == "sparsecore" else [])
+    real = importlib.metadata.entry_points
+
+    def fake(**params):
+        return list(eps) if params.get("group") == "sparsecore" else real(**params)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake)
     monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
     return eps
 
@@ -144,3 +151,159 @@ def test_the_global_registry_fixture_restores_the_registry(global_registry, entr
     assert registry.algorithms == {}  # emptied for the test, loads on demand
     entry_points.append(FakeEntryPoint("temp-dist", plugin_module("temp_plugin", [("temp-algo", Algo)])))
     assert "temp-algo" in sparsecore.available_algorithms()
+
+
+# -- a failing entry point is contained and leaves nothing behind -----------------------------------
+
+
+class NotAnException(BaseException):
+    """A BaseException that is neither Exception nor SystemExit."""
+
+
+@pytest.mark.parametrize("raised", [SystemExit(3), SystemExit("bye"), SystemExit(), GeneratorExit(),
+                                    NotAnException("odd"), ImportError("No module named 'x'")],
+                         ids=repr)
+@pytest.mark.parametrize("where", ["import", "register hook"])
+def test_any_failure_but_keyboard_interrupt_is_contained(entry_points, raised, where):
+    def fail():
+        raise raised
+
+    failing = (FakeEntryPoint("failing-dist", load=fail) if where == "import" else
+               FakeEntryPoint("failing-dist", plugin_module("failing_dist.plugin", [("half-done", Algo)], then=fail)))
+    entry_points[:] = [FakeEntryPoint("good-dist", plugin_module("good_plugin", [("good-algo", Algo)])),
+                       failing,
+                       FakeEntryPoint("later-dist", plugin_module("later_plugin", [("later-algo", OtherAlgo)],
+                                                                  plugins=[("later-logger", Algo)]))]
+    reg = Registry()
+    with pytest.warns(RuntimeWarning, match="^sparsecore plugin failing-dist 1.0: entry point 'failing_dist.plugin'"):
+        reg.load()
+    assert reg.load_failures == [LoadFailure("failing-dist", "1.0", "failing_dist.plugin", repr(raised))]
+    assert sorted(reg.algorithms) == ["good-algo", "later-algo", "set", "static"]  # no "half-done"
+    assert sorted(reg.plugins) == ["later-logger"]
+    assert list(reg.distributions) == ["sparsecore", "good-dist", "later-dist"]
+    assert reg.algorithm("later-algo").factory is OtherAlgo
+
+
+def test_a_failure_in_the_plugins_hook_drops_the_algorithms_registered_before_it(entry_points):
+    module = plugin_module("partial_plugin", [("partial-a", Algo), ("partial-b", Algo)], plugins=[("bad name", 42)])
+    entry_points.append(FakeEntryPoint("partial-dist", module))
+    reg = Registry()
+    with pytest.warns(RuntimeWarning):
+        reg.load()
+    assert sorted(reg.algorithms) == ["set", "static"] and reg.plugins == {}
+    assert "partial-dist" not in reg.distributions
+    assert reg.load_failures[0].error == ("ConfigurationError(\"partial-dist: factory for plugin 'bad name' "
+                                          "is not callable\")")
+
+
+def test_register_kept_and_called_after_the_hook_returned_is_refused(entry_points):
+    kept = []
+    module = types.ModuleType("keeper_plugin")
+
+    @hookimpl
+    def sparsecore_register_algorithms(register):
+        register("kept-algo", Algo)
+        kept.append(register)
+
+    module.sparsecore_register_algorithms = sparsecore_register_algorithms
+    entry_points.append(FakeEntryPoint("keeper-dist", module))
+    reg = Registry()
+    reg.load()
+    with pytest.raises(sparsecore.ConfigurationError,
+                       match="^keeper-dist: register\\(\\) of sparsecore_register_algorithms called after"):
+        kept[0]("late-algo", Algo)
+    assert sorted(reg.algorithms) == ["kept-algo", "set", "static"]
+
+
+def test_keyboard_interrupt_stops_loading_and_leaves_the_registry_unloaded(entry_points):
+    def interrupt():
+        raise KeyboardInterrupt
+
+    entry_points[:] = [FakeEntryPoint("good-dist", plugin_module("good_plugin", [("good-algo", Algo)])),
+                       FakeEntryPoint("interrupted-dist", load=interrupt)]
+    reg = Registry()
+    with pytest.raises(KeyboardInterrupt):
+        reg.load()
+    assert (reg.algorithms, reg.distributions, reg.load_failures) == ({}, {}, [])
+    entry_points.pop()
+    assert reg.algorithm("good-algo").distribution == "good-dist"  # the next lookup loads again
+
+
+def test_a_factory_that_exits_does_not_stop_the_listing():
+    def exits():
+        raise SystemExit(4)
+
+    from sparsecore.plugins import factory_hooks
+
+    assert factory_hooks(exits) == (None, f"factory {exits.__qualname__}() failed: SystemExit(4)")
+
+
+@pytest.fixture
+def exiting_plugin(global_registry, entry_points):
+    """A distribution that calls sys.exit(3) at import, between two that work."""
+    entry_points[:] = [FakeEntryPoint("good-dist", plugin_module("good_plugin", [("good-algo", Algo)])),
+                       FakeEntryPoint("exit-dist", load=exit_at_import, version="0.1"),
+                       FakeEntryPoint("later-dist", plugin_module("later_plugin", [("later-algo", Algo)]))]
+    return global_registry
+
+
+EXIT_MESSAGE = "exit-dist 0.1: entry point 'exit_dist.plugin' failed to load: SystemExit(3)"
+
+
+def test_plugins_command_names_the_distribution_that_exited(exiting_plugin, capsys):
+    import json
+
+    from sparsecore.cli import main
+
+    with pytest.warns(RuntimeWarning, match="exit-dist"):
+        assert main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  algorithm good-algo: hooks redistribute" in lines
+    assert "  algorithm later-algo: hooks redistribute" in lines
+    assert lines[-1] == f"failed to load: {EXIT_MESSAGE}"
+    assert main(["plugins", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [d["distribution"] for d in data] == ["sparsecore", "good-dist", "later-dist", "exit-dist"]
+    assert data[-1] == {"distribution": "exit-dist", "version": "0.1", "module": "exit_dist.plugin",
+                        "registrations": [], "load_errors": ["entry point 'exit_dist.plugin': SystemExit(3)"]}
+
+
+def test_sparsifier_works_when_a_plugin_exits_at_import(exiting_plugin):
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(RuntimeWarning, match="exit-dist"):
+        sp = sparsecore.Sparsifier(model, opt, algorithm="set", density=0.5, total_steps=10, seed=0)
+    assert sp.nnz == 16
+    assert [f.message for f in registry.load_failures] == [EXIT_MESSAGE]
+
+
+def test_console_commands_survive_an_installed_plugin_that_exits(tmp_path):
+    """A real distribution on sys.path whose module calls sys.exit(3) at import (second process)."""
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    (site / "exit_plugin-0.1.dist-info").mkdir(parents=True)
+    (site / "exit_plugin-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: exit-plugin\n"
+                                                               "Version: 0.1\n")
+    (site / "exit_plugin-0.1.dist-info" / "entry_points.txt").write_text("[sparsecore]\nexit_plugin = exit_plugin\n")
+    (site / "exit_plugin.py").write_text("import sys\nsys.exit(3)\n")
+    env = {k: v for k, v in os.environ.items() if k not in (AUTOLOAD_ENV, "PYTHONPATH")}
+    env.update(PYTHONPATH=str(site), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore::RuntimeWarning")
+    listed = subprocess.run([sys.executable, "-m", "sparsecore", "plugins"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert ("failed to load: exit-plugin 0.1: entry point 'exit_plugin' failed to load: SystemExit(3)"
+            in listed.stdout.splitlines())
+    assert "  algorithm set: hooks on_epoch_end, on_setup, on_step" in listed.stdout.splitlines()
+    trained = subprocess.run(
+        [sys.executable, "-m", "sparsecore", "train", "--algorithm", "set", "--dataset", "random",
+         "--limit-train", "40", "--limit-test", "20", "--epochs", "1", "--threads", "1", "--no-plots", "--quiet",
+         "--runs-dir", str(tmp_path / "runs")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "metrics.jsonl").read_text().count("\n") == 1

@@ -116,6 +116,16 @@ class LoadFailure:
         return f"{self.distribution} {self.version}: entry point {self.entry_point!r} failed to load: {self.error}"
 
 
+def _entry_point_distribution(ep: Any) -> tuple[str, str]:
+    """The name and version of the distribution that declares an entry point (its own name when unknown)."""
+    try:
+        dist = ep.dist
+        name, version = dist.metadata["Name"], dist.version
+    except Exception:  # no or broken metadata: still name the entry point
+        return str(getattr(ep, "name", ep)), "unknown"
+    return str(name or ep.name), str(version or "unknown")
+
+
 def factory_hooks(factory: Callable[..., Any]) -> tuple[list[str] | None, str]:
     """The hooks a registration's factory yields, and why they are unknown when they are.
 
@@ -141,7 +151,9 @@ def factory_hooks(factory: Callable[..., Any]) -> tuple[list[str] | None, str]:
             return None, f"factory {label} needs option(s) {', '.join(required)}"
     try:
         plugin = factory()
-    except Exception as exc:  # listing plugins must not fail because one cannot be built bare
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # listing plugins must not fail (nor exit) because one cannot be built bare
         return None, f"factory {label}() failed: {exc!r}"
     return implemented_hooks(plugin), ""
 
@@ -179,6 +191,7 @@ class Registry:
 
     def _forget(self) -> None:
         self._loaded = False
+        self._loading = False
         self.algorithms: dict[str, Registration] = {}
         self.plugins: dict[str, Registration] = {}
         self.distributions: dict[str, Distribution] = {}
@@ -190,59 +203,108 @@ class Registry:
         return [failure.message for failure in self.load_failures]
 
     # -- loading -------------------------------------------------------
-    def _register_module(self, module: Any, dist_name: str, dist_version: str) -> None:
+    def _collect(self, module: Any, dist_name: str, dist_version: str) -> list[Registration]:
+        """Run a module's registration hooks; return what it registered, recording nothing yet."""
         manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         manager.add_hookspecs(hookspecs)
-        manager.register(module, name=f"{dist_name}:{getattr(module, '__name__', module)!s}")
-        manager.check_pending()
         mod_name = getattr(module, "__name__", repr(module))
-        dist = self.distributions.setdefault(dist_name, Distribution(dist_name, dist_version, mod_name))
+        manager.register(module, name=f"{dist_name}:{mod_name}")
+        manager.check_pending()
+        collected: list[Registration] = []
+        open_for = {"algorithm": False, "plugin": False}
 
-        def make_register(kind: str, table: dict[str, Registration]) -> Callable[..., None]:
+        def make_register(kind: str, hook_name: str) -> Callable[..., None]:
             def register(name: str, factory: Callable[..., Any]) -> None:
+                if not open_for[kind]:
+                    raise ConfigurationError(f"{dist_name}: register() of {hook_name} called after that hook returned")
                 if not isinstance(name, str) or not name:
                     raise ConfigurationError(f"{dist_name}: {kind} name must be a non-empty string, got {name!r}")
                 if not callable(factory):
                     raise ConfigurationError(f"{dist_name}: factory for {kind} {name!r} is not callable")
-                existing = table.get(name)
-                if existing is not None and existing.distribution != dist_name:
-                    raise ConfigurationError(
-                        f"{kind} {name!r} is registered by both {existing.distribution!r} and {dist_name!r}; "
-                        f"uninstall one, or block it with {AUTOLOAD_ENV}=1 and pass plugins in code")
-                reg = Registration(name, kind, factory, dist_name, dist_version, mod_name)
-                table[name] = reg
-                dist.registrations.append(reg)
+                collected[:] = [r for r in collected if (r.kind, r.name) != (kind, name)]  # registered again: replaced
+                collected.append(Registration(name, kind, factory, dist_name, dist_version, mod_name))
             return register
 
-        manager.hook.sparsecore_register_algorithms(register=make_register("algorithm", self.algorithms))
-        manager.hook.sparsecore_register_plugins(register=make_register("plugin", self.plugins))
+        for kind, hook_name in (("algorithm", "sparsecore_register_algorithms"),
+                                ("plugin", "sparsecore_register_plugins")):
+            open_for[kind] = True
+            try:
+                getattr(manager.hook, hook_name)(register=make_register(kind, hook_name))
+            finally:
+                open_for[kind] = False
+        return collected
+
+    def _record(self, registrations: list[Registration], dist_name: str, dist_version: str, module: str) -> None:
+        """Add one module's registrations; all of them, or (raising) none."""
+        for reg in registrations:
+            existing = self._table(reg.kind).get(reg.name)
+            if existing is not None and existing.distribution != dist_name:
+                raise ConfigurationError(
+                    f"{reg.kind} {reg.name!r} is registered by both {existing.distribution!r} and {dist_name!r}; "
+                    f"uninstall one, or block it with {AUTOLOAD_ENV}=1 and pass plugins in code")
+        dist = self.distributions.setdefault(dist_name, Distribution(dist_name, dist_version, module))
+        for reg in registrations:
+            self._table(reg.kind)[reg.name] = reg
+            dist.registrations.append(reg)
+
+    def _register_module(self, module: Any, dist_name: str, dist_version: str) -> None:
+        """Run a module's registration hooks and record what it registered: all of it, or (raising) nothing."""
+        registrations = self._collect(module, dist_name, dist_version)
+        self._record(registrations, dist_name, dist_version, getattr(module, "__name__", repr(module)))
+
+    def _table(self, kind: str) -> dict[str, Registration]:
+        return self.algorithms if kind == "algorithm" else self.plugins
+
+    def _load_entry_point(self, ep: Any) -> LoadFailure | None:
+        """Import one entry point and record its registrations; a failure is returned, not raised.
+
+        Any failure is contained (``sys.exit()`` at import included) except
+        :class:`KeyboardInterrupt`; a failing entry point leaves no registration behind.
+        """
+        dist_name, dist_version = _entry_point_distribution(ep)
+        if dist_name == "sparsecore":
+            return None
+        try:
+            self._register_module(ep.load(), dist_name, dist_version)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken plugin must not take the others down
+            return LoadFailure(dist_name, dist_version, str(getattr(ep, "value", ep)), repr(exc))
+        return None
 
     def load(self) -> None:
-        """Register the built-ins and (unless disabled) every entry point of group ``sparsecore``. Idempotent."""
+        """Register the built-ins and (unless disabled) every entry point of group ``sparsecore``.
+
+        Idempotent; a call made while loading (by a plugin being imported)
+        returns at once. An entry point that fails to load, whatever it raises
+        (``sys.exit()`` included), is recorded in :attr:`load_failures` with a
+        :class:`RuntimeWarning` and registers nothing; the others load. Only
+        :class:`KeyboardInterrupt` stops loading; it leaves the registry
+        unloaded.
+        """
         with self._lock:
-            if self._loaded:
+            if self._loaded or self._loading:
                 return
+            self._loading = True
+            try:
+                from sparsecore import algorithms
+
+                self._register_module(algorithms, "sparsecore", __version__)
+                if os.environ.get(AUTOLOAD_ENV, "").strip() in ("", "0", "false", "False"):
+                    from importlib.metadata import entry_points
+
+                    for ep in entry_points(group=ENTRY_POINT_GROUP):
+                        failure = self._load_entry_point(ep)
+                        if failure is not None:
+                            self.load_failures.append(failure)
+            except BaseException:
+                self._forget()  # nothing half-loaded stays; the next lookup loads again
+                raise
+            self._loading = False
             self._loaded = True
-            from sparsecore import algorithms
-
-            self._register_module(algorithms, "sparsecore", __version__)
-            if os.environ.get(AUTOLOAD_ENV, "").strip() not in ("", "0", "false", "False"):
-                return
-            from importlib.metadata import entry_points
-
-            for ep in entry_points(group=ENTRY_POINT_GROUP):
-                dist = getattr(ep, "dist", None)
-                dist_name = dist.metadata["Name"] if dist is not None else ep.name
-                dist_version = dist.version if dist is not None else "unknown"
-                if dist_name == "sparsecore":
-                    continue
-                try:
-                    module = ep.load()
-                    self._register_module(module, dist_name, dist_version)
-                except Exception as exc:  # a broken plugin must not take the others down
-                    failure = LoadFailure(dist_name, dist_version, str(ep.value), repr(exc))
-                    self.load_failures.append(failure)
-                    warnings.warn(f"sparsecore plugin {failure.message}", RuntimeWarning, stacklevel=2)
+            failures = list(self.load_failures)
+        for failure in failures:
+            warnings.warn(f"sparsecore plugin {failure.message}", RuntimeWarning, stacklevel=2)
 
     def reset(self) -> None:
         """Forget everything loaded and registered; the next lookup loads again.
