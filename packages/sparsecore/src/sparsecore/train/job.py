@@ -23,7 +23,7 @@ from sparsecore.sparsifier import Sparsifier
 from sparsecore.train import rundir
 from sparsecore.train.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
 from sparsecore.train.config import DEFAULT_ALGORITHM, FALLBACK_ALGORITHM, TrainConfig, flag_name
-from sparsecore.train.errors import RunFolderError, kept_checkpoint
+from sparsecore.train.errors import RunFolderError, kept_checkpoint, os_reason
 
 #: Config fields that may change when a run is resumed; everything else comes from the checkpoint.
 RESUME_OVERRIDABLE = ("epochs", "stop_after", "device", "threads", "quiet", "plots")
@@ -386,6 +386,8 @@ def _run(config: TrainConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
         say.notice(notice)
     info = model_info(config.model)  # validates the name before any heavy work
     device = resolve_device(config.device)
+    if checkpoint is None:
+        rundir.check_runs_dir(config.runs_dir)
     with _torch_threads(config.threads):
         job = _build_job(config, algorithm, notices, info, device)
         if checkpoint is not None:
@@ -504,7 +506,10 @@ def _restore(job: _Job, checkpoint: dict[str, Any], run_dir: Path | None, say: r
     if config.epochs != checkpoint["config"]["epochs"]:
         say.notice(f"note: the run was planned for {checkpoint['config']['epochs']} epochs and now trains "
                    f"{config.epochs}; its schedules span the new length from here on")
-    job.metrics = rundir.read_metrics(run_dir)[:job.start_epoch]
+    job.metrics = rundir.read_metrics(run_dir, warn=say.notice)[:job.start_epoch]
+    if len(job.metrics) < job.start_epoch:
+        say.notice(f"note: {run_dir / rundir.METRICS_NAME} has records of {len(job.metrics)} of the "
+                   f"{job.start_epoch} epochs in the checkpoint; the summary and plots show only those")
     say.line(f"resuming {run_dir} after epoch {job.start_epoch}/{config.epochs}")
 
 
@@ -575,6 +580,17 @@ def _train_and_checkpoint_epoch(job: _Job, epoch: int, say: rundir.Printer) -> N
     say.line(rundir.epoch_line(record, config.epochs))
 
 
+def _write_plots(job: _Job) -> None:
+    from sparsecore.train import plots
+
+    try:
+        plots.write_plots(job.run_dir, job.metrics, dense=job.config.dense,
+                          title=rundir.run_title(job.resolved, job.algorithm, job.dataset.name))
+    except OSError as exc:
+        raise RunFolderError(f"cannot write the plots in {job.run_dir}: {os_reason(exc)}; "
+                             f"{kept_checkpoint(job.run_dir, job.checkpoint_epoch, job.config.epochs)}") from exc
+
+
 def _finish(job: _Job, started: float, say: rundir.Printer) -> RunResult:
     """The run's result; writes the plots and ``summary.md`` and prints the summary."""
     config, metrics = job.config, job.metrics
@@ -586,10 +602,7 @@ def _finish(job: _Job, started: float, say: rundir.Printer) -> RunResult:
         wall_seconds=0.0, train_seconds=sum(m["epoch_seconds"] for m in metrics), epochs_done=len(metrics),
         completed=len(metrics) >= config.epochs, notices=job.notices, model=job.model, sparsifier=job.sparsifier)
     if config.plots and metrics:
-        from sparsecore.train import plots
-
-        plots.write_plots(job.run_dir, metrics, title=rundir.run_title(job.resolved, job.algorithm, job.dataset.name),
-                          dense=config.dense)
+        _write_plots(job)
     result.wall_seconds = time.perf_counter() - started
     rundir.write_summary(job.run_dir, result, job.algorithm)
     say.summary(result, job.algorithm)
