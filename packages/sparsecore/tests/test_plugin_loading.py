@@ -307,3 +307,145 @@ def test_console_commands_survive_an_installed_plugin_that_exits(tmp_path):
     assert trained.returncode == 0, trained.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "metrics.jsonl").read_text().count("\n") == 1
+
+
+# -- a name two distributions register ------------------------------------------------------------
+
+
+class SharedLogger:
+    """A non-algorithm plugin two distributions register under one name."""
+
+    @hookimpl
+    def on_step(self, step):
+        pass
+
+
+@pytest.fixture
+def two_dists_one_name(global_registry, entry_points):
+    """dist-a and Dist_B both register algorithm 'shared-algo' and plugin 'shared-logger'."""
+    entry_points[:] = [
+        FakeEntryPoint("dist-a", plugin_module("dist_a.plugin", [("shared-algo", Algo), ("a-only", Algo)],
+                                               plugins=[("shared-logger", SharedLogger)]), version="1.0"),
+        FakeEntryPoint("Dist_B", plugin_module("dist_b.plugin", [("b-only", OtherAlgo), ("shared-algo", OtherAlgo)],
+                                               plugins=[("shared-logger", SharedLogger)]), version="2.0"),
+    ]
+    return global_registry
+
+
+def build(algorithm="set", **kwargs):
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return sparsecore.Sparsifier(model, opt, algorithm=algorithm, density=0.5, total_steps=10, seed=0, **kwargs)
+
+
+AMBIGUOUS_ALGO = ("algorithm 'shared-algo' is registered by 2 distributions: 'dist-a' 1.0 (module dist_a.plugin) "
+                  "and 'Dist_B' 2.0 (module dist_b.plugin); choose one by its qualified name, "
+                  "'dist-a:shared-algo' or 'Dist_B:shared-algo', or uninstall all but one")
+
+
+def test_a_name_two_distributions_register_is_an_error_naming_both(two_dists_one_name):
+    from sparsecore.errors import AmbiguousNameError
+
+    with pytest.raises(AmbiguousNameError) as info:
+        build("shared-algo")
+    assert str(info.value) == AMBIGUOUS_ALGO
+    assert isinstance(info.value, sparsecore.ConfigurationError)
+    assert registry.load_failures == []  # both distributions loaded
+
+
+def test_other_names_of_both_distributions_keep_working(two_dists_one_name):
+    assert type(build("a-only").algorithm) is Algo
+    assert type(build("b-only").algorithm) is OtherAlgo
+    assert sorted(registry.algorithms) == ["a-only", "b-only", "set", "shared-algo", "static"]
+    assert [r.name for r in registry.distributions["Dist_B"].registrations] == ["b-only", "shared-algo",
+                                                                              "shared-logger"]
+
+
+@pytest.mark.parametrize(("qualified", "chosen"), [("dist-a:shared-algo", Algo), ("Dist_B:shared-algo", OtherAlgo),
+                                                   ("dist-b:shared-algo", OtherAlgo), ("DIST.b:shared-algo", OtherAlgo)])
+def test_a_qualified_name_picks_one_distribution(two_dists_one_name, qualified, chosen):
+    sp = build(qualified)
+    assert type(sp.algorithm) is chosen
+    assert registry.algorithm(qualified).factory is chosen
+
+
+@pytest.mark.parametrize(("qualified", "message"), [
+    ("dist-a:b-only", "unknown algorithm 'dist-a:b-only': distribution 'dist-a' registers no algorithm 'b-only'; "
+                      "its algorithms: a-only, shared-algo"),
+    ("dist-c:shared-algo", "unknown algorithm 'dist-c:shared-algo': no distribution 'dist-c' registers algorithms; "
+                           "distributions that do: Dist_B, dist-a, sparsecore"),
+])
+def test_a_qualified_name_nobody_registered_says_what_exists(two_dists_one_name, qualified, message):
+    with pytest.raises(sparsecore.UnknownAlgorithmError) as info:
+        registry.algorithm(qualified)
+    assert str(info.value) == message
+
+
+def test_non_algorithm_plugins_follow_the_same_rule(two_dists_one_name):
+    from sparsecore.errors import AmbiguousNameError
+
+    with pytest.raises(AmbiguousNameError, match="^plugin 'shared-logger' is registered by 2 distributions: 'dist-a'"):
+        build(plugins=["shared-logger"])
+    sp = build(plugins=["dist-b:shared-logger"])
+    assert [type(p) for p in sp.plugins] == [SharedLogger]
+
+
+def test_registering_an_ambiguous_name_from_code_names_both(two_dists_one_name):
+    with pytest.raises(sparsecore.ConfigurationError) as info:
+        registry.register_algorithm("shared-algo", Algo)
+    assert str(info.value) == "algorithm 'shared-algo' is already registered by 'dist-a' and 'Dist_B'"
+    registry.unregister("shared-algo")
+    assert "shared-algo" not in registry.algorithms and registry.ambiguous == {
+        ("plugin", "shared-logger"): registry.ambiguous[("plugin", "shared-logger")]}
+    assert registry.register_algorithm("shared-algo", Algo).distribution == "<code>"
+    assert build("shared-algo").algorithm_name == "shared-algo"
+
+
+def test_three_distributions_and_the_same_distribution_twice(global_registry, entry_points):
+    from sparsecore.errors import AmbiguousNameError
+
+    entry_points[:] = [FakeEntryPoint(d, plugin_module(f"{d}.plugin", [("clash", Algo)])) for d in ("x1", "x2", "x3")]
+    # a second entry point of x2 registers the name again: it replaces x2's own, no new rival
+    entry_points.append(FakeEntryPoint("x2", plugin_module("x2.extra", [("clash", OtherAlgo)])))
+    with pytest.raises(AmbiguousNameError) as info:
+        registry.algorithm("clash")
+    assert str(info.value).startswith("algorithm 'clash' is registered by 3 distributions: 'x1' 1.0 (module "
+                                      "x1.plugin) and 'x2' 1.0 (module x2.extra) and 'x3' 1.0 (module x3.plugin);")
+    assert registry.algorithm("x2:clash").factory is OtherAlgo
+    assert [r.module for r in registry.distributions["x2"].registrations] == ["x2.extra"]
+
+
+@pytest.mark.parametrize("name", ["dist:algo", "", "   ", 3])
+def test_names_that_cannot_be_looked_up_are_refused_at_registration(entry_points, name):
+    entry_points.append(FakeEntryPoint("odd-dist", plugin_module("odd_plugin", [("fine", Algo), (name, Algo)])))
+    reg = Registry()
+    with pytest.warns(RuntimeWarning, match="odd-dist"):
+        reg.load()
+    assert sorted(reg.algorithms) == ["set", "static"]
+    expected = (f"odd-dist: algorithm name {name!r} must not contain ':' (it separates a distribution from a name, "
+                "as in 'dist-name:algo-name')" if name == "dist:algo" else
+                f"odd-dist: algorithm name must be a non-empty string, got {name!r}")
+    assert reg.load_failures[0].error == repr(sparsecore.ConfigurationError(expected))
+    with pytest.raises(sparsecore.ConfigurationError) as info:
+        reg.register_algorithm(name, Algo, distribution="odd-dist")
+    assert str(info.value) == expected
+
+
+def test_plugins_command_shows_a_name_two_distributions_register(two_dists_one_name, capsys):
+    import json
+
+    from sparsecore.cli import main
+
+    assert main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  algorithm shared-algo: hooks redistribute; also registered by Dist_B: choose this one as " \
+           "'dist-a:shared-algo'" in lines
+    assert "  algorithm shared-algo: hooks redistribute; also registered by dist-a: choose this one as " \
+           "'Dist_B:shared-algo'" in lines
+    assert "  algorithm a-only: hooks redistribute" in lines
+    assert main(["plugins", "--json"]) == 0
+    data = {d["distribution"]: d for d in json.loads(capsys.readouterr().out)}
+    assert {r["name"]: r["also_registered_by"] for r in data["Dist_B"]["registrations"]} == {
+        "b-only": [], "shared-algo": ["dist-a"], "shared-logger": ["dist-a"]}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import re
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import pluggy
 
 from sparsecore import hookspecs
 from sparsecore.__about__ import __version__
-from sparsecore.errors import ConfigurationError, HookResultError, UnknownAlgorithmError
+from sparsecore.errors import AmbiguousNameError, ConfigurationError, HookResultError, UnknownAlgorithmError
 
 ENTRY_POINT_GROUP = "sparsecore"
 AUTOLOAD_ENV = "SPARSECORE_DISABLE_PLUGIN_AUTOLOAD"
@@ -178,9 +179,16 @@ def implemented_hooks(obj: Any) -> list[str]:
 class Registry:
     """Process-wide registry of algorithms and non-algorithm plugins by name.
 
+    Look names up with :meth:`algorithm` and :meth:`plugin`: they refuse a name
+    that two distributions registered unless it is qualified
+    (``"dist-name:algo-name"``).
+
     Attributes:
-        algorithms: algorithm name -> its registration.
-        plugins: non-algorithm plugin name -> its registration.
+        algorithms: algorithm name -> its registration (for a name several
+            distributions registered, the first one loaded; see :attr:`ambiguous`).
+        plugins: non-algorithm plugin name -> its registration (likewise).
+        ambiguous: ``(kind, name)`` -> the registrations of a name that more than
+            one distribution registered, in load order.
         distributions: distribution name -> what it registered.
         load_failures: the entry points that failed to load, in load order.
     """
@@ -194,6 +202,7 @@ class Registry:
         self._loading = False
         self.algorithms: dict[str, Registration] = {}
         self.plugins: dict[str, Registration] = {}
+        self.ambiguous: dict[tuple[str, str], list[Registration]] = {}
         self.distributions: dict[str, Distribution] = {}
         self.load_failures: list[LoadFailure] = []
 
@@ -217,11 +226,9 @@ class Registry:
             def register(name: str, factory: Callable[..., Any]) -> None:
                 if not open_for[kind]:
                     raise ConfigurationError(f"{dist_name}: register() of {hook_name} called after that hook returned")
-                if not isinstance(name, str) or not name:
-                    raise ConfigurationError(f"{dist_name}: {kind} name must be a non-empty string, got {name!r}")
-                if not callable(factory):
-                    raise ConfigurationError(f"{dist_name}: factory for {kind} {name!r} is not callable")
-                collected[:] = [r for r in collected if (r.kind, r.name) != (kind, name)]  # registered again: replaced
+                _check_registration(kind, name, factory, dist_name)
+                # registered again: replaced
+                collected[:] = [r for r in collected if (r.kind, _name_key(r.name)) != (kind, _name_key(name))]
                 collected.append(Registration(name, kind, factory, dist_name, dist_version, mod_name))
             return register
 
@@ -235,17 +242,36 @@ class Registry:
         return collected
 
     def _record(self, registrations: list[Registration], dist_name: str, dist_version: str, module: str) -> None:
-        """Add one module's registrations; all of them, or (raising) none."""
+        """Add one module's registrations to the tables and to its distribution's record."""
+        dist = next((d for d in self.distributions.values() if _same_distribution(d.name, dist_name)), None)
+        if dist is None:
+            dist = self.distributions[dist_name] = Distribution(dist_name, dist_version, module)
         for reg in registrations:
-            existing = self._table(reg.kind).get(reg.name)
-            if existing is not None and existing.distribution != dist_name:
-                raise ConfigurationError(
-                    f"{reg.kind} {reg.name!r} is registered by both {existing.distribution!r} and {dist_name!r}; "
-                    f"uninstall one, or block it with {AUTOLOAD_ENV}=1 and pass plugins in code")
-        dist = self.distributions.setdefault(dist_name, Distribution(dist_name, dist_version, module))
-        for reg in registrations:
-            self._table(reg.kind)[reg.name] = reg
+            replaced = self._add(reg)
+            if replaced is not None and replaced in dist.registrations:
+                dist.registrations.remove(replaced)
             dist.registrations.append(reg)
+
+    def _add(self, reg: Registration) -> Registration | None:
+        """Add a registration; a name another distribution already holds becomes ambiguous.
+
+        The table keeps, for an ambiguous name, the registration loaded first.
+
+        Returns:
+            The registration of the same distribution and name that ``reg`` replaces, if any.
+        """
+        table = self._table(reg.kind)
+        key = (reg.kind, _name_key(reg.name))
+        first = _find(table, reg.name)
+        holders = self.ambiguous.get(key) or ([first] if first is not None else [])
+        replaced = next((r for r in holders if _same_distribution(r.distribution, reg.distribution)), None)
+        group = [reg if r is replaced else r for r in holders] if replaced is not None else [*holders, reg]
+        if first is not None:
+            del table[first.name]
+        table[group[0].name] = group[0]
+        if len(group) > 1:
+            self.ambiguous[key] = group
+        return replaced
 
     def _register_module(self, module: Any, dist_name: str, dist_version: str) -> None:
         """Run a module's registration hooks and record what it registered: all of it, or (raising) nothing."""
@@ -315,53 +341,165 @@ class Registry:
             self._forget()
 
     # -- registering in code ---------------------------------------------
+    def _register_code(self, kind: str, name: str, factory: Callable[..., Any], distribution: str,
+                       version: str) -> Registration:
+        self.load()
+        _check_registration(kind, name, factory, distribution)
+        with self._lock:
+            table = self._table(kind)
+            holders = self.ambiguous.get((kind, _name_key(name))) or [r for r in [_find(table, name)] if r is not None]
+            others = [r.distribution for r in holders if not _same_distribution(r.distribution, distribution)]
+            if others:
+                raise ConfigurationError(f"{kind} {name!r} is already registered by "
+                                         f"{' and '.join(map(repr, others))}")
+            reg = Registration(name, kind, factory, distribution, version, getattr(factory, "__module__", ""))
+            self._add(reg)
+            return reg
+
     def register_algorithm(self, name: str, factory: Callable[..., Any], distribution: str = "<code>",
                            version: str = "") -> Registration:
-        """Register an algorithm from code (tests, notebooks). Returns the registration."""
-        self.load()
-        if name in self.algorithms and self.algorithms[name].distribution != distribution:
-            raise ConfigurationError(f"algorithm {name!r} is already registered by {self.algorithms[name].distribution!r}")
-        reg = Registration(name, "algorithm", factory, distribution, version, getattr(factory, "__module__", ""))
-        self.algorithms[name] = reg
-        return reg
+        """Register an algorithm from code (tests, notebooks). Returns the registration.
+
+        Raises:
+            ConfigurationError: another distribution already registered ``name``, or
+                ``name`` is not a non-empty string without ``":"``.
+        """
+        return self._register_code("algorithm", name, factory, distribution, version)
 
     def register_plugin(self, name: str, factory: Callable[..., Any], distribution: str = "<code>",
                         version: str = "") -> Registration:
-        """Register a non-algorithm plugin from code. Returns the registration."""
-        self.load()
-        if name in self.plugins and self.plugins[name].distribution != distribution:
-            raise ConfigurationError(f"plugin {name!r} is already registered by {self.plugins[name].distribution!r}")
-        reg = Registration(name, "plugin", factory, distribution, version, getattr(factory, "__module__", ""))
-        self.plugins[name] = reg
-        return reg
+        """Register a non-algorithm plugin from code. Returns the registration (errors as :meth:`register_algorithm`)."""
+        return self._register_code("plugin", name, factory, distribution, version)
 
     def unregister(self, name: str) -> None:
-        """Remove an algorithm or plugin registered under ``name``."""
-        self.algorithms.pop(name, None)
-        self.plugins.pop(name, None)
+        """Remove every algorithm and plugin registered under ``name``, whichever distribution registered it."""
+        key = _name_key(name)
+        with self._lock:
+            for kind in ("algorithm", "plugin"):
+                table = self._table(kind)
+                for registered in [n for n in table if _name_key(n) == key]:
+                    del table[registered]
+                self.ambiguous.pop((kind, key), None)
+            for dist in self.distributions.values():
+                dist.registrations[:] = [r for r in dist.registrations if _name_key(r.name) != key]
 
     # -- lookup ----------------------------------------------------------
     def algorithm(self, name: str) -> Registration:
-        """The registration of algorithm ``name``; the error lists the available ones."""
-        self.load()
-        if name not in self.algorithms:
-            hint = ""
-            if name in self.plugins:
-                hint = f" ({name!r} is a plugin, not an algorithm: pass it in plugins=[...])"
-            raise UnknownAlgorithmError(
-                f"unknown algorithm {name!r}{hint}; available: {', '.join(sorted(self.algorithms))}. "
-                f"Install the distribution that provides it (e.g. `pip install sparse-momentum`)."
-                + (f" Plugins that failed to load: {'; '.join(self.load_errors)}" if self.load_errors else ""))
-        return self.algorithms[name]
+        """The registration of algorithm ``name``.
+
+        ``name`` is a registered name (``"sparse-momentum"``) or a qualified one,
+        ``"<distribution>:<name>"`` (``"sparse-momentum:sparse-momentum"``),
+        which picks the algorithm of one distribution. A bare name that more
+        than one installed distribution registered is refused: the error names
+        the distributions and their qualified names, and the user picks one
+        (``Sparsifier(algorithm="dist-a:my-algo")``, ``sparsecore train
+        --algorithm dist-a:my-algo``). Other names are unaffected.
+
+        Raises:
+            AmbiguousNameError: ``name`` is registered by more than one distribution.
+            UnknownAlgorithmError: nobody registered ``name``; the message lists
+                the available names and the plugins that failed to load.
+        """
+        return self._lookup("algorithm", name)
 
     def plugin(self, name: str) -> Registration:
-        """The registration of plugin ``name``; the error lists the available ones."""
+        """The registration of non-algorithm plugin ``name`` (bare or qualified, as in :meth:`algorithm`).
+
+        Raises:
+            AmbiguousNameError: ``name`` is registered by more than one distribution.
+            UnknownAlgorithmError: nobody registered ``name``; the message lists the available names.
+        """
+        return self._lookup("plugin", name)
+
+    def ambiguous_with(self, reg: Registration) -> list[Registration]:
+        """The registrations of other distributions under the same name and kind as ``reg``."""
+        group = self.ambiguous.get((reg.kind, _name_key(reg.name)), [])
+        return [r for r in group if r is not reg]
+
+    def _lookup(self, kind: str, name: str) -> Registration:
         self.load()
-        if name not in self.plugins:
-            hint = f" ({name!r} is an algorithm: pass it as algorithm=)" if name in self.algorithms else ""
-            raise UnknownAlgorithmError(
-                f"unknown plugin {name!r}{hint}; available: {', '.join(sorted(self.plugins)) or 'none'}")
-        return self.plugins[name]
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"{kind} name must be a non-empty string, got {name!r}")
+        with self._lock:
+            dist, qualified, bare = name.partition(":")
+            if qualified:
+                return self._lookup_qualified(kind, dist, bare)
+            group = self.ambiguous.get((kind, _name_key(name)))
+            if group:
+                choices = " or ".join(repr(f"{r.distribution}:{r.name}") for r in group)
+                raise AmbiguousNameError(
+                    f"{kind} {name!r} is registered by {len(group)} distributions: "
+                    + " and ".join(f"{r.distribution!r} {r.version} (module {r.module})" for r in group)
+                    + f"; choose one by its qualified name, {choices}, or uninstall all but one")
+            reg = _find(self._table(kind), name)
+            if reg is None:
+                raise UnknownAlgorithmError(self._unknown_message(kind, name))
+            return reg
+
+    def _lookup_qualified(self, kind: str, dist: str, name: str) -> Registration:
+        wanted = _normalize_distribution(dist)
+        of_dist = [r for r in self._registrations(kind) if _normalize_distribution(r.distribution) == wanted]
+        found = _find({r.name: r for r in of_dist}, name)
+        if found is not None:
+            return found
+        if of_dist or any(_normalize_distribution(d) == wanted for d in self.distributions):
+            offered = ", ".join(sorted(r.name for r in of_dist)) or "none"
+            raise UnknownAlgorithmError(f"unknown {kind} '{dist}:{name}': distribution {dist!r} registers no "
+                                        f"{kind} {name!r}; its {kind}s: {offered}")
+        known = sorted({r.distribution for r in self._registrations(kind)})
+        raise UnknownAlgorithmError(f"unknown {kind} '{dist}:{name}': no distribution {dist!r} registers "
+                                    f"{kind}s; distributions that do: {', '.join(known) or 'none'}")
+
+    def _registrations(self, kind: str) -> list[Registration]:
+        """Every registration of ``kind``, ambiguous ones included, each once."""
+        seen: dict[int, Registration] = {id(r): r for r in self._table(kind).values()}
+        for (group_kind, _), group in self.ambiguous.items():
+            if group_kind == kind:
+                seen.update((id(r), r) for r in group)
+        return list(seen.values())
+
+    def _unknown_message(self, kind: str, name: str) -> str:
+        if kind == "algorithm":
+            hint = (f" ({name!r} is a plugin, not an algorithm: pass it in plugins=[...])"
+                    if _find(self.plugins, name) is not None else "")
+            failed = f" Plugins that failed to load: {'; '.join(self.load_errors)}" if self.load_failures else ""
+            return (f"unknown algorithm {name!r}{hint}; available: {', '.join(sorted(self.algorithms))}. "
+                    f"Install the distribution that provides it (e.g. `pip install sparse-momentum`).{failed}")
+        hint = f" ({name!r} is an algorithm: pass it as algorithm=)" if _find(self.algorithms, name) is not None else ""
+        return f"unknown plugin {name!r}{hint}; available: {', '.join(sorted(self.plugins)) or 'none'}"
+
+
+def _name_key(name: str) -> str:
+    """The form under which algorithm and plugin names compare."""
+    return name
+
+
+def _find(table: Mapping[str, Registration], name: str) -> Registration | None:
+    """The registration of ``name`` in ``table`` (names compare by :func:`_name_key`)."""
+    if name in table:
+        return table[name]
+    key = _name_key(name)
+    return next((reg for registered, reg in table.items() if _name_key(registered) == key), None)
+
+
+def _normalize_distribution(name: str) -> str:
+    """A distribution name as the package index compares them (PEP 503): case and ``-_.`` runs ignored."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _same_distribution(a: str, b: str) -> bool:
+    return _normalize_distribution(a) == _normalize_distribution(b)
+
+
+def _check_registration(kind: str, name: Any, factory: Any, distribution: str) -> None:
+    """Refuse a name that is not a non-empty string without ``":"``, and a factory that is not callable."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigurationError(f"{distribution}: {kind} name must be a non-empty string, got {name!r}")
+    if ":" in name:
+        raise ConfigurationError(f"{distribution}: {kind} name {name!r} must not contain ':' "
+                                 "(it separates a distribution from a name, as in 'dist-name:algo-name')")
+    if not callable(factory):
+        raise ConfigurationError(f"{distribution}: factory for {kind} {name!r} is not callable")
 
 
 registry = Registry()
