@@ -349,6 +349,8 @@ def resume_training(path: str | Path, **overrides: Any) -> RunResult:
     interrupted (same weights, masks and metrics), as long as the thread count
     is the same. Changing ``epochs`` extends (or shortens) the run; the LR and
     sparsity schedules then span the new length from the resumed step on.
+    A run that checkpointed its last epoch but stopped before writing
+    ``summary.md`` (and the plots) gets them written, without training.
 
     Args:
         path: the run folder, or its ``checkpoint.pt``.
@@ -357,7 +359,8 @@ def resume_training(path: str | Path, **overrides: Any) -> RunResult:
     Raises:
         CheckpointError: missing, empty, truncated, corrupted (its sha256 differs from the recorded one) or
             foreign checkpoint.
-        ConfigurationError: an override that cannot change on resume, or nothing left to train.
+        ConfigurationError: an override that cannot change on resume, or nothing left to train (the run
+            is complete, summary included).
     """
     bad = sorted(set(overrides) - set(RESUME_OVERRIDABLE))
     if bad:
@@ -368,8 +371,13 @@ def resume_training(path: str | Path, **overrides: Any) -> RunResult:
     config = TrainConfig.from_dict(ckpt["config"])
     config = config.replace(stop_after=None, **{k: v for k, v in overrides.items() if v is not None or k == "stop_after"})
     config.validate()
+    say = rundir.Printer(config.quiet)
     for notice in loaded.notices:
-        rundir.Printer(config.quiet).notice(notice)
+        say.notice(notice)
+    if ckpt["epoch"] == config.epochs and not (run_dir / rundir.SUMMARY_NAME).is_file():
+        say.line(f"the run in {run_dir} trained all {config.epochs} epochs but stopped before writing its summary; "
+                 f"writing it now")
+        return _run(config, checkpoint=ckpt, run_dir=run_dir)
     if ckpt["epoch"] >= config.epochs:
         raise ConfigurationError(f"the run in {run_dir} has already trained {ckpt['epoch']}/{config.epochs} epochs; "
                                  f"pass a larger --epochs to train further")
@@ -572,6 +580,7 @@ def _train_and_checkpoint_epoch(job: _Job, epoch: int, say: rundir.Printer) -> N
         record["update_seconds"] = time.perf_counter() - tick
     job.metrics.append(record)
     try:
+        rundir.discard_summary(job.run_dir)  # from here on it would describe an older checkpoint
         rundir.append_metrics(job.run_dir, record)
         save_checkpoint(job.run_dir, _checkpoint_state(job, epoch + 1))
     except RunFolderError as exc:

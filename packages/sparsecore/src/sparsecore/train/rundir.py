@@ -252,6 +252,19 @@ def write_summary(run_dir: Path, result: RunResult, algorithm: str) -> None:
     write_text_atomic(run_dir / SUMMARY_NAME, "\n".join(lines))
 
 
+def discard_summary(run_dir: Path) -> None:
+    """Remove ``summary.md``: a run folder has one only while it describes the run's checkpoint.
+
+    Raises:
+        RunFolderError: it cannot be removed.
+    """
+    path = run_dir / SUMMARY_NAME
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise RunFolderError(f"cannot remove the outdated {path}: {os_reason(exc)}") from exc
+
+
 class Printer:
     """Console output of the job; silent with ``quiet`` (notices go to stderr unless quiet)."""
 
