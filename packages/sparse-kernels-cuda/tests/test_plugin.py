@@ -118,34 +118,6 @@ def _pair(plugins):
     return model, sp
 
 
-@pytest.mark.parametrize("backend", ["auto", "csr"])
-def test_autocast_bf16_runs_masked_dense(backend):
-    """MKL has no bf16 CSR product: under autocast every layer runs (and is never timed) as masked dense."""
-    plug = KernelPlugin(backend=backend)
-    model, sp = _pair([plug])
-    ref_model, ref_sp = _pair([])
-    for layer, ref_layer in zip(sp.layers.values(), ref_sp.layers.values()):
-        assert torch.equal(layer.mask, ref_layer.mask)
-    x = torch.randn(32, 256, generator=torch.Generator().manual_seed(1))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = model(x)
-        y.float().square().mean().backward()
-        ref = ref_model(x)
-        ref.float().square().mean().backward()
-    assert y.dtype == ref.dtype == torch.bfloat16
-    torch.testing.assert_close(y, ref, rtol=1.6e-2, atol=1e-2)
-    for p, q in zip(model.parameters(), ref_model.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1.6e-2, atol=1e-3)
-    assert set(plug.summary().values()) == {"masked-dense"}
-    assert plug._dispatcher.timings == {} and plug._dispatcher.decisions == {}
-    # Outside autocast the layers dispatch again (forced CSR is used, auto measures).
-    model(x).sum().backward()
-    if backend == "csr":
-        assert set(plug.summary().values()) == {"csr"}
-    else:
-        assert plug._dispatcher.decisions and all(k.dtype == torch.float32 for k in plug._dispatcher.decisions)
-
-
 def test_deterministic_algorithms_use_masked_dense_unless_forced():
     before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)

@@ -251,7 +251,7 @@ def test_optional_unknown_hooks_are_allowed():
 
 
 class WrongCountBad:
-    """Prunes one weight too few, under the name the wrapper tests look for."""
+    """Prunes one weight too few."""
 
     name = "bad-plugin"
 
@@ -260,40 +260,23 @@ class WrongCountBad:
         return selection.smallest(layer.weight.detach().abs(), layer.mask, n - 1)
 
 
-class OldStyleLogger:
-    """A logging hookwrapper (old style) around select_prune."""
+class DefersPrune:
+    """Looks at every select_prune call and defers (returns None)."""
 
-    name = "logger"
-
-    def __init__(self):
-        self.calls = []
-
-    @hookimpl(hookwrapper=True)
-    def select_prune(self, layer, n):
-        outcome = yield
-        self.calls.append((layer.name, n, outcome.get_result()))
-
-
-class NewStyleLogger:
-    """A logging wrapper (new style, ``wrapper=True``) around select_prune."""
-
-    name = "new-logger"
+    name = "defers"
 
     def __init__(self):
         self.calls = []
 
-    @hookimpl(wrapper=True)
+    @hookimpl
     def select_prune(self, layer, n):
-        result = yield
         self.calls.append((layer.name, n))
-        return result
 
 
-@pytest.mark.parametrize("logger_first", [True, False])
-@pytest.mark.parametrize("logger_cls", [OldStyleLogger, NewStyleLogger])
-def test_bad_answer_under_a_hook_wrapper_names_the_plugin_that_answered(logger_cls, logger_first):
-    logger = logger_cls()
-    plugins = [logger, WrongCountBad()] if logger_first else [WrongCountBad(), logger]
+@pytest.mark.parametrize("deferring_first", [True, False])
+def test_bad_answer_names_the_plugin_that_answered(deferring_first):
+    defers = DefersPrune()
+    plugins = [defers, WrongCountBad()] if deferring_first else [WrongCountBad(), defers]
     sp = make(plugins=plugins)
     masks = {n: l.mask.clone() for n, l in sp.layers.items()}
     with pytest.raises(HookResultError) as info:
@@ -301,42 +284,44 @@ def test_bad_answer_under_a_hook_wrapper_names_the_plugin_that_answered(logger_c
     assert (info.value.hook, info.value.plugin) == ("select_prune", "bad-plugin")
     assert str(info.value) == ("hook 'select_prune' of plugin 'bad-plugin': layer '0': "
                                "selected 63 entries, expected exactly 64")
-    assert [c[:2] for c in logger.calls] == [("0", 64)]  # the wrapper ran around the call
+    # the newest plugin is asked first: the deferring one only when it came last
+    assert defers.calls == ([] if deferring_first else [("0", 64)])
     for name, layer in sp.layers.items():
         assert torch.equal(layer.mask, masks[name])
 
 
-def test_good_answers_under_a_hook_wrapper_are_attributed_and_applied():
-    logger = OldStyleLogger()
-    sp = make(plugins=[logger, LargestPrune()])
-    before = {n: l.mask.clone() for n, l in sp.layers.items()}
-    weights = {n: l.weight.detach().abs().clone() for n, l in sp.layers.items()}
-    chosen, who = sp.manager.call_first("select_prune", sparsifier=sp, layer=sp.layers["0"], n=5)
-    assert who == "largest-prune" and torch.equal(chosen, selection.largest(weights["0"], before["0"], 5))
-    sp.update_topology(0.5)
-    assert [(name, n) for name, n, _ in logger.calls] == [("0", 5), ("0", 64), ("2", 96), ("4", 12)]
-    for name, n, result in logger.calls[1:]:
-        expected = selection.largest(weights[name], before[name], n)
-        assert torch.equal(result, expected)  # the wrapper saw LargestPrune's answer ...
-        net_pruned = before[name] & ~sp.layers[name].mask
-        assert not (net_pruned & ~expected).any()  # ... and the engine removed nothing else
+class OldStyleLogger:
+    """A logging hookwrapper (old style) around select_prune."""
+
+    name = "logger"
+
+    @hookimpl(hookwrapper=True)
+    def select_prune(self, layer, n):
+        yield
 
 
-def test_a_wrapper_that_replaces_the_answer_is_named():
-    class Replaces:
-        name = "replacer"
+class NewStyleLogger:
+    """A logging wrapper (new style, ``wrapper=True``) around select_prune."""
 
-        @hookimpl(wrapper=True)
-        def select_prune(self, layer, n):
-            yield
-            return torch.zeros_like(layer.mask)  # drops the answer of the built-in default
+    name = "new-logger"
 
-    sp = make(plugins=[Replaces()])
-    with pytest.raises(HookResultError) as info:
-        sp.update_topology(0.5)
-    assert info.value.plugin == "replacer (hook wrapper; replaced the answer of sparsecore-defaults)"
-    assert str(info.value) == ("hook 'select_prune' of plugin 'replacer (hook wrapper; replaced the answer of "
-                               "sparsecore-defaults)': layer '0': selected 0 entries, expected exactly 64")
+    @hookimpl(wrapper=True)
+    def select_prune(self, layer, n):
+        return (yield)
+
+
+@pytest.mark.parametrize("logger_cls", [OldStyleLogger, NewStyleLogger])
+def test_a_hook_wrapper_on_a_first_result_hook_is_refused(logger_cls):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(sparsecore.ConfigurationError) as info:
+        sparsecore.Sparsifier(model, opt, algorithm="set", density=0.25, plugins=[logger_cls()])
+    assert str(info.value) == (
+        f"plugin {logger_cls.name!r} wraps first-result hook(s) 'select_prune' (wrapper=True / hookwrapper=True); "
+        "first-result hooks take plain implementations (return None to defer to the next plugin); "
+        "wrappers are allowed on broadcast hooks only")
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
 
 
 def test_answers_are_attributed_without_wrappers_and_none_defers():

@@ -72,7 +72,7 @@ def test_implemented_hooks_of_class_and_instance():
     assert implemented_hooks(Halver()) == ["redistribute"]
 
 
-def test_duplicate_names_from_two_distributions_are_an_error():
+def test_duplicate_names_from_two_distributions_are_an_error_when_used():
     reg = Registry()
     reg.load()
 
@@ -83,9 +83,15 @@ def test_duplicate_names_from_two_distributions_are_an_error():
         @hookimpl
         def sparsecore_register_algorithms(register):
             register("set", Halver)
+            register("fake-only", Halver)
 
-    with pytest.raises(sparsecore.ConfigurationError, match="registered by both 'sparsecore' and 'fake-dist'"):
-        reg._register_module(FakeModule, "fake-dist", "1.0")
+    reg._register_module(FakeModule, "fake-dist", "1.0")
+    with pytest.raises(sparsecore.errors.AmbiguousNameError,
+                       match="^algorithm 'set' is registered by 2 distributions: 'sparsecore' "):
+        reg.algorithm("set")
+    assert reg.algorithm("fake-dist:set").factory is Halver
+    assert reg.algorithm("sparsecore:set").distribution == "sparsecore"
+    assert reg.algorithm("fake-only").distribution == "fake-dist"
 
 
 def test_autoload_switch_keeps_only_builtins(monkeypatch):

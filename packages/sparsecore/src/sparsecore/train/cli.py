@@ -30,6 +30,13 @@ def _csv(kind: type):
     return parse
 
 
+def os_error_line(exc: OSError) -> str:
+    """An ``OSError`` as one line: the reason, then the file(s) it is about."""
+    files = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{reason}: {files}" if files else reason
+
+
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand to the ``sparsecore`` parser."""
     p = subparsers.add_parser(
@@ -129,6 +136,9 @@ def train_command(args: argparse.Namespace) -> int:
             run_training(config_from_args(args))
     except (SparsecoreError, DatasetUnavailableError, DatasetIntegrityError, ValueError) as exc:
         print(f"sparsecore train: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the job reads or writes outside the run folder's own error handling
+        print(f"sparsecore train: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nsparsecore train: interrupted; the run folder keeps the checkpoint of the last finished epoch "

@@ -152,6 +152,9 @@ class TrainConfig:
             raise ConfigurationError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.dense and self.options:
             raise ConfigurationError(f"--dense trains without an algorithm; drop the algorithm options {sorted(self.options)}")
+        if self.run_name is not None and not is_plain_folder_name(self.run_name):
+            raise ConfigurationError(f"--run-name must be a single folder name inside --runs-dir (without '/' or "
+                                     f"'\\', not '.' or '..'), got {self.run_name!r}")
         if self.stop_after is not None and self.stop_after > self.epochs:
             raise ConfigurationError(f"--stop-after {self.stop_after} is beyond --epochs {self.epochs}")
         return self
@@ -178,6 +181,11 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
+
+
+def is_plain_folder_name(name: object) -> bool:
+    """Whether ``name`` names one folder inside another: no separators, not ``.``/``..``, no NUL (``""`` passes)."""
+    return isinstance(name, str) and name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
 def flag_name(field_name: str) -> str:

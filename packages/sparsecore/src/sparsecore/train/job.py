@@ -7,6 +7,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsecore.errors import CheckpointError, ConfigurationError
+from sparsecore.errors import CheckpointError, ConfigurationError, SparsecoreError
 from sparsecore.layers import DEFAULT_LAYER_TYPES
 from sparsecore.plugins import registry
 from sparsecore.sparsifier import Sparsifier
 from sparsecore.train import rundir
+from sparsecore.train.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
 from sparsecore.train.config import DEFAULT_ALGORITHM, FALLBACK_ALGORITHM, TrainConfig, flag_name
+from sparsecore.train.errors import RunFolderError, kept_checkpoint, os_reason
 
-CHECKPOINT_FORMAT = 1
-CHECKPOINT_NAME = "checkpoint.pt"
 #: Config fields that may change when a run is resumed; everything else comes from the checkpoint.
 RESUME_OVERRIDABLE = ("epochs", "stop_after", "device", "threads", "quiet", "plots")
 
@@ -308,36 +309,6 @@ def _set_rng_state(state: dict[str, Any], data_generator: torch.Generator) -> No
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
-    """Load a run's checkpoint (``weights_only=True``) from a run folder or a checkpoint file.
-
-    Returns:
-        The checkpoint dict and the run folder.
-
-    Raises:
-        CheckpointError: no checkpoint there, or not one written by this job.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"no run folder or checkpoint file at {path}")
-    file = path / CHECKPOINT_NAME if path.is_dir() else path
-    if not file.is_file():
-        raise CheckpointError(f"no checkpoint at {file} (pass a run folder or its {CHECKPOINT_NAME})")
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        raise CheckpointError(f"cannot read checkpoint {file}: {exc}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{file} is not a sparsecore train checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt, file.parent
-
-
-def _save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    tmp = run_dir / (CHECKPOINT_NAME + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(run_dir / CHECKPOINT_NAME)
-
-
 # ----------------------------------------------------------------------
 # the job
 # ----------------------------------------------------------------------
@@ -346,8 +317,8 @@ def run_training(config: TrainConfig | None = None, **changes: Any) -> RunResult
 
     The run folder ``<runs_dir>/<timestamp>-<algorithm>-<model>/`` receives
     ``config.json``, ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt``
-    (rewritten after every epoch; resumable with :func:`resume_training`),
-    ``summary.md`` and the PNG plots.
+    (rewritten atomically after every epoch, with its sha256 in ``checkpoint.pt.sha256``;
+    resumable with :func:`resume_training`), ``summary.md`` and the PNG plots.
 
     Example:
         ```python
@@ -378,23 +349,35 @@ def resume_training(path: str | Path, **overrides: Any) -> RunResult:
     interrupted (same weights, masks and metrics), as long as the thread count
     is the same. Changing ``epochs`` extends (or shortens) the run; the LR and
     sparsity schedules then span the new length from the resumed step on.
+    A run that checkpointed its last epoch but stopped before writing
+    ``summary.md`` (and the plots) gets them written, without training.
 
     Args:
         path: the run folder, or its ``checkpoint.pt``.
         **overrides: fields in :data:`RESUME_OVERRIDABLE` to change.
 
     Raises:
-        CheckpointError: missing or foreign checkpoint.
-        ConfigurationError: an override that cannot change on resume, or nothing left to train.
+        CheckpointError: missing, empty, truncated, corrupted (its sha256 differs from the recorded one) or
+            foreign checkpoint.
+        ConfigurationError: an override that cannot change on resume, or nothing left to train (the run
+            is complete, summary included).
     """
     bad = sorted(set(overrides) - set(RESUME_OVERRIDABLE))
     if bad:
         raise ConfigurationError(f"{', '.join(map(flag_name, bad))} cannot change when resuming: a resumed run keeps "
                                  f"its configuration (changeable: {', '.join(map(flag_name, RESUME_OVERRIDABLE))})")
-    ckpt, run_dir = load_checkpoint(path)
+    loaded = read_checkpoint(path)
+    ckpt, run_dir = loaded.state, loaded.run_dir
     config = TrainConfig.from_dict(ckpt["config"])
     config = config.replace(stop_after=None, **{k: v for k, v in overrides.items() if v is not None or k == "stop_after"})
     config.validate()
+    say = rundir.Printer(config.quiet)
+    for notice in loaded.notices:
+        say.notice(notice)
+    if ckpt["epoch"] == config.epochs and not (run_dir / rundir.SUMMARY_NAME).is_file():
+        say.line(f"the run in {run_dir} trained all {config.epochs} epochs but stopped before writing its summary; "
+                 f"writing it now")
+        return _run(config, checkpoint=ckpt, run_dir=run_dir)
     if ckpt["epoch"] >= config.epochs:
         raise ConfigurationError(f"the run in {run_dir} has already trained {ckpt['epoch']}/{config.epochs} epochs; "
                                  f"pass a larger --epochs to train further")
@@ -402,7 +385,7 @@ def resume_training(path: str | Path, **overrides: Any) -> RunResult:
 
 
 def _run(config: TrainConfig, checkpoint: dict[str, Any] | None, run_dir: Path | None) -> RunResult:
-    from sparsecore.models import create_model, model_info
+    from sparsecore.models import model_info
 
     started = time.perf_counter()
     say = rundir.Printer(config.quiet)
@@ -411,113 +394,225 @@ def _run(config: TrainConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
         say.notice(notice)
     info = model_info(config.model)  # validates the name before any heavy work
     device = resolve_device(config.device)
-    previous_threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    try:
-        dataset = _load_data(config, device, info.input_shape, info.num_classes)
-        if tuple(dataset.input_shape) != tuple(info.input_shape):
-            raise ConfigurationError(f"model {config.model!r} takes inputs of shape {info.input_shape}, but dataset "
-                                     f"{config.dataset!r} has {tuple(dataset.input_shape)}; pick a matching "
-                                     f"--model/--dataset pair")
-        resolved = config.replace(algorithm=None if config.dense else algorithm)
-        torch.manual_seed(config.seed)
-        model = create_model(config.model, num_classes=dataset.num_classes).to(device)
-        optimizer = make_optimizer(config, model)
-        steps_per_epoch = dataset.train.num_batches(config.batch_size)
-        if steps_per_epoch == 0:
-            raise ConfigurationError(f"dataset {config.dataset!r} has no training samples")
-        scheduler = make_scheduler(config, optimizer, steps_per_epoch)
-        sparsifier = None
-        if not config.dense:
-            sparsifier = Sparsifier(model, optimizer, algorithm=algorithm, density=config.density,
-                                    distribution=config.distribution, total_steps=steps_per_epoch * config.epochs,
-                                    plugins=list(config.plugins), seed=config.seed,
-                                    algorithm_options=_algorithm_options(config, algorithm, dataset.train))
-        if resolved.density is None:  # the algorithm chose it (or the engine's default)
-            resolved = resolved.replace(density=sparsifier.density if sparsifier is not None else 1.0)
-        data_generator = torch.Generator().manual_seed(config.seed)
-
-        metrics: list[dict[str, Any]] = []
-        start_epoch = 0
+    if checkpoint is None:
+        rundir.check_runs_dir(config.runs_dir)
+    with _torch_threads(config.threads):
+        job = _build_job(config, algorithm, notices, info, device)
         if checkpoint is not None:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            if scheduler is not None and checkpoint.get("scheduler") is not None:
-                scheduler.load_state_dict(checkpoint["scheduler"])
-            if sparsifier is not None:
-                sparsifier.load_state_dict(checkpoint["sparsifier"])
-            _set_rng_state(checkpoint["rng"], data_generator)
-            start_epoch = int(checkpoint["epoch"])
-            if config.epochs != checkpoint["config"]["epochs"]:
-                say.notice(f"note: the run was planned for {checkpoint['config']['epochs']} epochs and now trains "
-                           f"{config.epochs}; its schedules span the new length from here on")
-            metrics = rundir.read_metrics(run_dir)[:start_epoch]
-            say.line(f"resuming {run_dir} after epoch {start_epoch}/{config.epochs}")
+            _restore(job, checkpoint, run_dir, say)
         else:
-            run_dir = rundir.create_run_dir(config.runs_dir, config.run_name, "dense" if config.dense else algorithm,
-                                            config.model)
-        assert run_dir is not None
-        rundir.write_config(run_dir, resolved, algorithm=algorithm, dataset=dataset, model=model,
-                            notices=notices, device=device)
-        rundir.write_metrics(run_dir, metrics)
-        say.line(f"run folder {run_dir}  ({'dense' if config.dense else algorithm}, {config.model} on "
-                 f"{dataset.name} [{dataset.source}], {len(dataset.train)} train / {len(dataset.test)} test, "
-                 f"{device}, {torch.get_num_threads()} threads)")
+            job.run_dir = rundir.create_run_dir(config.runs_dir, config.run_name, _run_label(job), config.model)
+        _open_run_folder(job, say)
+        for epoch in range(job.start_epoch, _end_epoch(config, job.start_epoch)):
+            _train_and_checkpoint_epoch(job, epoch, say)
+        return _finish(job, started, say)
 
-        end_epoch = config.epochs if config.stop_after is None else min(config.epochs, start_epoch + config.stop_after)
-        for epoch in range(start_epoch, end_epoch):
-            bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", config.quiet)
-            tick = time.perf_counter()
-            train_loss, train_acc = train_epoch(model, optimizer, scheduler, dataset.train, config.batch_size,
-                                                data_generator, config.augment, sparsifier, bar)
-            epoch_seconds = time.perf_counter() - tick
-            # the phase of the model that is evaluated (a step-scheduled phase change at the epoch's last step
-            # has already happened), so that the phase, the density and the test metrics describe one model
-            phase = algorithm_phase(sparsifier)
-            if bar is not None:
-                bar.close()
-            tick = time.perf_counter()
-            test_loss, test_acc = evaluate(model, dataset.test, config.eval_batch_size)
-            eval_seconds = time.perf_counter() - tick
-            densities = layer_densities(model, sparsifier)
-            overall = (sparsifier.nnz / sum(l.capacity for l in sparsifier.layers.values())) if sparsifier else 1.0
-            record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "train_loss": train_loss,
-                      "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc, "density": overall,
-                      "layer_densities": densities, "lr": optimizer.param_groups[0]["lr"],
-                      "epoch_seconds": epoch_seconds, "eval_seconds": eval_seconds}
-            if phase is not None:
-                record["phase"] = phase
-            if sparsifier is not None:
-                tick = time.perf_counter()
-                sparsifier.epoch_end(epoch)
-                record["update_seconds"] = time.perf_counter() - tick
-            metrics.append(record)
-            rundir.append_metrics(run_dir, record)
-            _save_checkpoint(run_dir, {
-                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "config": resolved.to_dict(),
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": None if scheduler is None else scheduler.state_dict(),
-                "sparsifier": None if sparsifier is None else sparsifier.state_dict(),
-                "rng": _rng_state(data_generator)})
-            say.line(rundir.epoch_line(record, config.epochs))
 
-        rows, density, flops_ratio = layer_rows(model, sparsifier)
-        last = metrics[-1] if metrics else {}
-        result = RunResult(
-            run_dir=run_dir, config=resolved, metrics=metrics, test_accuracy=last.get("test_acc", math.nan),
-            test_loss=last.get("test_loss", math.nan), density=density, train_flops_ratio=flops_ratio, layers=rows,
-            wall_seconds=0.0, train_seconds=sum(m["epoch_seconds"] for m in metrics), epochs_done=len(metrics),
-            completed=len(metrics) >= config.epochs, notices=notices, model=model, sparsifier=sparsifier)
-        if config.plots and metrics:
-            from sparsecore.train import plots
+@dataclass
+class _Job:
+    """Everything one invocation of the training job works with."""
 
-            plots.write_plots(run_dir, metrics, title=rundir.run_title(resolved, algorithm, dataset.name),
-                              dense=config.dense)
-        result.wall_seconds = time.perf_counter() - started
-        rundir.write_summary(run_dir, result, algorithm)
-        say.summary(result, algorithm)
-        return result
+    config: TrainConfig
+    resolved: TrainConfig  # the config as recorded: algorithm and density filled in
+    algorithm: str
+    notices: list[str]
+    device: torch.device
+    dataset: Any
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    sparsifier: Sparsifier | None
+    steps_per_epoch: int
+    data_generator: torch.Generator
+    run_dir: Path | None = None
+    start_epoch: int = 0
+    checkpoint_epoch: int = 0  # epochs in the run folder's checkpoint (0: none yet)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch threads (unchanged for ``None``), restoring the count afterwards."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
     finally:
-        if config.threads is not None:
-            torch.set_num_threads(previous_threads)
+        if threads is not None:
+            torch.set_num_threads(previous)
+
+
+def _run_label(job: _Job) -> str:
+    return "dense" if job.config.dense else job.algorithm
+
+
+def _end_epoch(config: TrainConfig, start_epoch: int) -> int:
+    """The epoch this invocation stops after: ``epochs``, or earlier with ``stop_after``."""
+    return config.epochs if config.stop_after is None else min(config.epochs, start_epoch + config.stop_after)
+
+
+def _load_matching_data(config: TrainConfig, device: torch.device, info: Any) -> Any:
+    """The dataset, checked to fit the model's input shape."""
+    dataset = _load_data(config, device, info.input_shape, info.num_classes)
+    if tuple(dataset.input_shape) != tuple(info.input_shape):
+        raise ConfigurationError(f"model {config.model!r} takes inputs of shape {info.input_shape}, but dataset "
+                                 f"{config.dataset!r} has {tuple(dataset.input_shape)}; pick a matching "
+                                 f"--model/--dataset pair")
+    return dataset
+
+
+def _build_job(config: TrainConfig, algorithm: str, notices: list[str], info: Any, device: torch.device) -> _Job:
+    """Data, seeded model, optimizer, schedule and engine, as a fresh run starts them."""
+    from sparsecore.models import create_model
+
+    dataset = _load_matching_data(config, device, info)
+    torch.manual_seed(config.seed)
+    model = create_model(config.model, num_classes=dataset.num_classes).to(device)
+    optimizer = make_optimizer(config, model)
+    steps_per_epoch = dataset.train.num_batches(config.batch_size)
+    if steps_per_epoch == 0:
+        raise ConfigurationError(f"dataset {config.dataset!r} has no training samples")
+    scheduler = make_scheduler(config, optimizer, steps_per_epoch)
+    sparsifier = None
+    if not config.dense:
+        sparsifier = Sparsifier(model, optimizer, algorithm=algorithm, density=config.density,
+                                distribution=config.distribution, total_steps=steps_per_epoch * config.epochs,
+                                plugins=list(config.plugins), seed=config.seed,
+                                algorithm_options=_algorithm_options(config, algorithm, dataset.train))
+    resolved = config.replace(algorithm=None if config.dense else algorithm)
+    if resolved.density is None:  # the algorithm chose it (or the engine's default)
+        resolved = resolved.replace(density=sparsifier.density if sparsifier is not None else 1.0)
+    return _Job(config=config, resolved=resolved, algorithm=algorithm, notices=notices, device=device,
+                dataset=dataset, model=model, optimizer=optimizer, scheduler=scheduler, sparsifier=sparsifier,
+                steps_per_epoch=steps_per_epoch, data_generator=torch.Generator().manual_seed(config.seed))
+
+
+def _restore(job: _Job, checkpoint: dict[str, Any], run_dir: Path | None, say: rundir.Printer) -> None:
+    """Put the checkpoint's weights, optimizer, schedules, engine and RNG state into the job.
+
+    Raises:
+        CheckpointError: the checkpoint's state does not fit the model, optimizer or engine its config builds.
+    """
+    config = job.config
+    try:
+        job.model.load_state_dict(checkpoint["model"])
+        job.optimizer.load_state_dict(checkpoint["optimizer"])
+        if job.scheduler is not None and checkpoint.get("scheduler") is not None:
+            job.scheduler.load_state_dict(checkpoint["scheduler"])
+        if job.sparsifier is not None:
+            job.sparsifier.load_state_dict(checkpoint["sparsifier"])
+        _set_rng_state(checkpoint["rng"], job.data_generator)
+    except SparsecoreError:
+        raise
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"the checkpoint in {run_dir} does not fit the run its config describes: "
+                              f"{reason}") from None
+    job.run_dir = run_dir
+    job.start_epoch = job.checkpoint_epoch = int(checkpoint["epoch"])
+    if config.epochs != checkpoint["config"]["epochs"]:
+        say.notice(f"note: the run was planned for {checkpoint['config']['epochs']} epochs and now trains "
+                   f"{config.epochs}; its schedules span the new length from here on")
+    job.metrics = rundir.read_metrics(run_dir, warn=say.notice)[:job.start_epoch]
+    if len(job.metrics) < job.start_epoch:
+        say.notice(f"note: {run_dir / rundir.METRICS_NAME} has records of {len(job.metrics)} of the "
+                   f"{job.start_epoch} epochs in the checkpoint; the summary and plots show only those")
+    say.line(f"resuming {run_dir} after epoch {job.start_epoch}/{config.epochs}")
+
+
+def _open_run_folder(job: _Job, say: rundir.Printer) -> None:
+    """(Re)write ``config.json`` and ``metrics.jsonl`` up to the start epoch; print where the run goes."""
+    assert job.run_dir is not None
+    config, dataset = job.config, job.dataset
+    rundir.write_config(job.run_dir, job.resolved, algorithm=job.algorithm, dataset=dataset, model=job.model,
+                        notices=job.notices, device=job.device)
+    rundir.write_metrics(job.run_dir, job.metrics)
+    say.line(f"run folder {job.run_dir}  ({_run_label(job)}, {config.model} on "
+             f"{dataset.name} [{dataset.source}], {len(dataset.train)} train / {len(dataset.test)} test, "
+             f"{job.device}, {torch.get_num_threads()} threads)")
+
+
+def _epoch_record(job: _Job, epoch: int, train_loss: float, train_acc: float, epoch_seconds: float,
+                  phase: str | None) -> dict[str, Any]:
+    """Evaluate the model and return the epoch's ``metrics.jsonl`` record (before the engine's epoch end)."""
+    sparsifier = job.sparsifier
+    tick = time.perf_counter()
+    test_loss, test_acc = evaluate(job.model, job.dataset.test, job.config.eval_batch_size)
+    eval_seconds = time.perf_counter() - tick
+    densities = layer_densities(job.model, sparsifier)
+    overall = (sparsifier.nnz / sum(l.capacity for l in sparsifier.layers.values())) if sparsifier else 1.0
+    record = {"epoch": epoch + 1, "step": (epoch + 1) * job.steps_per_epoch, "train_loss": train_loss,
+              "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc, "density": overall,
+              "layer_densities": densities, "lr": job.optimizer.param_groups[0]["lr"],
+              "epoch_seconds": epoch_seconds, "eval_seconds": eval_seconds}
+    if phase is not None:
+        record["phase"] = phase
+    return record
+
+
+def _checkpoint_state(job: _Job, epochs_done: int) -> dict[str, Any]:
+    """What ``checkpoint.pt`` holds after ``epochs_done`` epochs."""
+    return {"format": CHECKPOINT_FORMAT, "epoch": epochs_done, "config": job.resolved.to_dict(),
+            "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
+            "scheduler": None if job.scheduler is None else job.scheduler.state_dict(),
+            "sparsifier": None if job.sparsifier is None else job.sparsifier.state_dict(),
+            "rng": _rng_state(job.data_generator)}
+
+
+def _train_and_checkpoint_epoch(job: _Job, epoch: int, say: rundir.Printer) -> None:
+    """Train epoch ``epoch`` (0-based), evaluate, end the engine's epoch, record the metrics and checkpoint."""
+    config = job.config
+    bar = _progress(job.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", config.quiet)
+    tick = time.perf_counter()
+    train_loss, train_acc = train_epoch(job.model, job.optimizer, job.scheduler, job.dataset.train,
+                                        config.batch_size, job.data_generator, config.augment, job.sparsifier, bar)
+    epoch_seconds = time.perf_counter() - tick
+    # the phase of the model that is evaluated (a step-scheduled phase change at the epoch's last step
+    # has already happened), so that the phase, the density and the test metrics describe one model
+    phase = algorithm_phase(job.sparsifier)
+    if bar is not None:
+        bar.close()
+    record = _epoch_record(job, epoch, train_loss, train_acc, epoch_seconds, phase)
+    if job.sparsifier is not None:
+        tick = time.perf_counter()
+        job.sparsifier.epoch_end(epoch)
+        record["update_seconds"] = time.perf_counter() - tick
+    job.metrics.append(record)
+    try:
+        rundir.discard_summary(job.run_dir)  # from here on it would describe an older checkpoint
+        rundir.append_metrics(job.run_dir, record)
+        save_checkpoint(job.run_dir, _checkpoint_state(job, epoch + 1))
+    except RunFolderError as exc:
+        raise RunFolderError(f"{exc}; {kept_checkpoint(job.run_dir, job.checkpoint_epoch, config.epochs)}") from exc
+    job.checkpoint_epoch = epoch + 1
+    say.line(rundir.epoch_line(record, config.epochs))
+
+
+def _write_plots(job: _Job) -> None:
+    from sparsecore.train import plots
+
+    try:
+        plots.write_plots(job.run_dir, job.metrics, dense=job.config.dense,
+                          title=rundir.run_title(job.resolved, job.algorithm, job.dataset.name))
+    except OSError as exc:
+        raise RunFolderError(f"cannot write the plots in {job.run_dir}: {os_reason(exc)}; "
+                             f"{kept_checkpoint(job.run_dir, job.checkpoint_epoch, job.config.epochs)}") from exc
+
+
+def _finish(job: _Job, started: float, say: rundir.Printer) -> RunResult:
+    """The run's result; writes the plots and ``summary.md`` and prints the summary."""
+    config, metrics = job.config, job.metrics
+    rows, density, flops_ratio = layer_rows(job.model, job.sparsifier)
+    last = metrics[-1] if metrics else {}
+    result = RunResult(
+        run_dir=job.run_dir, config=job.resolved, metrics=metrics, test_accuracy=last.get("test_acc", math.nan),
+        test_loss=last.get("test_loss", math.nan), density=density, train_flops_ratio=flops_ratio, layers=rows,
+        wall_seconds=0.0, train_seconds=sum(m["epoch_seconds"] for m in metrics), epochs_done=len(metrics),
+        completed=len(metrics) >= config.epochs, notices=job.notices, model=job.model, sparsifier=job.sparsifier)
+    if config.plots and metrics:
+        _write_plots(job)
+    result.wall_seconds = time.perf_counter() - started
+    rundir.write_summary(job.run_dir, result, job.algorithm)
+    say.summary(result, job.algorithm)
+    return result

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from sparsecore.errors import SparsecoreError
+from sparsecore.train.cli import os_error_line
 from sparsecore.train.job import RunResult, run_training
 from sparsecore.train.recipes import RECIPES, get_recipe, recipe_config
+from sparsecore.train.rundir import blocking_file
 
 
 @dataclass(frozen=True)
@@ -111,11 +113,21 @@ def reproduce_command(args: argparse.Namespace) -> int:
     except (SparsecoreError, ValueError, RuntimeError) as exc:
         print(f"sparsecore reproduce: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"sparsecore reproduce: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
     table = results_table(results)
-    output = Path(args.output) if args.output else Path(args.runs_dir) / f"reproduce-{time.strftime('%Y%m%d-%H%M%S')}.md"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    runs = "\n".join(f"- {res.recipe}: " + ", ".join(str(r.run_dir) for r in res.runs) for res in results)
-    output.write_text(f"# sparsecore reproduce\n\nseeds: {args.seeds}\n\n{table}\n\nRun folders:\n\n{runs}\n")
     print(table)
+    output = Path(args.output) if args.output else Path(args.runs_dir) / f"reproduce-{time.strftime('%Y%m%d-%H%M%S')}.md"
+    runs = "\n".join(f"- {res.recipe}: " + ", ".join(str(r.run_dir) for r in res.runs) for res in results)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(f"# sparsecore reproduce\n\nseeds: {args.seeds}\n\n{table}\n\nRun folders:\n\n{runs}\n")
+    except OSError as exc:
+        blocker = blocking_file(output.parent)
+        reason = f"{blocker} is a file, not a directory" if blocker is not None else os_error_line(exc)
+        print(f"sparsecore reproduce: error: cannot write the table to {output}: {reason} (it is printed above)",
+              file=sys.stderr)
+        return 2
     print(f"table written to {output}")
     return 0

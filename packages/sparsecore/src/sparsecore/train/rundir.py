@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sparsecore.__about__ import __version__
+from sparsecore.train.config import is_plain_folder_name
+from sparsecore.train.errors import RunFolderError, os_reason
 
 if TYPE_CHECKING:
     from sparsecore.train.config import TrainConfig
@@ -22,11 +27,44 @@ METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.md"
 
 
-def create_run_dir(runs_dir: str | Path, run_name: str | None, algorithm: str, model: str) -> Path:
-    """Create ``<runs_dir>/<run_name>`` (default ``<timestamp>-<algorithm>-<model>``), unique with a ``-N`` suffix."""
-    base = run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{algorithm}-{model}"
+def blocking_file(path: Path) -> Path | None:
+    """The file (not directory) at ``path`` or at one of its ancestors, if any: what blocks creating ``path``."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def check_runs_dir(runs_dir: str | Path) -> None:
+    """Fail early when ``runs_dir`` cannot be a directory because it, or a folder above it, is a file.
+
+    Raises:
+        RunFolderError: names the file in the way.
+    """
     root = Path(runs_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    blocker = blocking_file(root)
+    if blocker == root:
+        raise RunFolderError(f"--runs-dir {root} is a file, not a directory")
+    if blocker is not None:
+        raise RunFolderError(f"--runs-dir {root} cannot be created: {blocker} is a file, not a directory")
+
+
+def create_run_dir(runs_dir: str | Path, run_name: str | None, algorithm: str, model: str) -> Path:
+    """Create ``<runs_dir>/<run_name>`` (default ``<timestamp>-<algorithm>-<model>``), unique with a ``-N`` suffix.
+
+    Raises:
+        RunFolderError: ``runs_dir`` is (or is under) a file, or the folder cannot be created (names the reason,
+            e.g. ``Permission denied``).
+    """
+    base = run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{algorithm}-{model}"
+    if not is_plain_folder_name(base):
+        raise RunFolderError(f"run folder name {base!r} is not a single folder name inside --runs-dir")
+    root = Path(runs_dir)
+    check_runs_dir(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunFolderError(f"cannot create --runs-dir {root}: {os_reason(exc)}") from exc
     path, n = root / base, 1
     while True:
         try:
@@ -35,6 +73,24 @@ def create_run_dir(runs_dir: str | Path, run_name: str | None, algorithm: str, m
         except FileExistsError:
             n += 1
             path = root / f"{base}-{n}"
+        except OSError as exc:
+            raise RunFolderError(f"cannot create the run folder {path} in --runs-dir {root}: "
+                                 f"{os_reason(exc)}") from exc
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: a reader (or a crash) sees the old file or the new one.
+
+    Raises:
+        RunFolderError: the file cannot be written (names it and the reason); no temporary file is left.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RunFolderError(f"cannot write {path}: {os_reason(exc)}") from exc
 
 
 def write_config(run_dir: Path, config: TrainConfig, *, algorithm: str, dataset: Any, model: torch.nn.Module,
@@ -48,26 +104,83 @@ def write_config(run_dir: Path, config: TrainConfig, *, algorithm: str, dataset:
             "environment": {"sparsecore": __version__, "torch": torch.__version__, "python": platform.python_version(),
                             "platform": platform.platform(), "command": sys.argv},
             "notices": notices}
-    (run_dir / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n")
+    write_text_atomic(run_dir / CONFIG_NAME, json.dumps(data, indent=2) + "\n")
 
 
 def write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
     """(Re)write ``metrics.jsonl`` with ``records``."""
-    (run_dir / METRICS_NAME).write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_text_atomic(run_dir / METRICS_NAME, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    """Append one epoch's record to ``metrics.jsonl``."""
-    with open(run_dir / METRICS_NAME, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Append one epoch's record to ``metrics.jsonl``.
+
+    Raises:
+        RunFolderError: the line cannot be written; the file is cut back to its previous lines.
+    """
+    path = run_dir / METRICS_NAME
+    data = memoryview((json.dumps(record) + "\n").encode())
+    try:
+        with open(path, "ab", buffering=0) as f:
+            size = f.seek(0, os.SEEK_END)
+            try:
+                while data:
+                    data = data[f.write(data):]
+            except OSError:
+                f.truncate(size)
+                raise
+    except OSError as exc:
+        raise RunFolderError(f"cannot append to {path}: {os_reason(exc)}") from exc
 
 
-def read_metrics(run_dir: Path | str) -> list[dict[str, Any]]:
-    """The records of a run folder's ``metrics.jsonl`` (empty when absent)."""
+def read_metrics(run_dir: Path | str, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The records of a run folder's ``metrics.jsonl`` (empty when absent).
+
+    An unreadable last line (the process died writing it) is dropped, with a
+    warning that names the file and line through ``warn`` (default: :func:`warnings.warn`).
+
+    Raises:
+        RunFolderError: the file cannot be read, or a line other than the last is not an epoch record
+            (the message names the file and the line).
+    """
     path = Path(run_dir) / METRICS_NAME
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise RunFolderError(f"cannot read {path}: {os_reason(exc)}") from exc
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    records = []
+    for number, line in lines:
+        try:
+            records.append(_metrics_record(line))
+        except _BadLine as exc:
+            if number != lines[-1][0]:
+                raise RunFolderError(f"{path} line {number} {exc}; repair or delete that line") from None
+            what = "incomplete" if not text.endswith("\n") else "unreadable"
+            (warn or _warn)(f"warning: dropped the {what} last line {number} of {path} "
+                            f"(the process writing it was stopped)")
+    return records
+
+
+class _BadLine(Exception):
+    """A ``metrics.jsonl`` line that is not an epoch record; the message says why."""
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+def _metrics_record(line: str) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise _BadLine(f"is not a JSON record: {exc.msg} at column {exc.colno}") from None
+    epoch = record.get("epoch") if isinstance(record, dict) else None
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        raise _BadLine("is not an epoch record (a JSON object with an integer 'epoch')")
+    return record
 
 
 def run_title(config: TrainConfig, algorithm: str, dataset: str) -> str:
@@ -136,7 +249,20 @@ def write_summary(run_dir: Path, result: RunResult, algorithm: str) -> None:
     if pngs:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in pngs]
     lines += ["", "## Configuration", "", "```json", json.dumps(c.to_dict(), indent=2), "```", ""]
-    (run_dir / SUMMARY_NAME).write_text("\n".join(lines))
+    write_text_atomic(run_dir / SUMMARY_NAME, "\n".join(lines))
+
+
+def discard_summary(run_dir: Path) -> None:
+    """Remove ``summary.md``: a run folder has one only while it describes the run's checkpoint.
+
+    Raises:
+        RunFolderError: it cannot be removed.
+    """
+    path = run_dir / SUMMARY_NAME
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise RunFolderError(f"cannot remove the outdated {path}: {os_reason(exc)}") from exc
 
 
 class Printer:
