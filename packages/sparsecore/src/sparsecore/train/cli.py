@@ -138,6 +138,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def train_command(args: argparse.Namespace) -> int:
     """Run ``sparsecore train``; errors print one clear line and return 2."""
     from sparsecore.data import DatasetIntegrityError, DatasetUnavailableError
+    from sparsecore.train.errors import TrainingInterrupted
     from sparsecore.train.job import resume_training, run_training
 
     try:
@@ -152,8 +153,7 @@ def train_command(args: argparse.Namespace) -> int:
     except OSError as exc:  # a file the job reads or writes outside the run folder's own error handling
         print(f"sparsecore train: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\nsparsecore train: interrupted; the run folder keeps the checkpoint of the last finished epoch "
-              "(continue with --resume <run folder>)", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # TrainingInterrupted says what the run folder keeps
+        print(f"\nsparsecore train: {exc if isinstance(exc, TrainingInterrupted) else 'interrupted'}", file=sys.stderr)
         return 130
     return 0

@@ -23,7 +23,13 @@ from sparsecore.sparsifier import Sparsifier
 from sparsecore.train import rundir
 from sparsecore.train.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
 from sparsecore.train.config import DEFAULT_ALGORITHM, FALLBACK_ALGORITHM, TrainConfig, flag_name
-from sparsecore.train.errors import RunFolderError, TrainingDivergedError, kept_checkpoint, os_reason
+from sparsecore.train.errors import (
+    RunFolderError,
+    TrainingDivergedError,
+    TrainingInterrupted,
+    kept_checkpoint,
+    os_reason,
+)
 
 #: Config fields that may change when a run is resumed; everything else comes from the checkpoint.
 RESUME_OVERRIDABLE = ("epochs", "stop_after", "device", "threads", "quiet", "plots")
@@ -353,6 +359,10 @@ def run_training(config: TrainConfig | None = None, **changes: Any) -> RunResult
     Raises:
         ConfigurationError: bad configuration (names the flag), unknown algorithm, model or dataset.
         DatasetUnavailableError: the dataset is not on this machine (the message says how to get it).
+        RunFolderError: the run folder cannot be created or written (e.g. a full disk); the message says
+            which checkpoint the run folder keeps.
+        TrainingDivergedError: the loss or the weights became non-finite; the epoch is not recorded.
+        TrainingInterrupted: Ctrl-C; says what the run folder keeps (a ``KeyboardInterrupt``).
     """
     config = (config or TrainConfig()).replace(**changes) if changes else (config or TrainConfig())
     return _run(config.validate(), checkpoint=None, run_dir=None)
@@ -377,6 +387,7 @@ def resume_training(path: str | Path, **overrides: Any) -> RunResult:
             foreign checkpoint.
         ConfigurationError: an override that cannot change on resume, or nothing left to train (the run
             is complete, summary included).
+        RunFolderError, TrainingDivergedError, TrainingInterrupted: as for :func:`run_training`.
     """
     bad = sorted(set(overrides) - set(RESUME_OVERRIDABLE))
     if bad:
@@ -412,16 +423,24 @@ def _run(config: TrainConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
     device = resolve_device(config.device)
     if checkpoint is None:
         rundir.check_runs_dir(config.runs_dir)
-    with _torch_threads(config.threads):
-        job = _build_job(config, algorithm, notices, info, device)
-        if checkpoint is not None:
-            _restore(job, checkpoint, run_dir, say)
-        else:
-            job.run_dir = rundir.create_run_dir(config.runs_dir, config.run_name, _run_label(job), config.model)
-        _open_run_folder(job, say)
-        for epoch in range(job.start_epoch, _end_epoch(config, job.start_epoch)):
-            _train_and_checkpoint_epoch(job, epoch, say)
-        return _finish(job, started, say)
+    job = None
+    try:
+        with _torch_threads(config.threads):
+            job = _build_job(config, algorithm, notices, info, device)
+            if checkpoint is not None:
+                _restore(job, checkpoint, run_dir, say)
+            else:
+                job.run_dir = rundir.create_run_dir(config.runs_dir, config.run_name, _run_label(job), config.model)
+            _open_run_folder(job, say)
+            for epoch in range(job.start_epoch, _end_epoch(config, job.start_epoch)):
+                _train_and_checkpoint_epoch(job, epoch, say)
+            return _finish(job, started, say)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, TrainingInterrupted):
+            raise
+        if job is not None and job.run_dir is not None:
+            raise TrainingInterrupted(job.run_dir, job.checkpoint_epoch, config.epochs) from None
+        raise TrainingInterrupted(run_dir, int(checkpoint["epoch"]) if checkpoint else 0, config.epochs) from None
 
 
 @dataclass
