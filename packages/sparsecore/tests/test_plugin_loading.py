@@ -372,10 +372,10 @@ def test_a_qualified_name_picks_one_distribution(two_dists_one_name, qualified, 
 
 
 @pytest.mark.parametrize(("qualified", "message"), [
-    ("dist-a:b-only", "unknown algorithm 'dist-a:b-only': distribution 'dist-a' registers no algorithm 'b-only'; "
-                      "its algorithms: a-only, shared-algo"),
-    ("dist-c:shared-algo", "unknown algorithm 'dist-c:shared-algo': no distribution 'dist-c' registers algorithms; "
-                           "distributions that do: Dist_B, dist-a, sparsecore"),
+    ("dist-a:b-only", "unknown algorithm 'dist-a:b-only': distribution 'dist-a' registers no algorithm 'b-only' "
+                      "(did you mean 'a-only'?); its algorithms: a-only, shared-algo"),
+    ("dist-c:shared-algo", "unknown algorithm 'dist-c:shared-algo': no distribution 'dist-c' registers algorithms "
+                           "(did you mean 'dist-a'?); distributions that do: Dist_B, dist-a, sparsecore"),
 ])
 def test_a_qualified_name_nobody_registered_says_what_exists(two_dists_one_name, qualified, message):
     with pytest.raises(sparsecore.UnknownAlgorithmError) as info:
@@ -449,3 +449,123 @@ def test_plugins_command_shows_a_name_two_distributions_register(two_dists_one_n
     data = {d["distribution"]: d for d in json.loads(capsys.readouterr().out)}
     assert {r["name"]: r["also_registered_by"] for r in data["Dist_B"]["registrations"]} == {
         "b-only": [], "shared-algo": ["dist-a"], "shared-logger": ["dist-a"]}
+
+
+# -- names: case, did-you-mean; the autoload switch -----------------------------------------------
+
+
+@pytest.fixture
+def momentum_dist(global_registry, entry_points):
+    """A distribution registering algorithm 'sparse-momentum' and plugin 'Kernel-Logger'."""
+    entry_points.append(FakeEntryPoint("sparse-momentum", plugin_module("sparse_momentum.plugin",
+                                                                        [("sparse-momentum", OtherAlgo)],
+                                                                        plugins=[("Kernel-Logger", SharedLogger)])))
+    return global_registry
+
+
+@pytest.mark.parametrize("name", ["SET", "Set", "set"])
+def test_builtin_algorithm_names_match_case_insensitively(momentum_dist, name):
+    assert type(build(name).algorithm) is sparsecore.algorithms.SetAlgorithm
+    assert registry.algorithm(name) is registry.algorithms["set"]
+
+
+def test_registered_names_match_case_insensitively(momentum_dist):
+    assert type(build("Sparse-Momentum").algorithm) is OtherAlgo
+    assert registry.algorithm("SPARSE-MOMENTUM:SPARSE-MOMENTUM").factory is OtherAlgo
+    assert [type(p) for p in build(plugins=["kernel-logger"]).plugins] == [SharedLogger]
+    assert registry.plugin("KERNEL-LOGGER").name == "Kernel-Logger"
+    with pytest.raises(sparsecore.ConfigurationError, match="^plugin 'kernel-logger' is already registered by "
+                                                            "'sparse-momentum'$"):
+        registry.register_plugin("kernel-logger", SharedLogger)
+
+
+def test_names_differing_only_in_case_from_two_distributions_are_ambiguous(global_registry, entry_points):
+    from sparsecore.errors import AmbiguousNameError
+
+    entry_points[:] = [FakeEntryPoint("dist-a", plugin_module("dist_a.plugin", [("My-Algo", Algo)])),
+                       FakeEntryPoint("dist-b", plugin_module("dist_b.plugin", [("my-algo", OtherAlgo)]))]
+    with pytest.raises(AmbiguousNameError, match="^algorithm 'MY-ALGO' is registered by 2 distributions"):
+        registry.algorithm("MY-ALGO")
+    assert registry.algorithm("dist-b:My-Algo").factory is OtherAlgo
+
+
+@pytest.mark.parametrize(("kind", "name", "message"), [
+    ("algorithm", "sparse-momentun",
+     "unknown algorithm 'sparse-momentun' (did you mean 'sparse-momentum'?); available: set, sparse-momentum, static. "
+     "Install the distribution that provides it (e.g. `pip install sparse-momentum`)."),
+    ("algorithm", "SPARSE_MOMENTUM",
+     "unknown algorithm 'SPARSE_MOMENTUM' (did you mean 'sparse-momentum'?); available: set, sparse-momentum, "
+     "static. Install the distribution that provides it (e.g. `pip install sparse-momentum`)."),
+    ("algorithm", "stat1c",
+     "unknown algorithm 'stat1c' (did you mean 'static'?); available: set, sparse-momentum, static. "
+     "Install the distribution that provides it (e.g. `pip install sparse-momentum`)."),
+    ("algorithm", "rigl",
+     "unknown algorithm 'rigl'; available: set, sparse-momentum, static. "
+     "Install the distribution that provides it (e.g. `pip install sparse-momentum`)."),
+    ("algorithm", "kernel-logger",
+     "unknown algorithm 'kernel-logger' ('kernel-logger' is a plugin, not an algorithm: pass it in plugins=[...]); "
+     "available: set, sparse-momentum, static. "
+     "Install the distribution that provides it (e.g. `pip install sparse-momentum`)."),
+    ("plugin", "kernel-loger", "unknown plugin 'kernel-loger' (did you mean 'Kernel-Logger'?); available: "
+                               "Kernel-Logger."),
+    ("plugin", "tensorboard", "unknown plugin 'tensorboard'; available: Kernel-Logger."),
+    ("plugin", "Sparse-Momentum", "unknown plugin 'Sparse-Momentum' ('Sparse-Momentum' is an algorithm: pass it as "
+                                  "algorithm=); available: Kernel-Logger."),
+])
+def test_unknown_names_suggest_the_closest(momentum_dist, kind, name, message):
+    with pytest.raises(sparsecore.UnknownAlgorithmError) as info:
+        build(name) if kind == "algorithm" else build(plugins=[name])
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("value", ["1", "true", "TRUE", "Yes", " on ", "On"])
+def test_autoload_switch_values_that_disable(global_registry, entry_points, monkeypatch, value):
+    entry_points.append(FakeEntryPoint("sparse-momentum", plugin_module("sparse_momentum.plugin",
+                                                                        [("sparse-momentum", OtherAlgo)])))
+    monkeypatch.setenv(AUTOLOAD_ENV, value)
+    assert sparsecore.available_algorithms() == ["set", "static"]
+    assert registry.autoload is False
+    with pytest.raises(sparsecore.UnknownAlgorithmError) as info:
+        build("sparse-momentum")
+    assert str(info.value) == (
+        f"unknown algorithm 'sparse-momentum'; available: set, static. Entry-point loading is disabled "
+        f"(SPARSECORE_DISABLE_PLUGIN_AUTOLOAD={value!r}), so installed distributions were not loaded: unset it, "
+        "or register the algorithm in code.")
+    with pytest.raises(sparsecore.UnknownAlgorithmError, match=r"^unknown plugin 'x'; available: none\. "
+                                                               r"Entry-point loading is disabled"):
+        registry.plugin("x")
+
+
+@pytest.mark.parametrize("value", ["0", "false", "False", "NO", "off", "", "  "])
+def test_autoload_switch_values_that_enable(global_registry, entry_points, monkeypatch, value):
+    entry_points.append(FakeEntryPoint("sparse-momentum", plugin_module("sparse_momentum.plugin",
+                                                                        [("sparse-momentum", OtherAlgo)])))
+    monkeypatch.setenv(AUTOLOAD_ENV, value)
+    assert sparsecore.available_algorithms() == ["set", "sparse-momentum", "static"]
+    assert registry.autoload is True
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "disable", "y", "1 1"])
+def test_autoload_switch_refuses_other_values(global_registry, entry_points, monkeypatch, capsys, value):
+    from sparsecore.cli import main
+
+    monkeypatch.setenv(AUTOLOAD_ENV, value)
+    message = (f"SPARSECORE_DISABLE_PLUGIN_AUTOLOAD={value!r} is not understood: use 1, true, yes, on to disable "
+               "entry-point loading, or 0, false, no, off or empty to enable it")
+    with pytest.raises(sparsecore.ConfigurationError) as info:
+        build("set")
+    assert str(info.value) == message
+    assert registry.algorithms == {}  # nothing loaded: the next lookup reads the switch again
+    assert main(["plugins"]) == 2
+    assert capsys.readouterr() == ("", f"sparsecore plugins: error: {message}\n")
+    monkeypatch.setenv(AUTOLOAD_ENV, "yes")
+    assert type(build("set").algorithm) is sparsecore.algorithms.SetAlgorithm
+
+
+def test_plugins_command_says_when_autoload_is_off(global_registry, monkeypatch, capsys):
+    from sparsecore.cli import main
+
+    monkeypatch.setenv(AUTOLOAD_ENV, "1")
+    assert main(["plugins"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "note: entry-point loading is disabled (SPARSECORE_DISABLE_PLUGIN_AUTOLOAD); installed plugins are not listed")

@@ -2,8 +2,8 @@
 
 Subcommands register themselves in :data:`COMMANDS`: ``plugins`` lists the
 installed algorithms and plugins, the hooks each implements, names that more
-than one distribution registered, and the entry points that failed to load; ``train`` runs the main job (see
-:mod:`sparsecore.train`).
+than one distribution registered, and the entry points that failed to load;
+``train`` runs the main job (see :mod:`sparsecore.train`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,17 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from sparsecore.plugins import factory_hooks, registry
+from sparsecore.errors import ConfigurationError
+from sparsecore.plugins import AUTOLOAD_ENV, factory_hooks, registry
 from sparsecore.templates import add_new_plugin_parser
 
 
 def _plugins_command(args: argparse.Namespace) -> int:
-    registry.load()
+    try:
+        registry.load()
+    except ConfigurationError as exc:  # e.g. a SPARSECORE_DISABLE_PLUGIN_AUTOLOAD value that is neither on nor off
+        print(f"sparsecore plugins: error: {exc}", file=sys.stderr)
+        return 2
     dists = sorted(registry.distributions.values(), key=lambda d: (d.name != "sparsecore", d.name))
     # a factory that is not a class is built once, with no options, to read its hooks
     hooks = {id(reg): factory_hooks(reg.factory) for dist in dists for reg in dist.registrations}
@@ -56,6 +61,8 @@ def _plugins_command(args: argparse.Namespace) -> int:
             rows.append(f"  {reg.kind} {reg.name}: hooks {listed}{clash}")
     for failure in registry.load_failures:
         rows.append(f"failed to load: {failure.message}")
+    if not registry.autoload:
+        rows.append(f"note: entry-point loading is disabled ({AUTOLOAD_ENV}); installed plugins are not listed")
     print("\n".join(rows))
     return 0
 

@@ -6,9 +6,18 @@ Installed distributions expose one module in the entry-point group
 Each :class:`~sparsecore.Sparsifier` builds a fresh :class:`pluggy.PluginManager`
 holding the built-in defaults, the one chosen algorithm and the user's plugins.
 
-Set ``SPARSECORE_DISABLE_PLUGIN_AUTOLOAD=1`` to skip entry-point loading;
-plugins passed as objects still work, and the core's built-in algorithms are
-always registered.
+Set ``SPARSECORE_DISABLE_PLUGIN_AUTOLOAD`` to ``1``, ``true``, ``yes`` or ``on``
+(any case) to skip entry-point loading (``0``, ``false``, ``no``, ``off`` or
+empty keep it on; anything else is an error); plugins passed as objects still
+work, and the core's built-in algorithms are always registered.
+
+An entry point that fails to load, whatever it raises (``sys.exit()`` at
+import included, :class:`KeyboardInterrupt` excepted), registers nothing and is
+listed by ``sparsecore plugins``; the others load.
+
+Algorithm and plugin names compare case-insensitively; a name that two
+distributions register is qualified with the distribution
+(``"dist-name:algo-name"``) to pick one.
 """
 
 from __future__ import annotations
@@ -28,8 +37,14 @@ from sparsecore import hookspecs
 from sparsecore.__about__ import __version__
 from sparsecore.errors import AmbiguousNameError, ConfigurationError, HookResultError, UnknownAlgorithmError
 
+#: The entry-point group plugin distributions declare their module in.
 ENTRY_POINT_GROUP = "sparsecore"
+#: The environment variable that turns entry-point loading off.
 AUTOLOAD_ENV = "SPARSECORE_DISABLE_PLUGIN_AUTOLOAD"
+#: Values of :data:`AUTOLOAD_ENV` (stripped, any case) that turn entry-point loading off.
+AUTOLOAD_OFF_VALUES = ("1", "true", "yes", "on")
+#: Values of :data:`AUTOLOAD_ENV` (stripped, any case) that leave entry-point loading on.
+AUTOLOAD_ON_VALUES = ("0", "false", "no", "off", "")
 
 
 def _hookspec_options() -> dict[str, dict[str, Any]]:
@@ -125,6 +140,23 @@ class LoadFailure:
         return f"{self.distribution} {self.version}: entry point {self.entry_point!r} failed to load: {self.error}"
 
 
+def autoload_disabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether :data:`AUTOLOAD_ENV` turns entry-point loading off (in ``environ``, default ``os.environ``).
+
+    Raises:
+        ConfigurationError: the variable holds a value that is neither on nor off.
+    """
+    value = (os.environ if environ is None else environ).get(AUTOLOAD_ENV, "")
+    setting = value.strip().lower()
+    if setting in AUTOLOAD_OFF_VALUES:
+        return True
+    if setting in AUTOLOAD_ON_VALUES:
+        return False
+    raise ConfigurationError(
+        f"{AUTOLOAD_ENV}={value!r} is not understood: use {', '.join(AUTOLOAD_OFF_VALUES)} to disable "
+        f"entry-point loading, or {', '.join(v for v in AUTOLOAD_ON_VALUES if v)} or empty to enable it")
+
+
 def _entry_point_distribution(ep: Any) -> tuple[str, str]:
     """The name and version of the distribution that declares an entry point (its own name when unknown)."""
     try:
@@ -199,6 +231,7 @@ class Registry:
             one distribution registered, in load order.
         distributions: distribution name -> what it registered.
         load_failures: the entry points that failed to load, in load order.
+        autoload: whether the last load read the entry points (see :data:`AUTOLOAD_ENV`).
     """
 
     def __init__(self) -> None:
@@ -208,6 +241,7 @@ class Registry:
     def _forget(self) -> None:
         self._loaded = False
         self._loading = False
+        self.autoload = True
         self.algorithms: dict[str, Registration] = {}
         self.plugins: dict[str, Registration] = {}
         self.ambiguous: dict[tuple[str, str], list[Registration]] = {}
@@ -296,7 +330,7 @@ class Registry:
         :class:`KeyboardInterrupt`; a failing entry point leaves no registration behind.
         """
         dist_name, dist_version = _entry_point_distribution(ep)
-        if dist_name == "sparsecore":
+        if _same_distribution(dist_name, "sparsecore"):  # the built-ins are registered directly
             return None
         try:
             self._register_module(ep.load(), dist_name, dist_version)
@@ -315,16 +349,21 @@ class Registry:
         :class:`RuntimeWarning` and registers nothing; the others load. Only
         :class:`KeyboardInterrupt` stops loading; it leaves the registry
         unloaded.
+
+        Raises:
+            ConfigurationError: :data:`AUTOLOAD_ENV` holds a value that is neither on nor off.
         """
         with self._lock:
             if self._loaded or self._loading:
                 return
+            autoload = not autoload_disabled()
             self._loading = True
             try:
                 from sparsecore import algorithms
 
+                self.autoload = autoload
                 self._register_module(algorithms, "sparsecore", __version__)
-                if os.environ.get(AUTOLOAD_ENV, "").strip() in ("", "0", "false", "False"):
+                if autoload:
                     from importlib.metadata import entry_points
 
                     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -451,12 +490,14 @@ class Registry:
         if found is not None:
             return found
         if of_dist or any(_normalize_distribution(d) == wanted for d in self.distributions):
-            offered = ", ".join(sorted(r.name for r in of_dist)) or "none"
+            offered = [r.name for r in of_dist]
             raise UnknownAlgorithmError(f"unknown {kind} '{dist}:{name}': distribution {dist!r} registers no "
-                                        f"{kind} {name!r}; its {kind}s: {offered}")
+                                        f"{kind} {name!r}{_did_you_mean(name, offered)}; its {kind}s: "
+                                        f"{', '.join(_sorted_names(offered)) or 'none'}")
         known = sorted({r.distribution for r in self._registrations(kind)})
         raise UnknownAlgorithmError(f"unknown {kind} '{dist}:{name}': no distribution {dist!r} registers "
-                                    f"{kind}s; distributions that do: {', '.join(known) or 'none'}")
+                                    f"{kind}s{_did_you_mean(dist, known)}; distributions that do: "
+                                    f"{', '.join(known) or 'none'}")
 
     def _registrations(self, kind: str) -> list[Registration]:
         """Every registration of ``kind``, ambiguous ones included, each once."""
@@ -467,19 +508,38 @@ class Registry:
         return list(seen.values())
 
     def _unknown_message(self, kind: str, name: str) -> str:
-        if kind == "algorithm":
-            hint = (f" ({name!r} is a plugin, not an algorithm: pass it in plugins=[...])"
-                    if _find(self.plugins, name) is not None else "")
-            failed = f" Plugins that failed to load: {'; '.join(self.load_errors)}" if self.load_failures else ""
-            return (f"unknown algorithm {name!r}{hint}; available: {', '.join(sorted(self.algorithms))}. "
-                    f"Install the distribution that provides it (e.g. `pip install sparse-momentum`).{failed}")
-        hint = f" ({name!r} is an algorithm: pass it as algorithm=)" if _find(self.algorithms, name) is not None else ""
-        return f"unknown plugin {name!r}{hint}; available: {', '.join(sorted(self.plugins)) or 'none'}"
+        table, other_kind = (self.algorithms, self.plugins) if kind == "algorithm" else (self.plugins, self.algorithms)
+        if _find(other_kind, name) is not None:
+            hint = (f" ({name!r} is a plugin, not an algorithm: pass it in plugins=[...])" if kind == "algorithm"
+                    else f" ({name!r} is an algorithm: pass it as algorithm=)")
+        else:
+            hint = _did_you_mean(name, table)
+        message = f"unknown {kind} {name!r}{hint}; available: {', '.join(_sorted_names(table)) or 'none'}."
+        if not self.autoload:
+            message += (f" Entry-point loading is disabled ({AUTOLOAD_ENV}={os.environ.get(AUTOLOAD_ENV, '')!r}), so "
+                        f"installed distributions were not loaded: unset it, or register the {kind} in code.")
+        elif kind == "algorithm":
+            message += " Install the distribution that provides it (e.g. `pip install sparse-momentum`)."
+        if self.load_failures:
+            message += f" Plugins that failed to load: {'; '.join(self.load_errors)}"
+        return message
 
 
 def _name_key(name: str) -> str:
-    """The form under which algorithm and plugin names compare."""
-    return name
+    """The form under which algorithm and plugin names compare: case-insensitive."""
+    return name.casefold()
+
+
+def _sorted_names(names: Iterable[str]) -> list[str]:
+    """Algorithm or plugin names in alphabetical order, case ignored."""
+    return sorted(names, key=lambda n: (_name_key(n), n))
+
+
+def _did_you_mean(name: str, names: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``names`` (compared case-insensitively), or ``""``."""
+    by_key = {_name_key(n): n for n in names}
+    close = difflib.get_close_matches(_name_key(name), list(by_key), n=1, cutoff=0.75)
+    return f" (did you mean {by_key[close[0]]!r}?)" if close else ""
 
 
 def _find(table: Mapping[str, Registration], name: str) -> Registration | None:
@@ -514,15 +574,15 @@ registry = Registry()
 
 
 def available_algorithms() -> list[str]:
-    """Names of every algorithm registered in this process."""
+    """Names of every algorithm registered in this process, in alphabetical order."""
     registry.load()
-    return sorted(registry.algorithms)
+    return _sorted_names(registry.algorithms)
 
 
 def available_plugins() -> list[str]:
-    """Names of every non-algorithm plugin registered in this process."""
+    """Names of every non-algorithm plugin registered in this process, in alphabetical order."""
     registry.load()
-    return sorted(registry.plugins)
+    return _sorted_names(registry.plugins)
 
 
 def instantiate(reg: Registration, options: Mapping[str, Any]) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -37,6 +38,17 @@ def os_error_line(exc: OSError) -> str:
     return f"{reason}: {files}" if files else reason
 
 
+def finite_float(text: str) -> float:
+    """An argparse type: a float that is not ``inf`` or ``nan``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand to the ``sparsecore`` parser."""
     p = subparsers.add_parser(
@@ -51,7 +63,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     g.add_argument("--algorithm", metavar="NAME",
                    help="registered algorithm (see `sparsecore plugins`); default sparse-momentum, or set when "
                         "sparse-momentum is not installed")
-    g.add_argument("--density", type=float, help="fraction of weights kept (default: the algorithm's, 0.05; "
+    g.add_argument("--density", type=finite_float, help="fraction of weights kept (default: the algorithm's, 0.05; "
                                                   "dsd: 0.7 in its sparse phase)")
     g.add_argument("--distribution", metavar="NAME", help="per-layer densities: uniform, erk, er "
                                                           "(default: the algorithm's choice, else uniform)")
@@ -65,16 +77,16 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     g.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
-    g.add_argument("--lr", type=float, help=f"initial learning rate (default {d.lr})")
+    g.add_argument("--lr", type=finite_float, help=f"initial learning rate (default {d.lr})")
     g.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {d.optimizer}")
-    g.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum})")
+    g.add_argument("--momentum", type=finite_float, help=f"SGD momentum (default {d.momentum})")
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum (default on)")
-    g.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay}")
+    g.add_argument("--weight-decay", type=finite_float, help=f"default {d.weight_decay}")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                    help=f"step: x gamma every --lr-step-size iterations; multistep: x gamma at --lr-milestones "
                         f"epochs; cosine: to 0 over the run; none (default {d.lr_schedule})")
     g.add_argument("--lr-step-size", type=int, metavar="ITERS", help=f"default {d.lr_step_size}")
-    g.add_argument("--lr-gamma", type=float, help=f"default {d.lr_gamma}")
+    g.add_argument("--lr-gamma", type=finite_float, help=f"default {d.lr_gamma}")
     g.add_argument("--lr-milestones", type=_csv(int), metavar="E1,E2", help="epochs of the multistep decays")
     g.add_argument("--seed", type=int, help=f"default {d.seed}")
     g = p.add_argument_group("data and machine")
@@ -126,6 +138,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def train_command(args: argparse.Namespace) -> int:
     """Run ``sparsecore train``; errors print one clear line and return 2."""
     from sparsecore.data import DatasetIntegrityError, DatasetUnavailableError
+    from sparsecore.train.errors import TrainingInterrupted
     from sparsecore.train.job import resume_training, run_training
 
     try:
@@ -140,8 +153,7 @@ def train_command(args: argparse.Namespace) -> int:
     except OSError as exc:  # a file the job reads or writes outside the run folder's own error handling
         print(f"sparsecore train: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\nsparsecore train: interrupted; the run folder keeps the checkpoint of the last finished epoch "
-              "(continue with --resume <run folder>)", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # TrainingInterrupted says what the run folder keeps
+        print(f"\nsparsecore train: {exc if isinstance(exc, TrainingInterrupted) else 'interrupted'}", file=sys.stderr)
         return 130
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ FALLBACK_ALGORITHM = "set"
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("step", "multistep", "cosine", "none")
 DEVICES = ("cpu", "cuda", "auto")
+#: Largest ``seed``: the harness seeds a second generator with ``seed + 1``, and torch takes signed 64-bit seeds.
+MAX_SEED = 2**63 - 2
 
 
 @dataclass
@@ -111,14 +114,19 @@ class TrainConfig:
         Raises:
             ConfigurationError: the first bad value, named with its flag.
         """
+        def finite_number(name: str, value: Any) -> None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _is_finite(value):
+                raise ConfigurationError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
+
         def positive_int(name: str, value: Any, allow_none: bool = False) -> None:
             if value is None and allow_none:
                 return
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
 
-        if self.density is not None and (not isinstance(self.density, (int, float)) or isinstance(self.density, bool)
-                                         or not 0.0 < float(self.density) <= 1.0):
+        for name in ("lr", "momentum", "weight_decay", "lr_gamma", *(("density",) if self.density is not None else ())):
+            finite_number(name, getattr(self, name))
+        if self.density is not None and not 0.0 < float(self.density) <= 1.0:
             raise ConfigurationError(f"--density must be in (0, 1], got {self.density!r}")
         positive_int("epochs", self.epochs)
         positive_int("batch_size", self.batch_size)
@@ -128,6 +136,8 @@ class TrainConfig:
         positive_int("stop_after", self.stop_after, allow_none=True)
         for name in ("limit_train", "limit_test"):
             positive_int(name, getattr(self, name), allow_none=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigurationError(f"--seed must be an integer from 0 to 2**63 - 2, got {self.seed!r}")
         if not float(self.lr) > 0:
             raise ConfigurationError(f"--lr must be positive, got {self.lr!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -186,6 +196,13 @@ class TrainConfig:
 def is_plain_folder_name(name: object) -> bool:
     """Whether ``name`` names one folder inside another: no separators, not ``.``/``..``, no NUL (``""`` passes)."""
     return isinstance(name, str) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+
+
+def _is_finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
 
 
 def flag_name(field_name: str) -> str:

@@ -33,11 +33,12 @@ class TrainingDivergedError(SparsecoreError):
     keeps the checkpoint of the last good epoch.
 
     Attributes:
-        epoch: the (1-based) epoch that diverged.
-        checkpoint_epoch: epochs in the checkpoint the run folder keeps (0: none was written).
+        epoch: the (1-based) epoch that diverged, or ``None`` when not known (raised by
+            :func:`~sparsecore.train.train_epoch` itself).
+        checkpoint_epoch: epochs in the checkpoint the run folder keeps (0: none was written), or ``None``.
     """
 
-    def __init__(self, message: str, epoch: int, checkpoint_epoch: int) -> None:
+    def __init__(self, message: str, epoch: int | None = None, checkpoint_epoch: int | None = None) -> None:
         super().__init__(message)
         self.epoch = epoch
         self.checkpoint_epoch = checkpoint_epoch

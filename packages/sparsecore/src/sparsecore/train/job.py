@@ -23,7 +23,13 @@ from sparsecore.sparsifier import Sparsifier
 from sparsecore.train import rundir
 from sparsecore.train.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
 from sparsecore.train.config import DEFAULT_ALGORITHM, FALLBACK_ALGORITHM, TrainConfig, flag_name
-from sparsecore.train.errors import RunFolderError, kept_checkpoint, os_reason
+from sparsecore.train.errors import (
+    RunFolderError,
+    TrainingDivergedError,
+    TrainingInterrupted,
+    kept_checkpoint,
+    os_reason,
+)
 
 #: Config fields that may change when a run is resumed; everything else comes from the checkpoint.
 RESUME_OVERRIDABLE = ("epochs", "stop_after", "device", "threads", "quiet", "plots")
@@ -257,6 +263,9 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: A
                 bar: Any = None, refresh_every: int = 25) -> tuple[float, float]:
     """One epoch over ``split``; returns mean training loss and accuracy.
 
+    The running loss is checked every ``refresh_every`` steps and at the end:
+    a non-finite one stops the epoch.
+
     Args:
         model: the model, put in training mode.
         optimizer: its optimizer (the engine's hooks, if any, are on it).
@@ -267,12 +276,15 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: A
         augment: apply the split's training augmentation.
         sparsifier: the engine, for the density shown in the progress bar.
         bar: a tqdm bar to advance, or ``None``.
-        refresh_every: steps between updates of the bar's loss/accuracy/density.
+        refresh_every: steps between updates of the bar's loss/accuracy/density and checks of the loss.
+
+    Raises:
+        TrainingDivergedError: the training loss became non-finite (``inf`` or ``nan``).
     """
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=next(model.parameters()).device)
     correct = torch.zeros((), dtype=torch.int64, device=loss_sum.device)
-    seen = 0
+    seen = steps = 0
     for i, (x, y) in enumerate(split.batches(batch_size, shuffle=True, generator=generator, augment=augment or None)):
         out = model(x)
         loss = F.cross_entropy(out, y)
@@ -285,14 +297,24 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: A
             loss_sum += loss.detach().double() * y.shape[0]
             correct += (out.argmax(1) == y).sum()
         seen += y.shape[0]
+        steps = i + 1
+        if i % refresh_every == 0:
+            _check_finite_loss(loss_sum, steps)
         if bar is not None:
             bar.update(1)
             if i % refresh_every == 0:
                 density = sparsifier.nnz / sum(l.capacity for l in sparsifier.layers.values()) if sparsifier else 1.0
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.2%}",
                                 density=f"{density:.4f}", refresh=False)
+    _check_finite_loss(loss_sum, steps)
     seen = max(seen, 1)
     return float(loss_sum) / seen, int(correct) / seen
+
+
+def _check_finite_loss(loss_sum: torch.Tensor, steps: int) -> None:
+    total = float(loss_sum)
+    if not math.isfinite(total):
+        raise TrainingDivergedError(f"the training loss became {total} within the first {steps} steps of the epoch")
 
 
 def _rng_state(data_generator: torch.Generator) -> dict[str, Any]:
@@ -337,6 +359,10 @@ def run_training(config: TrainConfig | None = None, **changes: Any) -> RunResult
     Raises:
         ConfigurationError: bad configuration (names the flag), unknown algorithm, model or dataset.
         DatasetUnavailableError: the dataset is not on this machine (the message says how to get it).
+        RunFolderError: the run folder cannot be created or written (e.g. a full disk); the message says
+            which checkpoint the run folder keeps.
+        TrainingDivergedError: the loss or the weights became non-finite; the epoch is not recorded.
+        TrainingInterrupted: Ctrl-C; says what the run folder keeps (a ``KeyboardInterrupt``).
     """
     config = (config or TrainConfig()).replace(**changes) if changes else (config or TrainConfig())
     return _run(config.validate(), checkpoint=None, run_dir=None)
@@ -361,6 +387,7 @@ def resume_training(path: str | Path, **overrides: Any) -> RunResult:
             foreign checkpoint.
         ConfigurationError: an override that cannot change on resume, or nothing left to train (the run
             is complete, summary included).
+        RunFolderError, TrainingDivergedError, TrainingInterrupted: as for :func:`run_training`.
     """
     bad = sorted(set(overrides) - set(RESUME_OVERRIDABLE))
     if bad:
@@ -396,16 +423,24 @@ def _run(config: TrainConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
     device = resolve_device(config.device)
     if checkpoint is None:
         rundir.check_runs_dir(config.runs_dir)
-    with _torch_threads(config.threads):
-        job = _build_job(config, algorithm, notices, info, device)
-        if checkpoint is not None:
-            _restore(job, checkpoint, run_dir, say)
-        else:
-            job.run_dir = rundir.create_run_dir(config.runs_dir, config.run_name, _run_label(job), config.model)
-        _open_run_folder(job, say)
-        for epoch in range(job.start_epoch, _end_epoch(config, job.start_epoch)):
-            _train_and_checkpoint_epoch(job, epoch, say)
-        return _finish(job, started, say)
+    job = None
+    try:
+        with _torch_threads(config.threads):
+            job = _build_job(config, algorithm, notices, info, device)
+            if checkpoint is not None:
+                _restore(job, checkpoint, run_dir, say)
+            else:
+                job.run_dir = rundir.create_run_dir(config.runs_dir, config.run_name, _run_label(job), config.model)
+            _open_run_folder(job, say)
+            for epoch in range(job.start_epoch, _end_epoch(config, job.start_epoch)):
+                _train_and_checkpoint_epoch(job, epoch, say)
+            return _finish(job, started, say)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, TrainingInterrupted):
+            raise
+        if job is not None and job.run_dir is not None:
+            raise TrainingInterrupted(job.run_dir, job.checkpoint_epoch, config.epochs) from None
+        raise TrainingInterrupted(run_dir, int(checkpoint["epoch"]) if checkpoint else 0, config.epochs) from None
 
 
 @dataclass
@@ -565,15 +600,22 @@ def _train_and_checkpoint_epoch(job: _Job, epoch: int, say: rundir.Printer) -> N
     config = job.config
     bar = _progress(job.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", config.quiet)
     tick = time.perf_counter()
-    train_loss, train_acc = train_epoch(job.model, job.optimizer, job.scheduler, job.dataset.train,
-                                        config.batch_size, job.data_generator, config.augment, job.sparsifier, bar)
+    try:
+        train_loss, train_acc = train_epoch(job.model, job.optimizer, job.scheduler, job.dataset.train,
+                                            config.batch_size, job.data_generator, config.augment, job.sparsifier, bar)
+    except TrainingDivergedError as exc:
+        raise _diverged(job, epoch, str(exc)) from None
+    finally:
+        if bar is not None:
+            bar.close()
     epoch_seconds = time.perf_counter() - tick
     # the phase of the model that is evaluated (a step-scheduled phase change at the epoch's last step
     # has already happened), so that the phase, the density and the test metrics describe one model
     phase = algorithm_phase(job.sparsifier)
-    if bar is not None:
-        bar.close()
     record = _epoch_record(job, epoch, train_loss, train_acc, epoch_seconds, phase)
+    problem = _non_finite_state(job.model, record["test_loss"])
+    if problem is not None:
+        raise _diverged(job, epoch, problem)
     if job.sparsifier is not None:
         tick = time.perf_counter()
         job.sparsifier.epoch_end(epoch)
@@ -598,6 +640,24 @@ def _write_plots(job: _Job) -> None:
     except OSError as exc:
         raise RunFolderError(f"cannot write the plots in {job.run_dir}: {os_reason(exc)}; "
                              f"{kept_checkpoint(job.run_dir, job.checkpoint_epoch, job.config.epochs)}") from exc
+
+
+def _non_finite_state(model: nn.Module, test_loss: float) -> str | None:
+    """What is not finite after an epoch (the first weight tensor with ``inf``/``nan``, or the test loss), or ``None``."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not bool(torch.isfinite(param).all()):
+                return f"the weights of {name} are no longer finite"
+    return None if math.isfinite(test_loss) else f"the test loss is {test_loss}"
+
+
+def _diverged(job: _Job, epoch: int, problem: str) -> TrainingDivergedError:
+    """The error that stops a run whose epoch ``epoch`` (0-based) diverged; that epoch is not recorded."""
+    config = job.config
+    kept = (f"{job.run_dir} keeps the checkpoint of epoch {job.checkpoint_epoch}/{config.epochs}"
+            if job.checkpoint_epoch else "no checkpoint was written")
+    return TrainingDivergedError(f"training diverged in epoch {epoch + 1}/{config.epochs}: {problem}; {kept} "
+                                 f"(a lower --lr usually helps)", epoch=epoch + 1, checkpoint_epoch=job.checkpoint_epoch)
 
 
 def _finish(job: _Job, started: float, say: rundir.Printer) -> RunResult:
