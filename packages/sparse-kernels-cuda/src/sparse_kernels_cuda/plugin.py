@@ -18,6 +18,13 @@ autocast for the input's device (exactly the module's autocast behaviour) and,
 unless a backend is forced, under ``torch.use_deterministic_algorithms(True)``
 (no timing-dependent choice). Double backward (``create_graph=True``) through
 the CSR backend raises; use ``backend="masked-dense"`` for higher-order gradients.
+
+A layer whose forward its parent never calls (the ``out_proj`` of an
+``nn.MultiheadAttention``, see :mod:`sparse_kernels_cuda.bypass`) keeps its
+own forward and runs masked dense (the engine keeps its weight masked); the
+plugin warns once per such layer. Encoder layers holding kernel layers keep
+``nn.TransformerEncoderLayer``'s eval fast path off while the run is attached,
+so their ``linear1``/``linear2`` always run the kernels.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from sparse_kernels_cuda import _grad_pool
 from sparse_kernels_cuda.backends import default_backends
 from sparse_kernels_cuda.backends.base import detect_pattern
 from sparse_kernels_cuda.backends.masked_dense import MaskedDenseBackend
-from sparse_kernels_cuda.dispatch import DEFAULT_MAX_DENSITY, DispatchKey, Dispatcher, time_backend
+from sparse_kernels_cuda.bypass import FastPathGuard, bypassed_forwards, layer_bypass_reason
+from sparse_kernels_cuda.dispatch import DEFAULT_MAX_DENSITY, Dispatcher, DispatchKey, time_backend
 from sparse_kernels_cuda.ops import autocast_active
 
 try:  # the hook marker; only the registration below needs sparsecore itself
@@ -116,13 +124,15 @@ class LayerKernel:
     def __call__(self, input: Tensor) -> Tensor:
         """``F.linear(input, weight ⊙ mask, bias)`` through the chosen backend.
 
-        Masked dense (the fallback) when dtypes or devices differ and under
+        Masked dense (the fallback) when dtypes or devices differ, for nested
+        tensors (``nn.TransformerEncoder``'s padded eval batches) and under
         autocast for the input's device, so the result has exactly the dtype
         and values of the module's own forward there.
         """
         w = self.layer.weight
         bias = self.layer.module.bias
-        if input.dtype != w.dtype or input.device != w.device or autocast_active(input.device.type):
+        if (input.dtype != w.dtype or input.device != w.device or input.is_nested
+                or autocast_active(input.device.type)):
             self.last_backend = self.dispatcher.fallback.name
             return self.dispatcher.fallback.linear(input, w, bias, self.layer.mask)
         key = self.key(input)
@@ -172,8 +182,12 @@ class KernelPlugin:
         self.repeats = repeats
         self.grad_pool = grad_pool
         self.kernels: dict[str, LayerKernel] = {}
+        #: layer name -> why its forward cannot be replaced (it runs masked dense)
+        self.bypassed: dict[str, str] = {}
         self._dispatcher: Dispatcher | None = None
         self._warned = False
+        self._bypassed_forwards: tuple[nn.Module, dict[int, str]] | None = None
+        self.fast_path_guard = FastPathGuard()
 
     def dispatcher(self, premasked: bool) -> Dispatcher:
         """The run's dispatcher (created on first use)."""
@@ -190,11 +204,15 @@ class KernelPlugin:
 
     @hookimpl
     def layer_forward(self, sparsifier: Any, layer: Any):
-        """Return the kernel forward of a sparse ``nn.Linear``; ``None`` elsewhere."""
+        """Return the kernel forward of a sparse ``nn.Linear``; ``None`` elsewhere.
+
+        ``None`` as well, with a ``UserWarning`` once per layer, for a layer
+        whose forward its parent never calls (it runs masked dense).
+        """
         if layer.kind != "linear" or not isinstance(layer.module, nn.Linear):
             return None
         policy = getattr(sparsifier, "policy", None)
-        if policy is not None and not (policy.mask_weights and policy.mask_gradients):
+        if _keeps_dense(policy):
             if not self._warned:
                 warnings.warn(
                     f"{PLUGIN_NAME}: the active algorithm keeps dense weights or gradients "
@@ -204,10 +222,43 @@ class KernelPlugin:
                 )
                 self._warned = True
             return None
+        if self._note_bypassed(sparsifier, layer):
+            return None
         _grad_pool.set_grad_pool_enabled(self.grad_pool)
         kernel = LayerKernel(layer, self.dispatcher(premasked=policy is not None))
         self.kernels[layer.name] = kernel
         return kernel
+
+    def _note_bypassed(self, sparsifier: Any, layer: Any) -> bool:
+        """Whether the layer's forward cannot be replaced; warns once per such layer."""
+        model = sparsifier.model
+        if self._bypassed_forwards is None or self._bypassed_forwards[0] is not model:
+            self._bypassed_forwards = (model, bypassed_forwards(model))
+        reason = layer_bypass_reason(layer, self._bypassed_forwards[1])
+        if reason is not None and layer.name not in self.bypassed:
+            warnings.warn(f"{PLUGIN_NAME}: layer {layer.name!r} runs masked dense, not on a sparse kernel: {reason}",
+                          stacklevel=3)
+            self.bypassed[layer.name] = reason
+        return reason is not None
+
+    @hookimpl
+    def on_setup(self, sparsifier: Any) -> None:
+        """Note the layers whose forward cannot be replaced; keep the encoder fast path off over kernel layers.
+
+        An engine that knows a layer's forward is never called does not ask
+        :meth:`layer_forward` for it; the warning for it comes from here.
+        """
+        if not _keeps_dense(getattr(sparsifier, "policy", None)):
+            for layer in sparsifier.layers.values():
+                if layer.kind == "linear" and isinstance(layer.module, nn.Linear):
+                    self._note_bypassed(sparsifier, layer)
+        replaced = [k.layer.module for k in self.kernels.values() if k.layer.module.__dict__.get("forward") is k]
+        self.fast_path_guard.install(sparsifier.model, replaced)
+
+    @hookimpl
+    def on_remove(self, sparsifier: Any) -> None:
+        """Take the fast-path guards off the encoder layers."""
+        self.fast_path_guard.remove()
 
     @hookimpl
     def on_topology_update(self, sparsifier: Any, report: Any) -> None:
@@ -216,8 +267,14 @@ class KernelPlugin:
             kernel.invalidate()
 
     def summary(self) -> dict[str, str | None]:
-        """Layer name -> backend used by its last forward."""
-        return {name: k.last_backend for name, k in self.kernels.items()}
+        """Layer name -> backend used by its last forward (``"masked-dense"`` for the :attr:`bypassed` layers)."""
+        used = {name: k.last_backend for name, k in self.kernels.items()}
+        return {**used, **dict.fromkeys(self.bypassed, MaskedDenseBackend.name)}
+
+
+def _keeps_dense(policy: Any) -> bool:
+    """Whether the algorithm's masking policy keeps weights or gradients dense (kernels then step aside)."""
+    return policy is not None and not (policy.mask_weights and policy.mask_gradients)
 
 
 @hookimpl

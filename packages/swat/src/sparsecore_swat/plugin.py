@@ -12,10 +12,18 @@ which selects the top-K weights and input activations on the fly.
 and refreshed at every epoch end (and by :meth:`SwatAlgorithm.sync_masks`);
 these refreshes are not topology updates, so they add nothing to
 ``sparsifier.history`` and do not fire ``on_topology_update``.
+
+A layer whose forward its parent never calls (the ``out_proj`` of an
+``nn.MultiheadAttention``, see :mod:`sparsecore_swat.bypass`) cannot run
+SWAT: it stays dense, with a ``UserWarning`` naming it and the reason, and
+its mask (so the report) shows density 1. Encoder layers that hold SWAT
+layers keep ``nn.TransformerEncoderLayer``'s fast path off while the run is
+attached, so their ``linear1``/``linear2`` always run SWAT.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,7 +31,8 @@ import sparsecore
 import torch
 
 from sparsecore_swat.budget import momentum_budgets, momentum_shares
-from sparsecore_swat.functional import SwatForward, layer_kind_of
+from sparsecore_swat.bypass import FastPathGuard, bypassed_forwards, layer_bypass_reason
+from sparsecore_swat.functional import SwatForward, layer_kind_of, swat_forward_of
 from sparsecore_swat.state import TopKState
 from sparsecore_swat.topk import check_structure
 
@@ -62,7 +71,12 @@ class SwatAlgorithm(sparsecore.Algorithm):
         sparsecore.ConfigurationError: ``variant="momentum"`` with an optimizer
             that keeps no momentum (at set-up for a zero ``momentum`` option,
             otherwise at the first optimizer step that leaves no sparse layer
-            with momentum).
+            with momentum); at set-up, no sparse layer whose forward can be replaced.
+
+    Attributes:
+        states: layer name to its :class:`TopKState`.
+        dense_layers: layer name to the reason it stays dense (its forward
+            cannot be replaced); empty before set-up.
     """
 
     name = "swat"
@@ -94,7 +108,9 @@ class SwatAlgorithm(sparsecore.Algorithm):
         }
         #: layer name -> :class:`TopKState`, filled while the sparsifier is built.
         self.states: dict[str, TopKState] = {}
+        self.dense_layers: dict[str, str] = {}
         self._pending_state: dict[str, Any] | None = None
+        self.fast_path_guard = FastPathGuard()
 
     # -- set-up ---------------------------------------------------------------
     def state_for(self, layer: sparsecore.SparseLayer) -> TopKState:
@@ -118,24 +134,47 @@ class SwatAlgorithm(sparsecore.Algorithm):
                    layers: Mapping[str, sparsecore.SparseLayer]) -> dict[str, torch.Tensor]:
         """Report the initial top-K selection of each layer's weights as its mask.
 
-        SWAT-M's optimizer check runs here, before the engine replaces any
-        forward or hooks the optimizer, so a refused run leaves the model untouched.
+        Layers whose forward cannot be replaced are kept dense here (all-True
+        mask, density 1), with a ``UserWarning`` each. These checks run before
+        the engine replaces any forward or hooks the optimizer, so a refused
+        run leaves the model untouched.
 
         Raises:
-            sparsecore.ConfigurationError: SWAT-M with an optimizer whose
-                ``momentum`` option is 0 for the sparse weights.
+            sparsecore.ConfigurationError: no layer's forward can be replaced,
+                or SWAT-M with an optimizer whose ``momentum`` option is 0 for
+                the sparse weights.
         """
+        self._keep_unreplaceable_dense(sparsifier, layers)
         if self.variant == "momentum":
-            self._check_optimizer_has_momentum(sparsifier.optimizer, layers)
+            self._check_optimizer_has_momentum(sparsifier.optimizer, self._swat_layers(layers))
         return {name: self.state_for(layer).weight_mask(layer.weight) for name, layer in layers.items()}
 
+    def _keep_unreplaceable_dense(self, sparsifier: sparsecore.Sparsifier,
+                                  layers: Mapping[str, sparsecore.SparseLayer]) -> None:
+        bypassed = bypassed_forwards(sparsifier.model)
+        reasons = {name: layer_bypass_reason(layer, bypassed) for name, layer in layers.items()}
+        self.dense_layers = {name: reason for name, reason in reasons.items() if reason is not None}
+        if len(self.dense_layers) == len(layers):
+            listed = "; ".join(f"{name!r}: {reason}" for name, reason in self.dense_layers.items())
+            raise sparsecore.ConfigurationError(f"swat: no sparse layer can run SWAT ({listed})")
+        for name, reason in self.dense_layers.items():
+            self.states[name] = TopKState(1.0, 1.0, self.period, None, self._layer_kind(layers[name]))
+            warnings.warn(f"swat: layer {name!r} stays dense (density 1 in the report): {reason}; "
+                          f"leave it out of the sparse layers with exclude=[{name!r}]", UserWarning, stacklevel=2)
+
+    def _swat_layers(self, layers: Mapping[str, sparsecore.SparseLayer]) -> dict[str, sparsecore.SparseLayer]:
+        """The layers that run SWAT: all but :attr:`dense_layers`."""
+        return {name: layer for name, layer in layers.items() if name not in self.dense_layers}
+
     @sparsecore.hookimpl
-    def layer_forward(self, layer: sparsecore.SparseLayer) -> Callable[..., Any]:
-        """SWAT's forward for ``Linear`` and ``Conv1d/2d/3d`` layers.
+    def layer_forward(self, layer: sparsecore.SparseLayer) -> Callable[..., Any] | None:
+        """SWAT's forward for ``Linear`` and ``Conv1d/2d/3d`` layers (``None`` for a layer kept dense).
 
         Raises:
             TypeError: the layer's module is of another type (it would silently run dense).
         """
+        if layer.name in self.dense_layers:
+            return None
         try:
             return SwatForward(layer.module, self.state_for(layer))
         except TypeError as err:
@@ -143,9 +182,16 @@ class SwatAlgorithm(sparsecore.Algorithm):
 
     @sparsecore.hookimpl
     def on_setup(self, sparsifier: sparsecore.Sparsifier) -> None:
-        """Apply state restored before the layers existed (see :meth:`load_state_dict`)."""
+        """Apply state restored before the layers existed; keep the encoder fast path off over SWAT layers."""
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
+        replaced = [layer.module for layer in sparsifier.layers.values() if swat_forward_of(layer.module) is not None]
+        self.fast_path_guard.install(sparsifier.model, replaced)
+
+    @sparsecore.hookimpl
+    def on_remove(self, sparsifier: sparsecore.Sparsifier) -> None:
+        """Take the fast-path guards off the encoder layers."""
+        self.fast_path_guard.remove()
 
     @sparsecore.hookimpl
     def layer_train_flops(self, sparsifier: sparsecore.Sparsifier,
@@ -192,18 +238,18 @@ class SwatAlgorithm(sparsecore.Algorithm):
     def update_momentum_budgets(self, sparsifier: sparsecore.Sparsifier) -> dict[str, float]:
         """Set each layer's density from normalised mean ``|momentum|`` over its selected weights.
 
-        The overall budget is the engine's ``density`` over the sparse layers
-        (``sum(target_density * numel)``). While any layer has no momentum
-        yet (before the optimizer's first step) the budgets stay unchanged.
+        The overall budget is the engine's ``density`` over the SWAT layers
+        (``sum(target_density * numel)``; layers kept dense are left out).
+        While any layer has no momentum yet (before the optimizer's first
+        step) the budgets stay unchanged.
 
         Returns:
             Layer name to its new weight density (empty when nothing changed).
         """
         return self._set_momentum_budgets(sparsifier, self._momenta(sparsifier))
 
-    @staticmethod
-    def _momenta(sparsifier: sparsecore.Sparsifier) -> dict[str, torch.Tensor | None]:
-        return {name: sparsifier.momentum(layer) for name, layer in sparsifier.layers.items()}
+    def _momenta(self, sparsifier: sparsecore.Sparsifier) -> dict[str, torch.Tensor | None]:
+        return {name: sparsifier.momentum(layer) for name, layer in self._swat_layers(sparsifier.layers).items()}
 
     @staticmethod
     def _check_optimizer_has_momentum(optimizer: torch.optim.Optimizer,
@@ -220,7 +266,7 @@ class SwatAlgorithm(sparsecore.Algorithm):
 
     def _set_momentum_budgets(self, sparsifier: sparsecore.Sparsifier,
                               momenta: Mapping[str, torch.Tensor | None]) -> dict[str, float]:
-        layers = sparsifier.layers
+        layers = self._swat_layers(sparsifier.layers)
         means: dict[str, float] = {}
         for name, layer in layers.items():
             momentum = momenta[name]
@@ -251,7 +297,13 @@ class SwatAlgorithm(sparsecore.Algorithm):
         return {"states": {name: state.state_dict() for name, state in self.states.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; layers not built yet are restored at ``on_setup``."""
+        """Restore :meth:`state_dict`; layers not built yet are restored at ``on_setup``.
+
+        Raises:
+            ValueError: the checkpoint has state for layers this run does not have.
+            sparsecore.CheckpointError: the checkpoint makes sparse a layer this
+                run keeps dense (its forward cannot be replaced).
+        """
         saved = state["states"]
         if not self.states:
             self._pending_state = dict(state)
@@ -259,6 +311,11 @@ class SwatAlgorithm(sparsecore.Algorithm):
         unknown = sorted(set(saved) - set(self.states))
         if unknown:
             raise ValueError(f"swat: checkpoint has state for unknown layers {unknown}")
+        for name in sorted(set(saved) & set(self.dense_layers)):
+            if saved[name]["weight_density"] < 1.0:
+                raise sparsecore.CheckpointError(
+                    f"swat: checkpoint runs layer {name!r} at weight density {saved[name]['weight_density']}, "
+                    f"but this run keeps it dense: {self.dense_layers[name]}")
         for name, layer_state in saved.items():
             self.states[name].load_state_dict(layer_state)
         self._pending_state = None

@@ -1,0 +1,174 @@
+"""The plugin in nn.TransformerEncoder: bypassed forwards run masked dense and are reported so.
+
+``nn.MultiheadAttention`` never calls its ``out_proj``: the plugin leaves that
+layer's forward alone (the engine keeps its weight masked, so it computes
+masked dense) and warns once per layer. ``linear1``/``linear2`` run their
+kernels in training and, with the fast-path guard, in eval without grad too.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+sparsecore = pytest.importorskip("sparsecore")
+
+from sparse_kernels_cuda import KernelPlugin  # noqa: E402
+from sparse_kernels_cuda.bypass import bypassed_forwards  # noqa: E402
+from sparse_kernels_cuda.plugin import LayerKernel  # noqa: E402
+
+OUT_PROJ = ["layers.0.self_attn.out_proj", "layers.1.self_attn.out_proj"]
+FEED_FORWARD = ["layers.0.linear1", "layers.0.linear2", "layers.1.linear1", "layers.1.linear2"]
+
+
+def _encoder():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+    return nn.TransformerEncoder(layer, num_layers=2)
+
+
+def _inputs():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 6, 16, generator=gen)
+    padding = torch.zeros(3, 6, dtype=torch.bool)
+    padding[1, 4:] = True
+    return x, padding
+
+
+def _sparsify(model, plugins, exclude=None):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sp = sparsecore.Sparsifier(model, opt, algorithm="static", density=0.2, seed=3, plugins=plugins,
+                                   exclude=exclude)
+    return sp, [str(w.message) for w in caught if str(w.message).startswith("sparse-kernels-cuda: layer")]
+
+
+@pytest.fixture
+def count_kernel_calls(monkeypatch):
+    """Counts LayerKernel calls (patched on the class: no module hook, which would change the fast path)."""
+    calls = []
+    original = LayerKernel.__call__
+
+    def counting(self, input):
+        calls.append(self.layer.name)
+        return original(self, input)
+
+    monkeypatch.setattr(LayerKernel, "__call__", counting)
+    return calls
+
+
+def test_out_proj_runs_masked_dense_with_one_warning_per_layer():
+    model = _encoder()
+    plugin = KernelPlugin(backend="csr")
+    sp, messages = _sparsify(model, [plugin])
+    assert len(messages) == 2
+    for name, message in zip(OUT_PROJ, messages):
+        assert message.startswith(f"sparse-kernels-cuda: layer {name!r} runs masked dense")
+        assert "never calls out_proj" in message
+    assert set(plugin.bypassed) == set(OUT_PROJ) and set(plugin.kernels) == set(FEED_FORWARD)
+    modules = dict(model.named_modules())
+    assert all("forward" not in modules[name].__dict__ for name in OUT_PROJ)
+    # asked again (as an older engine may), the plugin does not repeat itself
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plugin.layer_forward(sp, sp.layers[OUT_PROJ[0]]) is None
+    # what the report shows for out_proj is what attention multiplies with: the masked weight
+    model(_inputs()[0])
+    for name in OUT_PROJ:
+        layer = sp.layers[name]
+        assert torch.count_nonzero(layer.weight.detach()[~layer.mask]) == 0
+        assert layer.density == pytest.approx(0.2, abs=1 / layer.capacity)
+    assert plugin.summary() == {**dict.fromkeys(FEED_FORWARD, "csr"), **dict.fromkeys(OUT_PROJ, "masked-dense")}
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+@pytest.mark.parametrize("mode", ["train", "eval-no-grad", "eval-no-grad-padded"])
+def test_every_feed_forward_layer_runs_its_kernel_and_matches_masked_dense(mode, count_kernel_calls):
+    model, ref = _encoder(), _encoder()
+    plugin = KernelPlugin(backend="csr")
+    _sparsify(model, [plugin])
+    _sparsify(ref, [])  # the same masks, every layer on its own (masked dense) forward
+    x, padding = _inputs()
+    model(x)  # first forward in training, where the engine's output-size hooks see plain tensors
+    ref(x)
+    count_kernel_calls.clear()
+    kwargs = {"src_key_padding_mask": padding} if mode.endswith("padded") else {}
+    model.train(mode == "train"), ref.train(mode == "train")
+    with torch.set_grad_enabled(mode == "train"):
+        y, y_ref = model(x, **kwargs).detach(), ref(x, **kwargs).detach()
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    assert sorted(count_kernel_calls) == sorted(FEED_FORWARD)
+    # padded eval batches arrive as nested tensors: those calls run masked dense
+    expected = "masked-dense" if mode.endswith("padded") else "csr"
+    assert {plugin.kernels[name].last_backend for name in FEED_FORWARD} == {expected}
+
+
+def test_without_the_guard_the_eval_fast_path_skips_the_kernels(count_kernel_calls):
+    # out_proj excluded: nothing but the guard keeps a hook inside the encoder layers
+    model = _encoder()
+    plugin = KernelPlugin(backend="csr")
+    sp, messages = _sparsify(model, [plugin], exclude="*out_proj")
+    assert messages == []
+    x, _ = _inputs()
+    model(x)
+    assert plugin.fast_path_guard.guarded == ["layers.0", "layers.1"]
+    model.eval()
+    count_kernel_calls.clear()
+    with torch.no_grad():
+        model(x)
+    assert len(count_kernel_calls) == 4
+    plugin.fast_path_guard.remove()
+    count_kernel_calls.clear()
+    with torch.no_grad():
+        model(x)
+    assert count_kernel_calls == []  # PyTorch's fast path read linear1/linear2 directly
+    sp.remove()
+
+
+def test_remove_takes_the_guards_off():
+    model = _encoder()
+    plugin = KernelPlugin(backend="csr")
+    sp, _ = _sparsify(model, [plugin])
+    assert [len(layer._forward_pre_hooks) for layer in model.layers] == [1, 1]
+    sp.remove()
+    assert [len(layer._forward_pre_hooks) for layer in model.layers] == [0, 0]
+
+
+def test_no_guard_when_the_plugin_steps_aside():
+    model = _encoder()
+
+    class DenseGrads:
+        @sparsecore.hookimpl
+        def masking_policy(self, sparsifier):
+            return sparsecore.MaskingPolicy(mask_gradients=False, mask_optimizer_state=False)
+
+    plugin = KernelPlugin(backend="csr")
+    _, messages = _sparsify(model, [DenseGrads(), plugin])
+    assert messages == [] and plugin.kernels == {} and plugin.bypassed == {}
+    assert [len(layer._forward_pre_hooks) for layer in model.layers] == [0, 0]
+
+
+def test_a_layer_the_engine_never_calls_layer_forward_for_is_still_reported():
+    """A newer engine sets ``forward_replaceable=False`` and skips layer_forward: on_setup warns instead."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    layers = {"0": types.SimpleNamespace(name="0", module=model[0], kind="linear", forward_replaceable=False),
+              "2": types.SimpleNamespace(name="2", module=model[2], kind="linear")}
+    engine = types.SimpleNamespace(model=model, layers=layers, policy=None)
+    plugin = KernelPlugin(backend="csr")
+    with pytest.warns(UserWarning, match=r"layer '0' runs masked dense.*forward is never called"):
+        plugin.on_setup(engine)
+    assert plugin.bypassed == {"0": "the engine reports that its module's forward is never called"}
+
+
+def test_bypassed_forwards_finds_every_out_proj():
+    model = _encoder()
+    modules = dict(model.named_modules())
+    assert set(bypassed_forwards(model)) == {id(modules[name]) for name in OUT_PROJ}
+    assert bypassed_forwards(copy.deepcopy(nn.Sequential(nn.Linear(4, 4)))) == {}
