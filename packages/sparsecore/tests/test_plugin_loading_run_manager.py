@@ -157,7 +157,8 @@ def test_every_first_result_hook_refuses_wrappers():
     assert FIRST_RESULT_HOOKS and FIRST_RESULT_HOOKS <= set(RUN_HOOKS)
     for hook in sorted(FIRST_RESULT_HOOKS):
         plugin_cls = type("Wraps", (), {hook: hookimpl(wrapper=True)(lambda self: (yield))})
-        with pytest.raises(sparsecore.ConfigurationError, match=f"^plugin 'w' wraps first-result hook\\(s\\) '{hook}' "):
+        refused = f"^plugin 'w' wraps first-result hook\\(s\\) '{hook}' "
+        with pytest.raises(sparsecore.ConfigurationError, match=refused):
             RunManager(Answers("algo", "A", []), "algo", [("w", plugin_cls())])
 
 

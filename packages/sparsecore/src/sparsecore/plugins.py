@@ -415,7 +415,11 @@ class Registry:
 
     def register_plugin(self, name: str, factory: Callable[..., Any], distribution: str = "<code>",
                         version: str = "") -> Registration:
-        """Register a non-algorithm plugin from code. Returns the registration (errors as :meth:`register_algorithm`)."""
+        """Register a non-algorithm plugin from code. Returns the registration.
+
+        Raises:
+            ConfigurationError: as :meth:`register_algorithm`.
+        """
         return self._register_code("plugin", name, factory, distribution, version)
 
     def unregister(self, name: str) -> None:
