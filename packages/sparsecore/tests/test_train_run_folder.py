@@ -116,3 +116,17 @@ def test_reproduce_prints_the_table_when_its_file_cannot_be_written(tmp_path, ca
         (f"sparsecore reproduce: error: cannot write the table to {tmp_path / 'afile' / 'table.md'}: "
         f"{tmp_path / 'afile'} is a file, not a directory (it is printed above)")]
     shutil.rmtree(tmp_path / "runs")
+
+
+def test_missing_matplotlib_costs_the_plots_only(tmp_path, monkeypatch, capsys):
+    from sparsecore.train import plots
+
+    def no_matplotlib():
+        raise ImportError("No module named 'matplotlib'", name="matplotlib")
+
+    monkeypatch.setattr(plots, "_pyplot", no_matplotlib)
+    argv = [a for a in TINY_ARGS if a not in ("--no-plots", "--quiet")]
+    assert cli.main(["train", *argv, "--epochs", "1", "--runs-dir", str(tmp_path)]) == 0
+    assert "note: no plots, matplotlib is not installed (pip install matplotlib)" in capsys.readouterr().err
+    (run_dir,) = tmp_path.iterdir()
+    assert (run_dir / "summary.md").is_file() and list(run_dir.glob("*.png")) == []

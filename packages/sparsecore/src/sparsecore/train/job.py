@@ -438,9 +438,15 @@ def _run(config: TrainConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
     except KeyboardInterrupt as exc:
         if isinstance(exc, TrainingInterrupted):
             raise
-        if job is not None and job.run_dir is not None:
-            raise TrainingInterrupted(job.run_dir, job.checkpoint_epoch, config.epochs) from None
-        raise TrainingInterrupted(run_dir, int(checkpoint["epoch"]) if checkpoint else 0, config.epochs) from None
+        raise _interruption(config, job, run_dir, checkpoint) from None
+
+
+def _interruption(config: TrainConfig, job: _Job | None, run_dir: Path | None,
+                  checkpoint: dict[str, Any] | None) -> TrainingInterrupted:
+    """What Ctrl-C leaves: the run folder (if created yet) and the epoch of the checkpoint it keeps."""
+    if job is not None and job.run_dir is not None:
+        return TrainingInterrupted(job.run_dir, job.checkpoint_epoch, config.epochs)
+    return TrainingInterrupted(run_dir, int(checkpoint["epoch"]) if checkpoint else 0, config.epochs)
 
 
 @dataclass
@@ -479,6 +485,7 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
 
 
 def _run_label(job: _Job) -> str:
+    """``dense`` or the algorithm's name, as run folders and messages show it."""
     return "dense" if job.config.dense else job.algorithm
 
 
@@ -597,18 +604,7 @@ def _checkpoint_state(job: _Job, epochs_done: int) -> dict[str, Any]:
 
 def _train_and_checkpoint_epoch(job: _Job, epoch: int, say: rundir.Printer) -> None:
     """Train epoch ``epoch`` (0-based), evaluate, end the engine's epoch, record the metrics and checkpoint."""
-    config = job.config
-    bar = _progress(job.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", config.quiet)
-    tick = time.perf_counter()
-    try:
-        train_loss, train_acc = train_epoch(job.model, job.optimizer, job.scheduler, job.dataset.train,
-                                            config.batch_size, job.data_generator, config.augment, job.sparsifier, bar)
-    except TrainingDivergedError as exc:
-        raise _diverged(job, epoch, str(exc)) from None
-    finally:
-        if bar is not None:
-            bar.close()
-    epoch_seconds = time.perf_counter() - tick
+    train_loss, train_acc, epoch_seconds = _train_timed(job, epoch)
     # the phase of the model that is evaluated (a step-scheduled phase change at the epoch's last step
     # has already happened), so that the phase, the density and the test metrics describe one model
     phase = algorithm_phase(job.sparsifier)
@@ -621,22 +617,55 @@ def _train_and_checkpoint_epoch(job: _Job, epoch: int, say: rundir.Printer) -> N
         job.sparsifier.epoch_end(epoch)
         record["update_seconds"] = time.perf_counter() - tick
     job.metrics.append(record)
+    _record_and_checkpoint(job, record)
+    say.line(rundir.epoch_line(record, job.config.epochs))
+
+
+def _train_timed(job: _Job, epoch: int) -> tuple[float, float, float]:
+    """One epoch's training steps under a progress bar: mean loss, accuracy and seconds.
+
+    Raises:
+        TrainingDivergedError: the training loss became non-finite (the message names the epoch and what is kept).
+    """
+    config = job.config
+    bar = _progress(job.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", config.quiet)
+    tick = time.perf_counter()
+    try:
+        train_loss, train_acc = train_epoch(job.model, job.optimizer, job.scheduler, job.dataset.train,
+                                            config.batch_size, job.data_generator, config.augment, job.sparsifier, bar)
+    except TrainingDivergedError as exc:
+        raise _diverged(job, epoch, str(exc)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    return train_loss, train_acc, time.perf_counter() - tick
+
+
+def _record_and_checkpoint(job: _Job, record: dict[str, Any]) -> None:
+    """Append the epoch's record to ``metrics.jsonl`` and save the checkpoint of that epoch.
+
+    Raises:
+        RunFolderError: a write failed; the message says which checkpoint the run folder keeps.
+    """
     try:
         rundir.discard_summary(job.run_dir)  # from here on it would describe an older checkpoint
         rundir.append_metrics(job.run_dir, record)
-        save_checkpoint(job.run_dir, _checkpoint_state(job, epoch + 1))
+        save_checkpoint(job.run_dir, _checkpoint_state(job, record["epoch"]))
     except RunFolderError as exc:
-        raise RunFolderError(f"{exc}; {kept_checkpoint(job.run_dir, job.checkpoint_epoch, config.epochs)}") from exc
-    job.checkpoint_epoch = epoch + 1
-    say.line(rundir.epoch_line(record, config.epochs))
+        kept = kept_checkpoint(job.run_dir, job.checkpoint_epoch, job.config.epochs)
+        raise RunFolderError(f"{exc}; {kept}") from exc
+    job.checkpoint_epoch = record["epoch"]
 
 
-def _write_plots(job: _Job) -> None:
+def _write_plots(job: _Job, say: rundir.Printer) -> None:
+    """The PNG plots of the metrics so far (a notice instead when matplotlib is missing)."""
     from sparsecore.train import plots
 
     try:
         plots.write_plots(job.run_dir, job.metrics, dense=job.config.dense,
                           title=rundir.run_title(job.resolved, job.algorithm, job.dataset.name))
+    except ImportError as exc:  # matplotlib comes with the train extra; the summary does not need it
+        say.notice(f"note: no plots, {exc.name or 'matplotlib'} is not installed (pip install matplotlib)")
     except OSError as exc:
         raise RunFolderError(f"cannot write the plots in {job.run_dir}: {os_reason(exc)}; "
                              f"{kept_checkpoint(job.run_dir, job.checkpoint_epoch, job.config.epochs)}") from exc
@@ -671,7 +700,7 @@ def _finish(job: _Job, started: float, say: rundir.Printer) -> RunResult:
         wall_seconds=0.0, train_seconds=sum(m["epoch_seconds"] for m in metrics), epochs_done=len(metrics),
         completed=len(metrics) >= config.epochs, notices=job.notices, model=job.model, sparsifier=job.sparsifier)
     if config.plots and metrics:
-        _write_plots(job)
+        _write_plots(job, say)
     result.wall_seconds = time.perf_counter() - started
     rundir.write_summary(job.run_dir, result, job.algorithm)
     say.summary(result, job.algorithm)
