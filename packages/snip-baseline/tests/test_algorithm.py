@@ -267,7 +267,7 @@ def test_bad_scoring_options_raise_configuration_errors(mlp, batch):
 def test_snip_is_installed_under_the_sparsecore_entry_point():
     eps = [ep for ep in importlib.metadata.entry_points(group="sparsecore") if ep.name == "snip"]
     assert [ep.value for ep in eps] == ["snip_baseline.plugin"]
-    if os.environ.get("SPARSECORE_DISABLE_PLUGIN_AUTOLOAD", "").strip() not in ("", "0", "false", "False"):
+    if sparsecore.plugins.autoload_disabled():
         pytest.skip("entry-point autoload is disabled in this environment")
     reg = sparsecore.registry.algorithm("snip")
     assert reg.factory is SnipAlgorithm and reg.distribution == "snip-baseline"

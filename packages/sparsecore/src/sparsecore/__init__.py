@@ -9,6 +9,7 @@ group ``sparsecore``.
 from sparsecore.__about__ import __version__
 from sparsecore.algorithm import Algorithm
 from sparsecore.errors import (
+    AmbiguousNameError,
     CheckpointError,
     ConfigurationError,
     HookResultError,
@@ -27,6 +28,7 @@ from sparsecore.topology import TopologyUpdate, UpdatePlan
 
 __all__ = [
     "Algorithm",
+    "AmbiguousNameError",
     "CheckpointError",
     "ConfigurationError",
     "DensityReport",

@@ -14,7 +14,10 @@ Two kinds of hook exist:
   something other than ``None``; that value is the answer. Within one run the
   order is: the user's extra plugins (last passed first), then the active
   algorithm, then the built-in defaults (registered ``trylast``). A plugin that
-  wants to fall back to the next one returns ``None``.
+  wants to fall back to the next one returns ``None``. The engine calls
+  first-result implementations one at a time (so it can name the plugin that
+  answered); hook wrappers are therefore refused on first-result hooks and
+  allowed on broadcast hooks.
 
 The engine validates every first-result answer (type, shape, count, capacity)
 and raises :class:`sparsecore.HookResultError` naming the hook and the plugin
@@ -51,7 +54,8 @@ and of one topology update (``sparsifier.update_topology(rate)``)::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
