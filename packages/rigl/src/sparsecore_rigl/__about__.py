@@ -1,0 +1,3 @@
+"""Version of the sparsecore-rigl distribution."""
+
+__version__ = "0.3.0"
