@@ -131,27 +131,52 @@ def test_without_the_guard_the_eval_fast_path_skips_the_kernels(count_kernel_cal
     sp.remove()
 
 
-def test_remove_takes_the_guards_off():
+def _pre_hooks(model):
+    return [len(layer._forward_pre_hooks) for layer in model.layers]
+
+
+def test_the_guard_is_on_only_while_the_run_is_attached():
     model = _encoder()
     plugin = KernelPlugin(backend="csr")
     sp, _ = _sparsify(model, [plugin])
-    assert [len(layer._forward_pre_hooks) for layer in model.layers] == [1, 1]
+    x, _ = _inputs()
+    assert _pre_hooks(model) == [0, 0]  # set-up leaves the encoder layers alone
+    model(x)
+    assert _pre_hooks(model) == [1, 1]
     sp.remove()
-    assert [len(layer._forward_pre_hooks) for layer in model.layers] == [0, 0]
+    model.eval()
+    with torch.no_grad():
+        model(x)  # the first call after remove() finds no kernel forward and takes the guard off
+    assert _pre_hooks(model) == [0, 0] and plugin.fast_path_guard.guarded == []
+
+
+def test_a_refused_set_up_leaves_the_encoder_layers_untouched():
+    model = _encoder()
+
+    class Refuse:
+        @sparsecore.hookimpl
+        def on_setup(self, sparsifier):
+            raise sparsecore.ConfigurationError("refused")
+
+    with pytest.raises(sparsecore.ConfigurationError, match="refused"):
+        _sparsify(model, [KernelPlugin(backend="csr"), Refuse()])
+    assert _pre_hooks(model) == [0, 0]
+    assert all("forward" not in m.__dict__ for m in model.modules())
 
 
 def test_no_guard_when_the_plugin_steps_aside():
+    class DenseGradients(sparsecore.Algorithm):
+        name = "dense-gradients"
+        masking_policy = sparsecore.MaskingPolicy(mask_gradients=False, mask_optimizer_state=False)
+
     model = _encoder()
-
-    class DenseGrads:
-        @sparsecore.hookimpl
-        def masking_policy(self, sparsifier):
-            return sparsecore.MaskingPolicy(mask_gradients=False, mask_optimizer_state=False)
-
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     plugin = KernelPlugin(backend="csr")
-    _, messages = _sparsify(model, [DenseGrads(), plugin])
-    assert messages == [] and plugin.kernels == {} and plugin.bypassed == {}
-    assert [len(layer._forward_pre_hooks) for layer in model.layers] == [0, 0]
+    with pytest.warns(UserWarning, match="keep their own forward"):
+        sparsecore.Sparsifier(model, opt, algorithm=DenseGradients(), density=0.2, plugins=[plugin])
+    assert plugin.kernels == {} and plugin.bypassed == {} and plugin.fast_path_guard is None
+    model(_inputs()[0])
+    assert _pre_hooks(model) == [0, 0]
 
 
 def test_a_layer_the_engine_never_calls_layer_forward_for_is_still_reported():

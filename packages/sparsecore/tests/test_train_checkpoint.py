@@ -96,8 +96,8 @@ def test_run_folder_without_checkpoint_says_why(run_dir, capsys):
         (run_dir / name).unlink()
     code, err = _resume_cli(run_dir, capsys)
     assert code == 2
-    assert err == [(f"sparsecore train: error: {run_dir} has no checkpoint.pt: the run stopped before its first "
-                   f"epoch finished, so there is nothing to resume (start the run again)")]
+    assert err == [(f"sparsecore train: error: {run_dir} has no checkpoint.pt, so there is nothing to resume (a run "
+                    f"stopped before its first epoch finished has none; start it again)")]
 
 
 def test_foreign_pickle_is_one_line(tmp_path, capsys):

@@ -7,28 +7,36 @@ masked, so the result stays masked dense; only the kernel is skipped):
 * ``nn.MultiheadAttention`` hands ``out_proj.weight`` and ``out_proj.bias``
   to ``F.multi_head_attention_forward`` (or to its native fast path) and never
   calls ``out_proj``. Its forward cannot be replaced: :func:`bypassed_forwards`
-  names every such layer with the reason.
+  names every such layer with the reason (the engine also marks these layers
+  ``layer.forward_replaceable = False``).
 * ``nn.TransformerEncoderLayer`` has a fast path
   (``torch._transformer_encoder_layer_fwd``) that reads ``linear1``,
   ``linear2`` and the attention weights directly. PyTorch takes it only in
   ``eval()`` with autograd off (or no weight requiring grad), never in
   training, and only while no forward hook or pre-hook is attached to the
-  layer or its submodules. :class:`FastPathGuard` attaches a no-op pre-hook to
-  every encoder layer that holds a replaced forward, so such a layer always
-  runs its Python forward, which calls ``linear1``/``linear2``. Under
-  ``nn.TransformerEncoder`` with a ``src_key_padding_mask`` in that mode the
-  stack still packs the batch into a nested tensor, which the layers' Python
-  forwards accept.
+  layer or its submodules. :class:`FastPathGuard` attaches a no-op forward
+  pre-hook to every encoder layer that holds a replaced forward, so that
+  layer always runs its Python forward, which calls ``linear1``/``linear2``.
+  Under ``nn.TransformerEncoder`` with a ``src_key_padding_mask`` in that mode
+  the stack still packs the batch into a nested tensor, which the layers'
+  Python forwards accept.
+
+The guard never touches the model before the run is attached: it is put on
+at the first call of a replaced forward (the engine installs those only once
+every plugin accepted the run, and the engine's one-shot output-size hooks
+keep every layer's first forward off the fast path). It takes itself off at
+the first encoder-layer call after the replaced forwards are gone
+(``Sparsifier.remove()``); that call still runs the Python forward, which
+computes the same function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["FastPathGuard", "bypassed_forwards", "layer_bypass_reason"]
-
 from torch import nn
+
+__all__ = ["FastPathGuard", "bypassed_forwards", "layer_bypass_reason"]
 from torch.utils.hooks import RemovableHandle
 
 
@@ -65,42 +73,53 @@ def layer_bypass_reason(layer: Any, bypassed: dict[int, str]) -> str | None:
     return reason
 
 
-def _keep_python_forward(module: nn.Module, args: Any) -> None:
-    """A forward pre-hook that does nothing: its presence turns the encoder fast path off."""
-
-
 class FastPathGuard:
     """Keeps ``nn.TransformerEncoderLayer``'s fast path off where it would skip replaced forwards.
 
+    Register every replaced forward with :meth:`watch`, and call :meth:`ensure`
+    from those forwards: the first call puts a no-op forward pre-hook on each
+    encoder layer of ``model`` that holds a watched module whose forward is
+    installed. The hooks take themselves off once none of the watched forwards
+    is installed any more.
+
+    Args:
+        model: the model the encoder layers belong to.
+
     Attributes:
-        guarded: names of the encoder layers that carry the guard.
+        guarded: names of the encoder layers that carry the guard now.
     """
 
-    def __init__(self) -> None:
-        self._handles: list[RemovableHandle] = []
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
         self.guarded: list[str] = []
+        self._watched: list[tuple[nn.Module, Any]] = []
+        self._handles: list[RemovableHandle] = []
 
-    def install(self, model: nn.Module, replaced: Iterable[nn.Module]) -> list[str]:
-        """Guard every encoder layer of ``model`` that contains one of the ``replaced`` modules.
+    def watch(self, module: nn.Module, forward: Any) -> None:
+        """Guard ``module`` while ``forward`` is its installed forward."""
+        self._watched.append((module, forward))
 
-        Args:
-            model: the model.
-            replaced: modules whose forward was replaced.
+    def active(self) -> bool:
+        """Whether any watched forward is installed on its module."""
+        return any(module.__dict__.get("forward") is forward for module, forward in self._watched)
 
-        Returns:
-            Names of the encoder layers guarded by this call.
-        """
-        targets = {id(m) for m in replaced}
-        names = []
-        for name, module in model.named_modules():
-            if isinstance(module, nn.TransformerEncoderLayer) and any(id(m) in targets for m in module.modules()):
-                self._handles.append(module.register_forward_pre_hook(_keep_python_forward))
-                names.append(name)
-        self.guarded += names
-        return names
+    def ensure(self) -> None:
+        """Put the guard on (once) if a watched forward is installed; cheap when it is on already."""
+        if self._handles or not self.active():
+            return
+        modules = {id(module) for module, _ in self._watched}
+        for name, layer in self.model.named_modules():
+            if isinstance(layer, nn.TransformerEncoderLayer) and any(id(m) in modules for m in layer.modules()):
+                self._handles.append(layer.register_forward_pre_hook(self._check))
+                self.guarded.append(name)
+
+    def _check(self, module: nn.Module, args: Any) -> None:
+        # Present, the hook keeps the fast path off; once the run is gone, it removes itself.
+        if not self.active():
+            self.remove()
 
     def remove(self) -> None:
-        """Take every guard off (the fast path is PyTorch's to choose again)."""
+        """Take the guard off every encoder layer (the fast path is PyTorch's to choose again)."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

@@ -23,8 +23,9 @@ A layer whose forward its parent never calls (the ``out_proj`` of an
 ``nn.MultiheadAttention``, see :mod:`sparse_kernels_cuda.bypass`) keeps its
 own forward and runs masked dense (the engine keeps its weight masked); the
 plugin warns once per such layer. Encoder layers holding kernel layers keep
-``nn.TransformerEncoderLayer``'s eval fast path off while the run is attached,
-so their ``linear1``/``linear2`` always run the kernels.
+``nn.TransformerEncoderLayer``'s eval fast path off while the run is attached
+(:class:`~sparse_kernels_cuda.bypass.FastPathGuard`), so their
+``linear1``/``linear2`` always run the kernels.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -69,11 +71,16 @@ class LayerKernel:
     Args:
         layer: the engine's layer object.
         dispatcher: the run's dispatcher.
+
+    Attributes:
+        on_call: called without arguments before every call when set (the
+            plugin keeps the transformer fast-path guard on through it).
     """
 
     def __init__(self, layer: Any, dispatcher: Dispatcher) -> None:
         self.layer = layer
         self.dispatcher = dispatcher
+        self.on_call: Callable[[], None] | None = None
         self._version: int | None = None
         self._pattern: str | None = None
         self._density = 0.0
@@ -129,6 +136,8 @@ class LayerKernel:
         autocast for the input's device, so the result has exactly the dtype
         and values of the module's own forward there.
         """
+        if self.on_call is not None:
+            self.on_call()
         w = self.layer.weight
         bias = self.layer.module.bias
         if (input.dtype != w.dtype or input.device != w.device or input.is_nested
@@ -187,7 +196,8 @@ class KernelPlugin:
         self._dispatcher: Dispatcher | None = None
         self._warned = False
         self._bypassed_forwards: tuple[nn.Module, dict[int, str]] | None = None
-        self.fast_path_guard = FastPathGuard()
+        #: the run's fast-path guard (``None`` before the first kernel layer)
+        self.fast_path_guard: FastPathGuard | None = None
 
     def dispatcher(self, premasked: bool) -> Dispatcher:
         """The run's dispatcher (created on first use)."""
@@ -227,6 +237,10 @@ class KernelPlugin:
         _grad_pool.set_grad_pool_enabled(self.grad_pool)
         kernel = LayerKernel(layer, self.dispatcher(premasked=policy is not None))
         self.kernels[layer.name] = kernel
+        if self.fast_path_guard is None or self.fast_path_guard.model is not sparsifier.model:
+            self.fast_path_guard = FastPathGuard(sparsifier.model)
+        self.fast_path_guard.watch(layer.module, kernel)
+        kernel.on_call = self.fast_path_guard.ensure
         return kernel
 
     def _note_bypassed(self, sparsifier: Any, layer: Any) -> bool:
@@ -243,7 +257,7 @@ class KernelPlugin:
 
     @hookimpl
     def on_setup(self, sparsifier: Any) -> None:
-        """Note the layers whose forward cannot be replaced; keep the encoder fast path off over kernel layers.
+        """Note (and warn about) the Linear layers whose forward cannot be replaced.
 
         An engine that knows a layer's forward is never called does not ask
         :meth:`layer_forward` for it; the warning for it comes from here.
@@ -252,13 +266,6 @@ class KernelPlugin:
             for layer in sparsifier.layers.values():
                 if layer.kind == "linear" and isinstance(layer.module, nn.Linear):
                     self._note_bypassed(sparsifier, layer)
-        replaced = [k.layer.module for k in self.kernels.values() if k.layer.module.__dict__.get("forward") is k]
-        self.fast_path_guard.install(sparsifier.model, replaced)
-
-    @hookimpl
-    def on_remove(self, sparsifier: Any) -> None:
-        """Take the fast-path guards off the encoder layers."""
-        self.fast_path_guard.remove()
 
     @hookimpl
     def on_topology_update(self, sparsifier: Any, report: Any) -> None:

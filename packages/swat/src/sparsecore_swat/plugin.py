@@ -16,9 +16,11 @@ these refreshes are not topology updates, so they add nothing to
 A layer whose forward its parent never calls (the ``out_proj`` of an
 ``nn.MultiheadAttention``, see :mod:`sparsecore_swat.bypass`) cannot run
 SWAT: it stays dense, with a ``UserWarning`` naming it and the reason, and
-its mask (so the report) shows density 1. Encoder layers that hold SWAT
-layers keep ``nn.TransformerEncoderLayer``'s fast path off while the run is
-attached, so their ``linear1``/``linear2`` always run SWAT.
+its mask (so the report) shows density 1 (engines that know such layers
+leave them out of the sparse layers themselves). Encoder layers that hold
+SWAT layers keep ``nn.TransformerEncoderLayer``'s fast path off while the run
+is attached (:class:`~sparsecore_swat.bypass.FastPathGuard`), so their
+``linear1``/``linear2`` always run SWAT.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 
 from sparsecore_swat.budget import momentum_budgets, momentum_shares
 from sparsecore_swat.bypass import FastPathGuard, bypassed_forwards, layer_bypass_reason
-from sparsecore_swat.functional import SwatForward, layer_kind_of, swat_forward_of
+from sparsecore_swat.functional import SwatForward, layer_kind_of
 from sparsecore_swat.state import TopKState
 from sparsecore_swat.topk import check_structure
 
@@ -77,6 +79,8 @@ class SwatAlgorithm(sparsecore.Algorithm):
         states: layer name to its :class:`TopKState`.
         dense_layers: layer name to the reason it stays dense (its forward
             cannot be replaced); empty before set-up.
+        fast_path_guard: the run's :class:`~sparsecore_swat.bypass.FastPathGuard`
+            (``None`` before the first forward is replaced).
     """
 
     name = "swat"
@@ -110,7 +114,7 @@ class SwatAlgorithm(sparsecore.Algorithm):
         self.states: dict[str, TopKState] = {}
         self.dense_layers: dict[str, str] = {}
         self._pending_state: dict[str, Any] | None = None
-        self.fast_path_guard = FastPathGuard()
+        self.fast_path_guard: FastPathGuard | None = None
 
     # -- set-up ---------------------------------------------------------------
     def state_for(self, layer: sparsecore.SparseLayer) -> TopKState:
@@ -167,8 +171,11 @@ class SwatAlgorithm(sparsecore.Algorithm):
         return {name: layer for name, layer in layers.items() if name not in self.dense_layers}
 
     @sparsecore.hookimpl
-    def layer_forward(self, layer: sparsecore.SparseLayer) -> Callable[..., Any] | None:
+    def layer_forward(self, sparsifier: sparsecore.Sparsifier,
+                      layer: sparsecore.SparseLayer) -> Callable[..., Any] | None:
         """SWAT's forward for ``Linear`` and ``Conv1d/2d/3d`` layers (``None`` for a layer kept dense).
+
+        Each forward keeps the run's fast-path guard on from its first call.
 
         Raises:
             TypeError: the layer's module is of another type (it would silently run dense).
@@ -176,22 +183,20 @@ class SwatAlgorithm(sparsecore.Algorithm):
         if layer.name in self.dense_layers:
             return None
         try:
-            return SwatForward(layer.module, self.state_for(layer))
+            forward = SwatForward(layer.module, self.state_for(layer))
         except TypeError as err:
             raise TypeError(f"{err} (layer {layer.name!r}); exclude it from the sparse layers") from None
+        if self.fast_path_guard is None or self.fast_path_guard.model is not sparsifier.model:
+            self.fast_path_guard = FastPathGuard(sparsifier.model)
+        self.fast_path_guard.watch(layer.module, forward)
+        forward.on_call = self.fast_path_guard.ensure
+        return forward
 
     @sparsecore.hookimpl
     def on_setup(self, sparsifier: sparsecore.Sparsifier) -> None:
-        """Apply state restored before the layers existed; keep the encoder fast path off over SWAT layers."""
+        """Apply state restored before the layers existed (see :meth:`load_state_dict`)."""
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
-        replaced = [layer.module for layer in sparsifier.layers.values() if swat_forward_of(layer.module) is not None]
-        self.fast_path_guard.install(sparsifier.model, replaced)
-
-    @sparsecore.hookimpl
-    def on_remove(self, sparsifier: sparsecore.Sparsifier) -> None:
-        """Take the fast-path guards off the encoder layers."""
-        self.fast_path_guard.remove()
 
     @sparsecore.hookimpl
     def layer_train_flops(self, sparsifier: sparsecore.Sparsifier,

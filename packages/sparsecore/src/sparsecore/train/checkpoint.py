@@ -139,8 +139,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
 
 def _no_checkpoint_message(path: Path, file: Path) -> str:
     if path.is_dir() and (path / "config.json").is_file():
-        return (f"{path} has no {CHECKPOINT_NAME}: the run stopped before its first epoch finished, so there is "
-                f"nothing to resume (start the run again)")
+        return (f"{path} has no {CHECKPOINT_NAME}, so there is nothing to resume (a run stopped before its first "
+                f"epoch finished has none; start it again)")
     return f"no checkpoint at {file} (pass a run folder or its {CHECKPOINT_NAME})"
 
 
@@ -184,7 +184,7 @@ def _verify(file: Path) -> list[str]:
 def _torch_load(file: Path) -> Any:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+    except Exception as exc:  # torch raises many types for bad files
         first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
         reason = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {file}: {reason}") from None
