@@ -60,6 +60,7 @@ class Recorder:
 
 
 def build(density=0.5, total_steps=None, momentum=0.9, lr=0.1, plugins=(), seed=0, **options):
+    options.setdefault("dense_first_layer", True)  # these tests prune the two later layers of the MLP
     model = make_model(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     sp = sparsecore.Sparsifier(model, opt, algorithm="dsd", density=density, total_steps=total_steps,
@@ -71,12 +72,28 @@ def test_registered_by_name_with_paper_defaults():
     assert "dsd" in sparsecore.available_algorithms()
     model, opt, sp = build(total_steps=6)
     assert isinstance(sp.algorithm, DSD)
-    assert list(sp.layers) == ["2", "4"]  # first layer kept dense by DSD's engine default
+    assert list(sp.layers) == ["2", "4"]  # first layer kept dense on request
     assert all(bool(l.mask.all()) for l in sp.layers.values())  # dense start
     assert [l.target_density for l in sp.layers.values()] == [0.5, 0.5]
     assert sp.algorithm.phase == "dense" and sp.algorithm.lr_factor == 1.0
     _, _, sp2 = build(total_steps=6, dense_first_layer=False)
     assert list(sp2.layers) == ["0", "2", "4"]
+
+
+def test_default_keeps_a_first_conv_dense_and_prunes_a_first_linear():
+    from sparsecore.models import create_model
+
+    mlp = create_model("lenet-300-100")
+    sp = sparsecore.Sparsifier(mlp, torch.optim.SGD(mlp.parameters(), lr=0.1), algorithm="dsd", total_steps=9)
+    first = next(name for name, m in mlp.named_modules() if isinstance(m, nn.Linear))
+    assert first in sp.layers and sp.layers[first].capacity == 784 * 300  # the MLP's first Linear is pruned
+    assert sp.density == 0.7
+    conv = create_model("lenet-5-caffe")
+    sp = sparsecore.Sparsifier(conv, torch.optim.SGD(conv.parameters(), lr=0.1), algorithm="dsd", total_steps=9)
+    first = next(name for name, m in conv.named_modules() if isinstance(m, nn.Conv2d))
+    assert first not in sp.layers and first in dict(conv.named_modules())  # the first conv stays dense
+    with pytest.raises(sparsecore.ConfigurationError, match="dense_first_layer must be True, False or 'conv'"):
+        build(total_steps=6, dense_first_layer="first")
 
 
 def test_step_schedule_exact_counts_and_fixed_mask():
@@ -416,7 +433,8 @@ def test_default_density_is_the_papers_30_percent_sparsity():
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         kwargs = {} if density is None else {"density": density}
         rec = Recorder()
-        sp = sparsecore.Sparsifier(model, opt, algorithm="dsd", total_steps=6, plugins=[rec], seed=7, **kwargs)
+        sp = sparsecore.Sparsifier(model, opt, algorithm="dsd", total_steps=6, plugins=[rec], seed=7,
+                                   dense_first_layer=True, **kwargs)
         assert sp.density == (0.7 if density is None else density)
         for x, y in DATA + DATA:  # steps 1, 2: the dense third; 3, 4: the sparse third
             train_step(model, opt, x, y)
@@ -494,7 +512,8 @@ def test_block_sparse_phase_keeps_whole_blocks_of_largest_magnitude():
     rec = Recorder()
     model = make_block_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    sp = sparsecore.Sparsifier(model, opt, algorithm="dsd", total_steps=6, block=(2, 2), plugins=[rec], seed=7)
+    sp = sparsecore.Sparsifier(model, opt, algorithm="dsd", total_steps=6, block=(2, 2), plugins=[rec], seed=7,
+                               dense_first_layer=True)
     for x, y in DATA:  # the dense third
         train_step(model, opt, x, y)
     assert sp.algorithm.phase == "sparse"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
 
 import torch
 
-from sparsecore import Algorithm, CheckpointError, ConfigurationError, hookimpl
-from sparsecore import distributions, selection
+from sparsecore import Algorithm, CheckpointError, ConfigurationError, distributions, hookimpl, selection
 from sparsecore_dsd.schedule import DENSE, SPARSE, STEP, PhaseSchedule, phase_names
 
 STATE_FORMAT = 1
@@ -40,10 +41,11 @@ class DSDAlgorithm(Algorithm):
     **Density.** The engine's ``density`` is the fraction of weights *kept* in
     the sparse phase, spread over the layers by the engine's distribution
     (``layer.target_density``). Without an explicit ``density`` DSD asks the
-    engine for 0.7, the paper's 30 % sparsity for CNNs. The first prunable
-    layer stays dense by default (engine default ``dense_first_layer=True``:
-    the paper never prunes the first conv); pass ``dense_first_layer=False`` to
-    the engine to prune it too. Biases are never pruned.
+    engine for 0.7, the paper's 30 % sparsity for CNNs. A first prunable layer
+    that is a convolution stays dense by default (engine default
+    ``dense_first_layer="conv"``: the paper never prunes the first conv); an
+    MLP's first Linear, which holds most of its weights, is pruned. Pass
+    ``dense_first_layer=True`` or ``False`` to the engine to decide yourself. Biases are never pruned.
 
     **Learning rate.** The phase's factor goes to the engine's
     :attr:`Sparsifier.lr_factor <sparsecore.Sparsifier.lr_factor>`, applied
@@ -86,9 +88,10 @@ class DSDAlgorithm(Algorithm):
     """
 
     name = "dsd"
-    #: Density 0.7 (the paper's 30 % sparsity) and a dense first layer (the paper never prunes the first conv);
+    #: Density 0.7 (the paper's 30 % sparsity) and a dense first layer when it is a convolution (the paper never
+    #: prunes the first conv; an MLP's first layer, most of its weights, is pruned);
     #: options the user passes to the engine win over these.
-    engine_defaults = {"density": 0.7, "dense_first_layer": True}
+    engine_defaults = MappingProxyType({"density": 0.7, "dense_first_layer": "conv"})
     patterns = ("unstructured", "block")
 
     def __init__(self, phases: Sequence[float] | None = None, phase_epochs: Sequence[int] | None = None,
@@ -98,7 +101,8 @@ class DSDAlgorithm(Algorithm):
             raise ConfigurationError("dsd: give phases (fractions of total_steps) or phase_epochs, not both")
         if iterations is not None:
             if isinstance(iterations, (str, bytes)) or not isinstance(iterations, Sequence) or not iterations:
-                raise ConfigurationError(f"dsd: iterations must be a non-empty list of kept fractions, got {iterations!r}")
+                raise ConfigurationError(
+                    f"dsd: iterations must be a non-empty list of kept fractions, got {iterations!r}")
             iterations = [distributions.check_density(d, "dsd: every entry of iterations") for d in iterations]
         for what, value in (("redense_lr_scale", redense_lr_scale), ("sparse_lr_scale", sparse_lr_scale)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
@@ -241,7 +245,7 @@ class DSDAlgorithm(Algorithm):
         if name == SPARSE:
             sparsifier.set_masks(self.prune_masks(sparsifier, self.sparse_densities[(index - 1) // 2]))
         else:
-            sparsifier.set_masks({n: torch.ones_like(l.mask) for n, l in sparsifier.layers.items()})
+            sparsifier.set_masks({n: torch.ones_like(layer.mask) for n, layer in sparsifier.layers.items()})
         if self.reset_optimizer_state:
             sparsifier.reset_optimizer_state()
         self._index = index

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -116,7 +117,13 @@ def select_layers(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Mappi
         chosen = [c for c in chosen if any(fnmatch.fnmatchcase(c.name, p) for p in include)]
     if exclude:
         chosen = [c for c in chosen if not any(fnmatch.fnmatchcase(c.name, p) for p in exclude)]
-    if cfg["dense_first_layer"] and chosen and chosen[0].name == names[0]:
+    first = cfg["dense_first_layer"]
+    if first not in (None, True, False, "conv"):
+        raise ConfigurationError(f"dense_first_layer must be True, False or 'conv' (dense only when the first "
+                                 f"prunable layer is a convolution), got {first!r}")
+    if first == "conv":
+        first = found[0].kind.startswith("conv")
+    if first and chosen and chosen[0].name == names[0]:
         chosen = chosen[1:]
     if cfg["dense_last_layer"] and chosen and chosen[-1].name == names[-1]:
         chosen = chosen[:-1]

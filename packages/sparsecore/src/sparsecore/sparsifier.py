@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from sparsecore.plugins import RunManager, instantiate, plugin_display_name, reg
 from sparsecore.policy import MaskingPolicy
 from sparsecore.reporting import DensityReport, LayerUpdate, TopologyReport, default_train_flops, layer_stats
 from sparsecore.schedules import UpdateSchedule
+from sparsecore.selection import NMPattern
 from sparsecore.topology import AnswerChecks, run_update
 
 STATE_FORMAT = 1
@@ -79,7 +81,8 @@ class Sparsifier:
             training (``len(loader) * epochs``).
         plugins: extra plugins for this run: objects, or names of registered
             non-algorithm plugins. They take precedence over the algorithm.
-        dense_first_layer: keep the first prunable layer dense.
+        dense_first_layer: keep the first prunable layer dense (``True``), or
+            only when it is a convolution (``"conv"``, DSD's default).
         dense_last_layer: keep the last prunable layer dense.
         include: glob patterns of module names to make sparse (default: all
             prunable); a single string is one pattern.
@@ -96,6 +99,17 @@ class Sparsifier:
             Every sparse layer must divide into such blocks; keep the others
             dense with ``exclude`` or ``dense_last_layer``. The algorithm must
             list ``"block"`` in its ``patterns``.
+        pattern: ``"N:M"`` (any integers ``0 < N < M``, e.g. ``"2:4"``) to keep
+            exactly N active weights in every group of M consecutive weights
+            along each sparse layer's input dimension (dim 1: a Linear's
+            ``in``; a convolution's input channels at each output channel and
+            kernel position). Every sparse layer's dim 1 must divide by M (keep
+            the others dense with ``exclude``). Every layer's density is then
+            N/M: ``density`` may be left out (or must equal N/M) and the
+            distribution does not apply (a non-uniform one is refused; an
+            algorithm's default distribution is ignored). Exclusive with
+            ``block``; the algorithm must list ``"n:m"`` in its ``patterns``.
+            Default: the algorithm's ``engine_defaults`` ``pattern``, if any.
         data: training batches for algorithms that look at data before
             training (SNIP scores connections on them); an iterable of
             ``(inputs, targets)`` the engine only hands on as :attr:`data`.
@@ -104,7 +118,11 @@ class Sparsifier:
 
     Attributes:
         layers: name → :class:`SparseLayer`, in model order.
-        density: the overall density asked for.
+        density: the overall density asked for (N/M in an N:M run).
+        block: the block shape of a block-sparse run, else ``None``.
+        pattern: the run's pattern as every :mod:`sparsecore.selection`
+            helper takes it (for the global helpers): ``None``, the block shape,
+            or an :class:`~sparsecore.selection.NMPattern`.
         step: optimizer steps completed (steps GradScaler skipped do not count).
         epoch: the last epoch reported to :meth:`epoch_end` (``None`` before).
         total_steps: the run's length in optimizer steps, if given.
@@ -136,10 +154,11 @@ class Sparsifier:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, algorithm: str | Any = "set",
                  density: float | None = None, distribution: str | Mapping[str, float] | Callable | None = None,
                  total_steps: int | None = None, plugins: Sequence[Any] = (), *,
-                 dense_first_layer: bool | None = None, dense_last_layer: bool | None = None,
+                 dense_first_layer: bool | str | None = None, dense_last_layer: bool | None = None,
                  include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
                  layer_types: Sequence[type[nn.Module]] | None = None, seed: int | None = None,
-                 block: Sequence[int] | None = None, data: Iterable[Any] | None = None,
+                 block: Sequence[int] | None = None, pattern: str | NMPattern | None = None,
+                 data: Iterable[Any] | None = None,
                  algorithm_options: Mapping[str, Any] | None = None, **options: Any) -> None:
         # -- 1. arguments (nothing is touched until step 5) ---------------------
         if not isinstance(model, nn.Module):
@@ -171,6 +190,10 @@ class Sparsifier:
         # -- 2. plugins and the algorithm's configuration ---------------------
         self._build_plugins(algorithm, plugins, {**(algorithm_options or {}), **options})
         defaults = self._algorithm_defaults()
+        nm = self._nm_pattern(pattern if pattern is not None or block is not None else defaults.get("pattern"),
+                              block)
+        if nm is not None:
+            density, distribution = self._nm_density(nm, density, distribution)
         self.density = distributions.check_density(
             density if density is not None else defaults.get("density", DEFAULT_DENSITY))
         given = {"distribution": distribution, "dense_first_layer": dense_first_layer,
@@ -186,6 +209,7 @@ class Sparsifier:
         self._keep_forward_sparsity_honest()
         self._refuse_meta_weights()
         self.block = self._set_blocks(block)
+        self.pattern = self._set_pattern(nm)
         shapes = {name: tuple(layer.shape) for name, layer in self.layers.items()}
         for name, d in distributions.resolve(self.distribution, shapes, self.density).items():
             self.layers[name].target_density = d
@@ -258,7 +282,8 @@ class Sparsifier:
             reg = registry.plugin(plugin)
             return reg.name, instantiate(reg, {})
         if isinstance(plugin, type):
-            raise ConfigurationError(f"plugin {plugin.__name__} was passed as a class; pass an instance: {plugin.__name__}()")
+            raise ConfigurationError(
+                f"plugin {plugin.__name__} was passed as a class; pass an instance: {plugin.__name__}()")
         registry.load()
         for name, reg in registry.algorithms.items():
             if isinstance(reg.factory, type) and type(plugin) is reg.factory:
@@ -344,6 +369,54 @@ class Sparsifier:
             layer.block = shape
         return shape
 
+    def _nm_pattern(self, pattern: Any, block: Sequence[int] | None) -> NMPattern | None:
+        """The run's N:M pattern from ``pattern=`` (or the algorithm's default), checked; nothing is set yet."""
+        if pattern is None:
+            return None
+        if block is not None:
+            raise ConfigurationError(f"block={block!r} and pattern={pattern!r} exclude each other; pass one of them")
+        try:
+            return NMPattern.parse(pattern)
+        except ValueError as exc:
+            raise ConfigurationError(f"pattern: {exc}") from None
+
+    @staticmethod
+    def _nm_density(nm: NMPattern, density: float | None, distribution: Any) -> tuple[float, str]:
+        """An N:M run's density (N/M) and distribution (uniform); refuses any other the user asked for."""
+        if density is not None and not math.isclose(float(density), nm.density, rel_tol=1e-9):
+            raise ConfigurationError(f"pattern={str(nm)!r} keeps exactly {nm.n} of every {nm.m} weights, so the "
+                                     f"density is {nm.density:g}; got density={density!r} (leave it out)")
+        if distribution is not None and distribution != "uniform":
+            raise ConfigurationError(f"pattern={str(nm)!r} gives every sparse layer density {nm.density:g}; a "
+                                     f"per-layer distribution ({distribution!r}) cannot apply: leave it out")
+        return nm.density, "uniform"
+
+    def _set_pattern(self, nm: NMPattern | None) -> tuple[int, int] | NMPattern | None:
+        """Check the algorithm supports the run's pattern and give every layer its ``pattern``."""
+        kind = "n:m" if nm is not None else "block" if self.block is not None else "unstructured"
+        if kind == "unstructured" and kind not in self._algorithm_patterns():
+            raise ConfigurationError(f"algorithm {self.algorithm_name!r} does not support unstructured runs (its "
+                                     f"patterns are {self._algorithm_patterns()}); pass pattern='N:M' or block=")
+        if nm is None:
+            for layer in self.layers.values():
+                layer.pattern = self.block
+            return self.block
+        if "n:m" not in self._algorithm_patterns():
+            raise ConfigurationError(f"algorithm {self.algorithm_name!r} does not support N:M runs (its patterns "
+                                     f"are {self._algorithm_patterns()}); drop pattern=")
+        for layer in self.layers.values():
+            if layer.kind.startswith("conv_transpose") or layer.kind == "embedding":
+                raise ConfigurationError(f"layer {layer.name!r} ({layer.kind}): its weight does not keep the input "
+                                         f"dimension in dim 1, where {nm} groups run; keep it dense with "
+                                         f"exclude=[{layer.name!r}]")
+            try:
+                nm.check_shape(layer.shape)
+            except ValueError as exc:
+                raise ConfigurationError(f"layer {layer.name!r}: {exc}; keep it dense with exclude=[{layer.name!r}] "
+                                         "(or dense_first_layer/dense_last_layer)") from None
+            layer.pattern = nm
+        return nm
+
     def _seed_generator(self, seed: int | None) -> None:
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
@@ -409,12 +482,13 @@ class Sparsifier:
             self._masks.apply_to_gradients()
         if self.lr_factor != 1.0:
             self._saved_lrs = [group["lr"] for group in optimizer.param_groups]
-            for group, lr in zip(optimizer.param_groups, self._saved_lrs):
+            for group, lr in zip(optimizer.param_groups, self._saved_lrs, strict=True):
                 group["lr"] = lr * self.lr_factor
 
     def _restore_lrs(self) -> None:
         if self._saved_lrs is not None:
-            for group, lr in zip(self.optimizer.param_groups, self._saved_lrs):
+            # strict=False: a group added since the rates were scaled was never scaled
+            for group, lr in zip(self.optimizer.param_groups, self._saved_lrs, strict=False):
                 group["lr"] = lr  # the original objects: schedulers and checkpoints never see a scaled rate
             self._saved_lrs = None
 
@@ -597,7 +671,7 @@ class Sparsifier:
     # ------------------------------------------------------------------
     def report(self) -> DensityReport:
         """Per-layer and total density, nonzeros, training FLOPs against dense, and the layers left dense."""
-        sparse_ids = {id(l.weight) for l in self.layers.values()}
+        sparse_ids = {id(layer.weight) for layer in self.layers.values()}
         dense_params = sum(p.numel() for p in self.model.parameters() if id(p) not in sparse_ids)
         stats = []
         for layer in self.layers.values():
@@ -642,6 +716,7 @@ class Sparsifier:
             "seed": self.seed,
             "generator": self.generator.get_state(),
             "block": list(self.block) if self.block else None,
+            "pattern": str(self.pattern) if isinstance(self.pattern, NMPattern) else None,
             "masks": {name: layer.mask.clone() for name, layer in self.layers.items()},
             "versions": {name: layer.version for name, layer in self.layers.items()},
             "target_densities": {name: layer.target_density for name, layer in self.layers.items()},
@@ -654,7 +729,7 @@ class Sparsifier:
         Everything is checked before anything changes.
 
         Raises:
-            CheckpointError: another algorithm, density, schedule, block size, other layers or shapes.
+            CheckpointError: another algorithm, density, schedule, block size, N:M pattern, other layers or shapes.
         """
         self._check_state(state)
         for name, layer in self.layers.items():
@@ -681,18 +756,24 @@ class Sparsifier:
             found = state.get("format") if isinstance(state, Mapping) else type(state).__name__
             raise CheckpointError(f"unsupported sparsifier state format {found!r} (expected {STATE_FORMAT})")
         if state["algorithm"] != self.algorithm_name:
-            raise CheckpointError(f"checkpoint is of algorithm {state['algorithm']!r}, this run uses {self.algorithm_name!r}")
+            raise CheckpointError(
+                f"checkpoint is of algorithm {state['algorithm']!r}, this run uses {self.algorithm_name!r}")
         if float(state["density"]) != self.density:
             raise CheckpointError(f"checkpoint is of density {state['density']}, this run uses {self.density}")
         saved_block = tuple(state["block"]) if state.get("block") else None
         if saved_block != self.block:
             raise CheckpointError(f"checkpoint has block={saved_block}, this run uses block={self.block}")
+        mine_nm = str(self.pattern) if isinstance(self.pattern, NMPattern) else None
+        if state.get("pattern") != mine_nm:
+            raise CheckpointError(f"checkpoint has pattern={state.get('pattern')!r}, this run uses pattern={mine_nm!r}")
         masks = state["masks"]
         if list(masks) != list(self.layers):
-            raise CheckpointError(f"checkpoint layers {list(masks)} differ from this model's sparse layers {list(self.layers)}")
+            raise CheckpointError(
+                f"checkpoint layers {list(masks)} differ from this model's sparse layers {list(self.layers)}")
         for name, mask in masks.items():
             if mask.shape != self.layers[name].shape:
-                raise CheckpointError(f"layer {name!r}: checkpoint mask {tuple(mask.shape)} vs weight {tuple(self.layers[name].shape)}")
+                raise CheckpointError(
+                    f"layer {name!r}: checkpoint mask {tuple(mask.shape)} vs weight {tuple(self.layers[name].shape)}")
             if mask.dtype != torch.bool:
                 raise CheckpointError(f"layer {name!r}: checkpoint mask has dtype {mask.dtype}, expected torch.bool")
         mine = None if self.schedule is None else self.schedule.config()
