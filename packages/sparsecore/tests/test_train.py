@@ -148,32 +148,35 @@ def test_default_algorithm_is_sparse_momentum_when_installed(monkeypatch):
     assert resolve_algorithm(TrainConfig(dense=True)) == ("dense", [])
 
 
-class _LoaderProbe:
-    """An algorithm that takes ``loader=`` (like SNIP) and exposes a ``phase``."""
+class _DataProbe(sparsecore.Algorithm):
+    """An algorithm that reads the harness's training batches (like SNIP) and reports a ``phase`` metric."""
 
+    name = "data-probe"
     seen: ClassVar[list] = []
 
-    def __init__(self, loader=None, tag: str = "") -> None:
-        self.loader, self.tag = loader, tag
-        self.phase = "probe"
+    def __init__(self, tag: str = "") -> None:
+        self.tag = tag
 
     @sparsecore.hookimpl
     def on_setup(self, sparsifier) -> None:
-        x, y = next(iter(self.loader))
-        _LoaderProbe.seen.append((tuple(x.shape), tuple(y.shape), len(self.loader), self.tag))
+        x, y = next(iter(sparsifier.data))
+        _DataProbe.seen.append((tuple(x.shape), tuple(y.shape), len(sparsifier.data), self.tag))
+
+    def metrics(self, sparsifier) -> dict:
+        return {"phase": "probe", "test_acc": -1.0}  # an algorithm's value never overwrites the harness's own
 
 
-def test_loader_is_passed_to_algorithms_that_take_it_and_phase_is_recorded(tmp_path):
-    registry.register_algorithm("loader-probe", _LoaderProbe)
+def test_training_batches_reach_the_algorithm_and_its_metrics_are_recorded(tmp_path):
+    registry.register_algorithm("data-probe", _DataProbe)
     try:
-        _LoaderProbe.seen.clear()
-        result = run_training(TrainConfig(algorithm="loader-probe", dataset="random", limit_train=50, limit_test=10,
+        _DataProbe.seen.clear()
+        result = run_training(TrainConfig(algorithm="data-probe", dataset="random", limit_train=50, limit_test=10,
                                           batch_size=20, epochs=1, threads=1, quiet=True, plots=False,
                                           runs_dir=str(tmp_path), options={"tag": "t"}))
     finally:
-        registry.unregister("loader-probe")
-    assert _LoaderProbe.seen == [((20, 1, 28, 28), (20,), 3, "t")]
-    assert result.metrics[0]["phase"] == "probe"
+        registry.unregister("data-probe")
+    assert _DataProbe.seen == [((20, 1, 28, 28), (20,), 3, "t")]
+    assert result.metrics[0]["phase"] == "probe" and result.metrics[0]["test_acc"] >= 0
     assert "| 1 (probe) |" in (result.run_dir / "summary.md").read_text()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import sys
 import time
@@ -80,7 +79,7 @@ class RunResult:
 
 
 class TrainBatches:
-    """A re-iterable over shuffled training batches, for algorithms that take a ``loader`` (SNIP).
+    """A re-iterable over shuffled training batches: the ``data`` the harness hands every ``Sparsifier`` (SNIP scores on it).
 
     It has its own seeded generator, so handing it to a plugin does not change
     the training data order.
@@ -174,28 +173,6 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_
     return None
 
 
-def _algorithm_options(config: TrainConfig, algorithm: str, train_split: Any) -> dict[str, Any]:
-    options = dict(config.options)
-    try:
-        params = inspect.signature(registry.algorithm(algorithm).factory).parameters
-    except (TypeError, ValueError):
-        return options
-    if "loader" in params and "loader" not in options and "batch" not in options:
-        options["loader"] = TrainBatches(train_split, config.batch_size, config.seed + 1)
-    return options
-
-
-def algorithm_phase(sparsifier: Sparsifier | None) -> str | None:
-    """The algorithm's current phase when it exposes a string ``phase`` attribute (DSD), else ``None``.
-
-    Read after an epoch's training steps: it names the phase the evaluated model is in.
-    """
-    if sparsifier is None:
-        return None
-    phase = getattr(sparsifier.algorithm, "phase", None)
-    return phase if isinstance(phase, str) else None
-
-
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Modules of the engine's default layer types with a weight, in model order."""
     types = tuple(DEFAULT_LAYER_TYPES)
@@ -216,7 +193,8 @@ def layer_rows(model: nn.Module, sparsifier: Sparsifier | None) -> tuple[list[di
         report = sparsifier.report()
         rows = []
         for s in report.layers:
-            ratio = None if s.forward_flops is None else (s.forward_flops + s.backward_flops) / (3 * s.dense_forward_flops)
+            ratio = (None if s.forward_flops is None
+                     else (s.forward_flops + s.backward_flops) / (3 * s.dense_forward_flops))
             rows.append({"name": s.name, "shape": list(s.shape), "density": s.density, "nnz": s.nnz,
                          "numel": s.numel, "train_flops_ratio": ratio})
         return rows, report.density, report.train_flops_ratio
@@ -303,7 +281,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: A
         if bar is not None:
             bar.update(1)
             if i % refresh_every == 0:
-                density = sparsifier.nnz / sum(l.capacity for l in sparsifier.layers.values()) if sparsifier else 1.0
+                density = (sparsifier.nnz / sum(layer.capacity for layer in sparsifier.layers.values())
+                           if sparsifier else 1.0)
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.2%}",
                                 density=f"{density:.4f}", refresh=False)
     _check_finite_loss(loss_sum, steps)
@@ -396,7 +375,8 @@ def resume_training(path: str | Path, **overrides: Any) -> RunResult:
     loaded = read_checkpoint(path)
     ckpt, run_dir = loaded.state, loaded.run_dir
     config = TrainConfig.from_dict(ckpt["config"])
-    config = config.replace(stop_after=None, **{k: v for k, v in overrides.items() if v is not None or k == "stop_after"})
+    config = config.replace(stop_after=None,
+                            **{k: v for k, v in overrides.items() if v is not None or k == "stop_after"})
     config.validate()
     say = rundir.Printer(config.quiet)
     for notice in loaded.notices:
@@ -521,7 +501,8 @@ def _build_job(config: TrainConfig, algorithm: str, notices: list[str], info: An
         sparsifier = Sparsifier(model, optimizer, algorithm=algorithm, density=config.density,
                                 distribution=config.distribution, total_steps=steps_per_epoch * config.epochs,
                                 plugins=list(config.plugins), seed=config.seed,
-                                algorithm_options=_algorithm_options(config, algorithm, dataset.train))
+                                data=TrainBatches(dataset.train, config.batch_size, config.seed + 1),
+                                algorithm_options=dict(config.options))
     resolved = config.replace(algorithm=None if config.dense else algorithm)
     if resolved.density is None:  # the algorithm chose it (or the engine's default)
         resolved = resolved.replace(density=sparsifier.density if sparsifier is not None else 1.0)
@@ -576,20 +557,20 @@ def _open_run_folder(job: _Job, say: rundir.Printer) -> None:
 
 
 def _epoch_record(job: _Job, epoch: int, train_loss: float, train_acc: float, epoch_seconds: float,
-                  phase: str | None) -> dict[str, Any]:
+                  algorithm_metrics: dict[str, Any]) -> dict[str, Any]:
     """Evaluate the model and return the epoch's ``metrics.jsonl`` record (before the engine's epoch end)."""
     sparsifier = job.sparsifier
     tick = time.perf_counter()
     test_loss, test_acc = evaluate(job.model, job.dataset.test, job.config.eval_batch_size)
     eval_seconds = time.perf_counter() - tick
     densities = layer_densities(job.model, sparsifier)
-    overall = (sparsifier.nnz / sum(l.capacity for l in sparsifier.layers.values())) if sparsifier else 1.0
+    overall = (sparsifier.nnz / sum(layer.capacity for layer in sparsifier.layers.values())) if sparsifier else 1.0
     record = {"epoch": epoch + 1, "step": (epoch + 1) * job.steps_per_epoch, "train_loss": train_loss,
               "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc, "density": overall,
               "layer_densities": densities, "lr": job.optimizer.param_groups[0]["lr"],
               "epoch_seconds": epoch_seconds, "eval_seconds": eval_seconds}
-    if phase is not None:
-        record["phase"] = phase
+    for key, value in algorithm_metrics.items():  # the algorithm's own values (DSD's phase); never overwrite ours
+        record.setdefault(key, value)
     return record
 
 
@@ -607,8 +588,8 @@ def _train_and_checkpoint_epoch(job: _Job, epoch: int, say: rundir.Printer) -> N
     train_loss, train_acc, epoch_seconds = _train_timed(job, epoch)
     # the phase of the model that is evaluated (a step-scheduled phase change at the epoch's last step
     # has already happened), so that the phase, the density and the test metrics describe one model
-    phase = algorithm_phase(job.sparsifier)
-    record = _epoch_record(job, epoch, train_loss, train_acc, epoch_seconds, phase)
+    algorithm_metrics = job.sparsifier.algorithm_metrics() if job.sparsifier is not None else {}
+    record = _epoch_record(job, epoch, train_loss, train_acc, epoch_seconds, algorithm_metrics)
     problem = _non_finite_state(job.model, record["test_loss"])
     if problem is not None:
         raise _diverged(job, epoch, problem)
@@ -672,7 +653,7 @@ def _write_plots(job: _Job, say: rundir.Printer) -> None:
 
 
 def _non_finite_state(model: nn.Module, test_loss: float) -> str | None:
-    """What is not finite after an epoch (the first weight tensor with ``inf``/``nan``, or the test loss), or ``None``."""
+    """What is not finite after an epoch: the first weight tensor with ``inf``/``nan``, the test loss, or ``None``."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if not bool(torch.isfinite(param).all()):
@@ -686,7 +667,8 @@ def _diverged(job: _Job, epoch: int, problem: str) -> TrainingDivergedError:
     kept = (f"{job.run_dir} keeps the checkpoint of epoch {job.checkpoint_epoch}/{config.epochs}"
             if job.checkpoint_epoch else "no checkpoint was written")
     return TrainingDivergedError(f"training diverged in epoch {epoch + 1}/{config.epochs}: {problem}; {kept} "
-                                 f"(a lower --lr usually helps)", epoch=epoch + 1, checkpoint_epoch=job.checkpoint_epoch)
+                                 f"(a lower --lr usually helps)",
+                                 epoch=epoch + 1, checkpoint_epoch=job.checkpoint_epoch)
 
 
 def _finish(job: _Job, started: float, say: rundir.Printer) -> RunResult:
