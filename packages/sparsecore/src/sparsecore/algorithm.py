@@ -8,8 +8,9 @@ attributes works too (the engine reads them with these defaults).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sparsecore.policy import MaskingPolicy
 from sparsecore.schedules import UpdateSchedule
@@ -19,9 +20,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Keys an algorithm's :attr:`Algorithm.engine_defaults` may set.
 ENGINE_DEFAULT_KEYS = ("density", "distribution", "dense_first_layer", "dense_last_layer", "include", "exclude",
-                       "layer_types")
-#: Sparsity patterns an algorithm may declare in :attr:`Algorithm.patterns`.
-PATTERNS = ("unstructured", "block")
+                       "layer_types", "pattern")
+#: Sparsity patterns an algorithm may declare in :attr:`Algorithm.patterns`: ``"unstructured"``,
+#: ``"block"`` (``block=(r, c)`` runs) and ``"n:m"`` (``pattern="N:M"`` runs).
+PATTERNS = ("unstructured", "block", "n:m")
 
 
 class Algorithm:
@@ -33,25 +35,31 @@ class Algorithm:
             optimizer state (:class:`MaskingPolicy`); the default masks all three.
         engine_defaults: engine options this algorithm wants when the user gives
             none; keys from :data:`ENGINE_DEFAULT_KEYS` (e.g. DSD's
-            ``{"density": 0.7}``, SWAT's ``{"dense_first_layer": True}``).
+            ``{"density": 0.7}``, SWAT's ``{"dense_first_layer": True}``,
+            SR-STE's ``{"pattern": "2:4"}``; a user's ``block=`` overrides a
+            default ``pattern``).
         schedule: an :class:`~sparsecore.schedules.UpdateSchedule` the engine
             drives (topology updates after steps or epochs), or ``None`` for an
             algorithm whose topology does not change on a schedule.
         patterns: the sparsity patterns it supports, from :data:`PATTERNS`;
-            ``block=`` is refused for an algorithm that does not list ``"block"``.
+            a run whose pattern (unstructured, ``block=`` or ``pattern="N:M"``)
+            is not listed is refused. An algorithm that lists ``"block"`` or
+            ``"n:m"`` passes ``layer.pattern`` as ``block`` to every
+            :mod:`sparsecore.selection` helper, so its choices follow the run's
+            pattern.
 
     Example:
         ```python
         class MyGrowth(sparsecore.Algorithm):
             name = "my-growth"
-            patterns = ("unstructured", "block")
+            patterns = ("unstructured", "block", "n:m")
 
             def __init__(self, prune_rate=0.3):
                 self.schedule = sparsecore.UpdateSchedule(prune_rate, update_every=100, owner=self.name)
 
             @sparsecore.hookimpl
             def select_grow(self, layer, n):
-                return sparsecore.selection.largest(layer.weight.grad.abs(), ~layer.mask, n, layer.block)
+                return sparsecore.selection.largest(layer.weight.grad.abs(), ~layer.mask, n, layer.pattern)
         ```
     """
 

@@ -18,10 +18,11 @@ class StaticAlgorithm(Algorithm):
 
     Weights, gradients and optimizer state of inactive weights are masked. It
     takes no options: any option is rejected by name when the run is built.
+    With ``pattern="N:M"`` the mask holds N random weights in every group.
     """
 
     name = "static"
-    patterns = ("unstructured", "block")
+    patterns = ("unstructured", "block", "n:m")
 
 
 class SetAlgorithm(Algorithm):
@@ -30,7 +31,9 @@ class SetAlgorithm(Algorithm):
     Every update removes ``floor(rate * nnz)`` active weights of smallest
     magnitude per layer and regrows as many at random inactive positions, with
     value 0 and zero optimizer state. The rate decays from ``prune_rate`` by
-    ``decay`` over training.
+    ``decay`` over training. With ``pattern="N:M"`` the smallest active
+    weights of the layer are removed and every group regrows, at random among
+    its inactive positions, exactly what it lost, so it keeps N.
 
     Args:
         prune_rate: initial fraction of active weights replaced per update, in (0, 1].
@@ -48,7 +51,7 @@ class SetAlgorithm(Algorithm):
     """
 
     name = "set"
-    patterns = ("unstructured", "block")
+    patterns = ("unstructured", "block", "n:m")
 
     def __init__(self, prune_rate: float = 0.3, decay: str = "cosine", eta_min: float = 0.0,
                  update_every: int | str = "epoch", update_end: float = 1.0) -> None:

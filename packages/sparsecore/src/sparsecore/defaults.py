@@ -2,12 +2,15 @@
 
 They answer every first-result hook no algorithm answered: random initial
 masks with exact counts, ``floor(rate * nnz)`` prune counts, magnitude prune,
-no redistribution, random growth.
+no redistribution, random growth. Each follows the run's pattern
+(``layer.pattern``): whole blocks in block runs; in N:M runs exactly N random
+weights per group at first, the smallest active weights of the layer pruned,
+and every group refilled at random with what it lost.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -24,10 +27,10 @@ class BuiltinDefaults:
 
     @hookimpl(trylast=True)
     def init_masks(self, sparsifier, layers: Mapping[str, SparseLayer]) -> dict[str, torch.Tensor]:
-        """Exactly ``round(target_density * numel)`` active entries per layer (whole blocks for block layers)."""
+        """Exactly ``round(target_density * numel)`` active entries per layer, at random in the run's pattern."""
         return {
             name: selection.random_mask(layer.shape, layer.active_count(layer.target_density),
-                                        sparsifier.generator, layer.weight.device, layer.block)
+                                        sparsifier.generator, layer.weight.device, layer.pattern)
             for name, layer in layers.items()
         }
 
@@ -39,7 +42,7 @@ class BuiltinDefaults:
     @hookimpl(trylast=True)
     def select_prune(self, layer: SparseLayer, n: int) -> torch.Tensor:
         """The ``n`` active weights of smallest magnitude."""
-        return selection.smallest(layer.weight.detach().abs(), layer.mask, n, layer.block)
+        return selection.smallest(layer.weight.detach().abs(), layer.mask, n, layer.pattern)
 
     @hookimpl(trylast=True)
     def redistribute(self, removed: Mapping[str, int]) -> dict[str, int]:
@@ -48,5 +51,5 @@ class BuiltinDefaults:
 
     @hookimpl(trylast=True)
     def select_grow(self, sparsifier, layer: SparseLayer, n: int) -> torch.Tensor:
-        """``n`` inactive weights drawn uniformly from ``sparsifier.generator``."""
-        return selection.random_choice(~layer.mask, n, sparsifier.generator, layer.block)
+        """``n`` inactive weights drawn uniformly from ``sparsifier.generator`` (per group in N:M runs)."""
+        return selection.random_choice(~layer.mask, n, sparsifier.generator, layer.pattern)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sparsecore.selection import NMPattern
+
 #: Module types made sparse by default, with the short kind name each gets. A
 #: ``MultiheadAttention`` contributes its input projection (``in_proj_weight``,
 #: or ``q/k/v_proj_weight``); its ``out_proj`` is a Linear of its own.
@@ -61,6 +63,11 @@ class SparseLayer:
             cache formats per version.
         block: ``(rows, cols)`` when the engine keeps this layer block-sparse
             (the weight seen as a ``shape[0] x prod(shape[1:])`` matrix), else ``None``.
+        pattern: the layer's sparsity pattern, to pass as ``block`` to every
+            :mod:`sparsecore.selection` helper: ``None`` (unstructured), the
+            block shape (same as ``block``), or a
+            :class:`~sparsecore.selection.NMPattern` (``pattern="N:M"`` runs:
+            exactly N active weights in every group of M along dim 1).
         forward_replaceable: ``False`` when the model reads this weight without
             calling ``module.forward`` (a ``MultiheadAttention``'s ``out_proj``
             and input projections): the engine then never asks ``layer_forward``
@@ -79,6 +86,7 @@ class SparseLayer:
         self.mask = torch.ones_like(self.weight, dtype=torch.bool)
         self.version = 0
         self.block: tuple[int, int] | None = None
+        self.pattern: tuple[int, int] | NMPattern | None = None
         self.forward_replaceable = forward_replaceable
         #: output positions per sample (H*W for conv2d, 1 for linear), recorded at the first forward.
         self.output_positions: int | None = None

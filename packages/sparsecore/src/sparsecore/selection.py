@@ -4,20 +4,136 @@ Per layer: :func:`smallest`, :func:`largest`, :func:`random_choice`,
 :func:`random_mask`. Over all layers at once: :func:`global_smallest`,
 :func:`global_largest`. Budgets across layers: :func:`spread_overflow`.
 
-Every helper takes an optional ``block=(rows, cols)``: the weight is then seen
-as a matrix ``(shape[0], prod(shape[1:]))`` tiled by blocks, scores are summed
-per block, only blocks whose entries are all candidates can be chosen, and
-``n`` (a multiple of the block size) counts weights, not blocks.
+Every helper takes an optional pattern as ``block``; pass ``layer.pattern``
+(``sparsifier.pattern`` for the global helpers) and a helper follows whatever
+pattern the run has:
+
+* ``None``: unstructured; any ``n`` candidates.
+* ``(rows, cols)``: block-sparse. The weight is seen as a matrix
+  ``(shape[0], prod(shape[1:]))`` tiled by blocks, scores are summed per block,
+  only blocks whose entries are all candidates can be chosen, and ``n`` (a
+  multiple of the block size) counts weights, not blocks.
+* an :class:`NMPattern`: N:M structured (exactly N active weights in every
+  group of M consecutive weights along the input dimension). The choice is
+  made per group, by one of two rules:
+
+  - **fill**: when every group holds at least ``M - N`` candidates and ``n``
+    equals the sum over groups of ``candidates - (M - N)``, each group gets
+    exactly that many of its best candidates: the count that leaves N entries
+    in the group when its non-candidates count as active. Growth after pruning
+    (``candidates=~layer.mask``, ``n`` = what the layer lost) gives every group
+    back exactly what it lost; a fresh mask (every entry a candidate,
+    ``n = N * groups``) takes the N best of every group.
+  - **thin**: otherwise, when no group holds more than N candidates (the
+    candidates are active weights being pruned), the ``n`` best over the whole
+    layer, since removing any active weights keeps every group within N.
+
+  Any other request raises ``ValueError``. Fill takes precedence where both
+  rules apply; both answers are then valid prune selections.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-Block = Sequence[int] | None
+
+@dataclass(frozen=True)
+class NMPattern:
+    """N:M structured sparsity: exactly ``n`` active weights in every group of ``m``.
+
+    Groups are ``m`` consecutive weights along the input (reduction) dimension,
+    dim 1 of the weight: for a Linear ``(out, in)`` along ``in``; for a
+    convolution ``(out, in, *kernel)`` along the input channels at each output
+    channel and kernel position, as SR-STE and NVIDIA ASP group them.
+
+    Attributes:
+        n: active weights per group, ``0 < n < m``.
+        m: weights per group.
+
+    Example:
+        ```python
+        pattern = NMPattern.parse("2:4")
+        everything = torch.ones_like(weight, dtype=torch.bool)
+        mask = selection.largest(weight.abs(), everything, pattern.active_count(weight.shape), pattern)
+        assert pattern.is_exact(mask)  # the 2 largest |w| of every group of 4
+        ```
+    """
+
+    n: int
+    m: int
+
+    def __post_init__(self) -> None:
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.n, self.m))
+        if not ints or not 0 < self.n < self.m:
+            raise ValueError(f"an N:M pattern needs integers 0 < N < M, got {self.n!r}:{self.m!r}")
+
+    @classmethod
+    def parse(cls, spec: Any) -> NMPattern:
+        """An :class:`NMPattern` from ``"N:M"`` (e.g. ``"2:4"``), an ``(N, M)`` pair, or an :class:`NMPattern`.
+
+        Raises:
+            ValueError: anything else, or not ``0 < N < M``.
+        """
+        if isinstance(spec, NMPattern):
+            return spec
+        if isinstance(spec, str):
+            parts = spec.strip().split(":")
+            if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+                return cls(int(parts[0]), int(parts[1]))
+        elif isinstance(spec, (tuple, list)) and len(spec) == 2:
+            return cls(*spec)
+        raise ValueError(f"an N:M pattern is written 'N:M' with integers 0 < N < M (e.g. '2:4'), got {spec!r}")
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}"
+
+    @property
+    def density(self) -> float:
+        """Fraction of active weights, ``n / m``."""
+        return self.n / self.m
+
+    def check_shape(self, shape: Sequence[int]) -> None:
+        """Raise ``ValueError`` unless ``shape`` has an input dimension (dim 1) divisible by ``m``."""
+        if len(shape) < 2 or int(shape[1]) % self.m:
+            size = int(shape[1]) if len(shape) >= 2 else None
+            raise ValueError(f"weight of shape {tuple(shape)}: its input dimension (dim 1, size {size}) does not "
+                             f"divide into groups of {self.m} for {self} sparsity")
+
+    def groups_in(self, shape: Sequence[int]) -> int:
+        """Number of groups of a weight shape."""
+        self.check_shape(shape)
+        return math.prod(int(s) for s in shape) // self.m
+
+    def active_count(self, shape: Sequence[int]) -> int:
+        """Active weights of an N:M mask of ``shape``: ``n`` per group."""
+        return self.n * self.groups_in(shape)
+
+    def grouped(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` as ``(groups, m)``: dim 1 moved last, then cut into runs of ``m``."""
+        self.check_shape(t.shape)
+        return t.movedim(1, -1).reshape(-1, self.m)
+
+    def ungrouped(self, g: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """Inverse of :meth:`grouped`: a ``(groups, m)`` tensor back in the weight's ``shape``."""
+        dims = tuple(int(s) for s in shape)
+        return g.reshape(dims[:1] + dims[2:] + dims[1:2]).movedim(-1, 1)
+
+    def group_counts(self, mask: torch.Tensor) -> torch.Tensor:
+        """True entries of every group of ``mask``, shape ``(groups,)``."""
+        return self.grouped(mask).sum(dim=1)
+
+    def is_exact(self, mask: torch.Tensor) -> bool:
+        """Whether every group of ``mask`` holds exactly ``n`` True entries."""
+        return bool((self.group_counts(mask) == self.n).all())
+
+
+#: What a helper's ``block`` argument accepts: ``None``, a block shape ``(rows, cols)`` or an :class:`NMPattern`.
+Block = Sequence[int] | NMPattern | None
 
 
 def block_view_shape(shape: Sequence[int], block: Sequence[int]) -> tuple[int, int, int, int]:
@@ -78,6 +194,11 @@ def largest(score: torch.Tensor, candidates: torch.Tensor, n: int, block: Block 
 
 
 def _pick(score: torch.Tensor, candidates: torch.Tensor, n: int, largest: bool, block: Block) -> torch.Tensor:
+    if isinstance(block, NMPattern):
+        quotas = nm_quotas(candidates, n, block)
+        if quotas is not None:
+            return _pick_per_group(score, candidates, quotas, largest, block)
+        block = None  # thin: any n candidates
     if block is not None:
         chosen = _pick(to_blocks(score, block), to_blocks(candidates, block, "all"), _block_count(n, block),
                        largest, None)
@@ -94,8 +215,62 @@ def _pick(score: torch.Tensor, candidates: torch.Tensor, n: int, largest: bool, 
     return out.view_as(candidates)
 
 
+def nm_quotas(candidates: torch.Tensor, n: int, pattern: NMPattern) -> torch.Tensor | None:
+    """How many entries an N:M choice of ``n`` takes from each group (see the module docs).
+
+    Returns:
+        The per-group counts ``(groups,)`` under the fill rule, or ``None``
+        under the thin rule (any ``n`` candidates of the layer).
+
+    Raises:
+        ValueError: neither rule applies.
+    """
+    quotas = _fill_quotas(candidates, pattern)
+    if quotas is not None and int(quotas.sum()) == n:
+        return quotas
+    _require_thin(candidates, n, pattern, quotas)
+    return None
+
+
+def _fill_quotas(candidates: torch.Tensor, pattern: NMPattern) -> torch.Tensor | None:
+    """Per group, the candidates beyond ``M - N``; ``None`` if a group holds fewer than ``M - N``."""
+    quotas = pattern.group_counts(candidates) - (pattern.m - pattern.n)
+    return quotas if bool((quotas >= 0).all()) else None
+
+
+def _require_thin(candidates: torch.Tensor, n: int, pattern: NMPattern, fill: torch.Tensor | None,
+                  where: str = "") -> None:
+    most = int(pattern.group_counts(candidates).max()) if candidates.numel() else 0
+    if most <= pattern.n:
+        return
+    refill = "" if fill is None else f" (filling every group takes exactly n={int(fill.sum())})"
+    raise ValueError(f"{where}cannot choose {n} entries in a {pattern} pattern: a group holds {most} candidates, "
+                     f"more than {pattern.n}, so this is not a prune of active weights, and n does not refill every "
+                     f"group to {pattern.n}{refill}")
+
+
+def _pick_per_group(score: torch.Tensor, candidates: torch.Tensor, quotas: torch.Tensor, largest: bool,
+                    pattern: NMPattern) -> torch.Tensor:
+    """In every group, its ``quotas[g]`` candidates of smallest/largest score (ties broken by position)."""
+    s = pattern.grouped(score.detach()).float()
+    c = pattern.grouped(candidates)
+    order = torch.argsort(s, dim=1, descending=largest, stable=True)
+    # candidates first, keeping the score order among them
+    order = order.gather(1, torch.argsort((~c.gather(1, order)).to(torch.uint8), dim=1, stable=True))
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(pattern.m, device=order.device).expand_as(order))
+    chosen = (rank < quotas.to(rank.device).unsqueeze(1)) & c
+    return pattern.ungrouped(chosen, candidates.shape).contiguous()
+
+
 def random_choice(candidates: torch.Tensor, n: int, generator: torch.Generator, block: Block = None) -> torch.Tensor:
     """Bool mask of ``n`` candidates drawn uniformly without replacement from ``generator``."""
+    if isinstance(block, NMPattern):
+        quotas = nm_quotas(candidates, n, block)
+        if quotas is not None:
+            keys = torch.rand(candidates.shape, generator=generator, device=generator.device)
+            return _pick_per_group(keys.to(candidates.device), candidates, quotas, True, block)
+        block = None
     if block is not None:
         chosen = random_choice(to_blocks(candidates, block, "all"), _block_count(n, block), generator)
         return from_blocks(chosen, block, candidates.shape)
@@ -112,7 +287,15 @@ def random_choice(candidates: torch.Tensor, n: int, generator: torch.Generator, 
 
 def random_mask(shape: torch.Size, n_active: int, generator: torch.Generator, device: torch.device,
                 block: Block = None) -> torch.Tensor:
-    """A bool mask of ``shape`` with exactly ``n_active`` True entries at random positions (or blocks)."""
+    """A bool mask of ``shape`` with exactly ``n_active`` True entries at random positions (or blocks).
+
+    With an :class:`NMPattern`, ``n_active`` must be ``N * groups``: N random entries in every group.
+    """
+    if isinstance(block, NMPattern):
+        if n_active != block.active_count(shape):
+            raise ValueError(f"a {block} mask of shape {tuple(shape)} holds exactly {block.active_count(shape)} "
+                             f"active entries, not {n_active}")
+        return random_choice(torch.ones(shape, dtype=torch.bool, device=device), n_active, generator, block)
     if block is not None:
         rb, _, cb, _ = block_view_shape(shape, block)
         blocks = random_mask(torch.Size((rb, cb)), _block_count(n_active, block), generator, device)
@@ -155,6 +338,13 @@ def global_largest(scores: Mapping[str, torch.Tensor], candidates: Mapping[str, 
 def _global_pick(scores: Mapping[str, torch.Tensor], candidates: Mapping[str, torch.Tensor], n: int, largest: bool,
                  block: Block) -> dict[str, torch.Tensor]:
     names = list(scores)
+    if isinstance(block, NMPattern):
+        fills = {k: _fill_quotas(candidates[k], block) for k in names}
+        if all(q is not None for q in fills.values()) and sum(int(q.sum()) for q in fills.values()) == n:
+            return {k: _pick_per_group(scores[k], candidates[k], fills[k], largest, block) for k in names}
+        for k in names:
+            _require_thin(candidates[k], n, block, fills[k], f"tensor {k!r}: ")
+        block = None
     if block is not None:
         chosen = _global_pick({k: to_blocks(scores[k], block) for k in names},
                               {k: to_blocks(candidates[k], block, "all") for k in names},
@@ -170,14 +360,14 @@ def _global_pick(scores: Mapping[str, torch.Tensor], candidates: Mapping[str, to
         dtype = torch.promote_types(dtype, scores[k].dtype)
     positions = [candidates[k].reshape(-1).nonzero().squeeze(1) for k in names]
     values = torch.cat([scores[k].detach().reshape(-1)[pos].to(device=device, dtype=dtype)
-                        for k, pos in zip(names, positions)])
+                        for k, pos in zip(names, positions, strict=True)])
     if n > values.numel():
         raise ValueError(f"cannot choose {n} entries among {values.numel()} candidates")
     order = torch.argsort(values, descending=largest, stable=True)[:n]
     picked = torch.zeros(values.numel(), dtype=torch.bool, device=device)
     picked[order] = True
     out, start = {}, 0
-    for k, pos in zip(names, positions):
+    for k, pos in zip(names, positions, strict=True):
         flat = torch.zeros(candidates[k].numel(), dtype=torch.bool, device=candidates[k].device)
         flat[pos[picked[start:start + pos.numel()].to(pos.device)]] = True
         out[k] = flat.view(candidates[k].shape)

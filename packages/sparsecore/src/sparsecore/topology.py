@@ -9,19 +9,28 @@ A global algorithm (sparse momentum's redistribution, global magnitude
 pruning) answers :func:`~sparsecore.hookspecs.plan_update` with an
 :class:`UpdatePlan` that fixes counts or selections for every layer at once;
 anything it leaves open goes to the per-layer hooks.
+
+In an N:M run (``pattern="N:M"``) the cycle keeps every group at exactly N
+active weights: the prune selection may take any active weights (``k_g`` from
+group ``g``, so every group holds at most N in between), and the grow selection
+must give back exactly ``k_g`` in every group ``g``. A layer therefore regrows
+exactly what it lost (``redistribute`` cannot move weights between N:M
+layers), and the grow count of a layer is its deficit ``N * groups - nnz``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sparsecore import selection
 from sparsecore.errors import HookResultError
 from sparsecore.layers import SparseLayer
+from sparsecore.selection import NMPattern
 
 if TYPE_CHECKING:  # pragma: no cover
     from sparsecore.sparsifier import Sparsifier
@@ -67,8 +76,8 @@ class TopologyUpdate:
 
 
 def default_prune_counts(layers: Mapping[str, SparseLayer], rate: float) -> dict[str, int]:
-    """``floor(rate * nnz)`` per layer, in whole blocks for block layers."""
-    return {name: int(math.floor(rate * layer.nnz / layer.block_size)) * layer.block_size
+    """``floor(rate * nnz)`` per layer, in whole blocks for block layers (any active weights for N:M layers)."""
+    return {name: math.floor(rate * layer.nnz / layer.block_size) * layer.block_size
             for name, layer in layers.items()}
 
 
@@ -84,8 +93,39 @@ class AnswerChecks:
         out = {}
         for name, mask in masks.items():
             self.tensor(hook, who, self.layers[name], mask)
+            self.nm_mask(hook, who, self.layers[name], mask, allow_dense=True)
             out[name] = mask.clone()
         return out
+
+    def nm_mask(self, hook: str, who: str, layer: SparseLayer, mask: torch.Tensor, allow_dense: bool) -> None:
+        """For an N:M layer: exactly N active in every group (or, with ``allow_dense``, the whole layer active).
+
+        A whole-dense mask is accepted from ``init_masks`` and ``set_masks``
+        for algorithms that train dense before pruning once (ASP); the
+        layer's density then reads 1.0 until it is pruned.
+        """
+        pattern = layer.pattern
+        if not isinstance(pattern, NMPattern):
+            return
+        counts = pattern.group_counts(mask)
+        wrong = int((counts != pattern.n).sum())
+        if wrong and not (allow_dense and bool(mask.all())):
+            dense = " (or make the whole layer dense)" if allow_dense else ""
+            raise HookResultError(hook, who, f"layer {layer.name!r}: {wrong} of {counts.numel()} groups do not hold "
+                                             f"exactly {pattern.n} active weights (the run is {pattern} sparse: "
+                                             f"every group of {pattern.m} consecutive weights along the input "
+                                             f"dimension holds exactly {pattern.n}{dense}; pass block=layer.pattern "
+                                             "to sparsecore.selection)")
+
+    def refill_count(self, hook: str, who: str, layer: SparseLayer, count: int) -> None:
+        """For an N:M layer: the grow count is the layer's deficit ``N * groups - nnz`` (what it lost)."""
+        pattern = layer.pattern
+        if isinstance(pattern, NMPattern):
+            deficit = pattern.active_count(layer.shape) - layer.nnz
+            if count != deficit:
+                raise HookResultError(hook, who, f"layer {layer.name!r}: regrows {count} weights, but in a {pattern} "
+                                                 f"run every layer regrows exactly what it lost ({deficit}), so every "
+                                                 f"group ends with {pattern.n} active weights")
 
     def mapping(self, hook: str, who: str, value: Any, partial: bool, what: str) -> None:
         """``value`` is a mapping whose keys are the layer names (all of them unless ``partial``)."""
@@ -130,7 +170,7 @@ class AnswerChecks:
         """An int count in ``[0, limit]``, a multiple of the layer's block size."""
         integer_tensor = (torch.is_tensor(value) and value.numel() == 1 and not value.is_floating_point()
                           and value.dtype != torch.bool)
-        if isinstance(value, bool) or not isinstance(value, int) and not integer_tensor:
+        if isinstance(value, bool) or (not isinstance(value, int) and not integer_tensor):
             raise HookResultError(hook, who, f"layer {name!r}: count must be an int, got {value!r}")
         value = int(value)
         block_size = self.layers[name].block_size
@@ -167,8 +207,8 @@ def run_update(sparsifier: Sparsifier, rate: float) -> dict[str, torch.Tensor]:
     update.plan = plan
     try:
         for name, layer in layers.items():
-            chosen = _choose(sparsifier, checks, "select_prune", ("plan_update", who), layer, plan.prune[name],
-                             layer.mask, "active", update)
+            chosen, _ = _choose(sparsifier, checks, "select_prune", ("plan_update", who), layer, plan.prune[name],
+                                layer.mask, "active", update)
             layer.mask = layer.mask & ~chosen
             update.removed[name] = int(chosen.sum())
         if plan.grow is None:
@@ -181,9 +221,14 @@ def run_update(sparsifier: Sparsifier, rate: float) -> dict[str, torch.Tensor]:
         else:
             grow, source = plan.grow, ("plan_update", who)
         for name, layer in layers.items():
-            chosen = _choose(sparsifier, checks, "select_grow", source, layer, grow[name], ~layer.mask, "inactive",
-                             update)
+            planned = grow[name]
+            if not (torch.is_tensor(planned) and planned.dtype == torch.bool):
+                planned = checks.count(*source, name, planned, layer.capacity - layer.nnz, "its inactive weights")
+                checks.refill_count(*source, layer, planned)
+            chosen, chooser = _choose(sparsifier, checks, "select_grow", source, layer, planned, ~layer.mask,
+                                      "inactive", update)
             layer.mask = layer.mask | chosen
+            checks.nm_mask(*chooser, layer, layer.mask, allow_dense=False)
         return {name: layer.mask for name, layer in layers.items()}
     finally:  # the previous masks stay in force until the engine commits the new ones
         for name, layer in layers.items():
@@ -192,13 +237,13 @@ def run_update(sparsifier: Sparsifier, rate: float) -> dict[str, torch.Tensor]:
 
 def _choose(sparsifier: Sparsifier, checks: AnswerChecks, hook: str, source: tuple[str, str], layer: SparseLayer,
             planned: int | torch.Tensor, allowed: torch.Tensor, allowed_name: str,
-            update: TopologyUpdate) -> torch.Tensor:
+            update: TopologyUpdate) -> tuple[torch.Tensor, tuple[str, str]]:
     """The selection fixed by ``source`` (a hook and the plugin that answered it), checked, or else the
-    per-layer hook's answer for the count ``source`` gave."""
+    per-layer hook's answer for the count ``source`` gave; with the hook and plugin that chose it."""
     if torch.is_tensor(planned) and planned.dtype == torch.bool:
         checks.selection(*source, layer, planned, None, allowed, allowed_name)
-        return planned
+        return planned, source
     n = checks.count(*source, layer.name, planned, int(allowed.sum()), f"its {allowed_name} weights")
     chosen, who = sparsifier.manager.call_first(hook, sparsifier=sparsifier, layer=layer, n=n, update=update)
     checks.selection(hook, who, layer, chosen, n, allowed, allowed_name)
-    return chosen
+    return chosen, (hook, who)
