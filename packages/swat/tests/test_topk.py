@@ -1,4 +1,6 @@
+import pytest
 import torch
+from sparsecore import ConfigurationError
 from sparsecore_swat import topk
 
 
@@ -61,6 +63,5 @@ def test_structure_is_element_wise_for_linear_weights(distinct):
 
 
 def test_unknown_structure_is_rejected():
-    import pytest
-    with pytest.raises(ValueError, match="structure"):
+    with pytest.raises(ConfigurationError, match="structure"):
         topk.check_structure("rows")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from sparsecore import ConfigurationError
 from sparsecore_swat import topk
 from sparsecore_swat.compress import compress, decompress
 from sparsecore_swat.state import TopKState
@@ -179,7 +180,7 @@ class SwatConvFunction(torch.autograd.Function):
 
 def _check_state_kind(state: TopKState, kind: str) -> None:
     if state.layer_kind != kind:
-        raise ValueError(f"swat: a {kind} layer needs a TopKState(layer_kind={kind!r}), got layer_kind="
+        raise ConfigurationError(f"swat: a {kind} layer needs a TopKState(layer_kind={kind!r}), got layer_kind="
                          f"{state.layer_kind!r}")
 
 
@@ -200,7 +201,7 @@ def swat_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         The output ``(*, out_features)``.
 
     Raises:
-        ValueError: ``state`` was built for a convolution.
+        sparsecore.ConfigurationError: ``state`` was built for a convolution.
     """
     _check_state_kind(state, "linear")
     if state.dense:
@@ -233,7 +234,8 @@ def swat_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
         The convolution output.
 
     Raises:
-        ValueError: a weight of the wrong rank, or ``state`` built for a linear layer.
+        ValueError: a weight of the wrong rank.
+        sparsecore.ConfigurationError: ``state`` was built for a linear layer.
     """
     _check_state_kind(state, "conv")
     if weight.dim() not in _CONV:
@@ -255,7 +257,7 @@ def _conv_padding(module: nn.modules.conv._ConvNd, x: torch.Tensor) -> tuple[tor
         if module.padding == "valid":
             pads = [(0, 0)] * dims
         else:  # "same" (stride 1): total padding dilation*(k-1), extra on the right as PyTorch does
-            totals = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
+            totals = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size, strict=True)]
             pads = [(t // 2, t - t // 2) for t in totals]
     else:
         pads = [(p, p) for p in module.padding]
@@ -299,7 +301,7 @@ class SwatForward:
 
     Raises:
         TypeError: for any other module type.
-        ValueError: ``state`` was built for the other layer kind.
+        sparsecore.ConfigurationError: ``state`` was built for the other layer kind.
     """
 
     def __init__(self, module: nn.Module, state: TopKState) -> None:
@@ -340,6 +342,7 @@ def install(module: nn.Module, weight_density: float, activation_density: float 
 
     Raises:
         TypeError: ``module`` is not a supported layer.
+        sparsecore.ConfigurationError: a density, period or structure that is not valid.
     """
     state = TopKState(weight_density, activation_density, period, structure, layer_kind_of(module))
     module.forward = SwatForward(module, state)

@@ -29,12 +29,13 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import sparsecore
 import torch
 
+import sparsecore
 from sparsecore_swat.budget import momentum_budgets, momentum_shares
 from sparsecore_swat.bypass import FastPathGuard, bypassed_forwards, layer_bypass_reason
 from sparsecore_swat.functional import SwatForward, layer_kind_of
+from sparsecore_swat.options import check_choice, check_flag, check_fraction, check_period
 from sparsecore_swat.state import TopKState
 from sparsecore_swat.topk import check_structure
 
@@ -68,9 +69,10 @@ class SwatAlgorithm(sparsecore.Algorithm):
         sparsify_last_layer: make the last prunable layer sparse (default ``True``).
 
     Raises:
-        ValueError: an unknown variant or structure, a density outside (0, 1],
-            or a period below 1.
-        sparsecore.ConfigurationError: ``variant="momentum"`` with an optimizer
+        sparsecore.ConfigurationError: a bad option (naming it): an unknown
+            variant or structure, an activation density outside (0, 1], a
+            period that is not an integer >= 1, a flag that is not a bool;
+            ``variant="momentum"`` with an optimizer
             that keeps no momentum (at set-up for a zero ``momentum`` option,
             otherwise at the first optimizer step that leaves no sparse layer
             with momentum); at set-up, no sparse layer whose forward can be replaced.
@@ -90,20 +92,15 @@ class SwatAlgorithm(sparsecore.Algorithm):
     def __init__(self, variant: str = "uniform", structure: str | None = None,
                  activation_density: float | None = None, period: int = 1,
                  sparsify_first_layer: bool | None = None, sparsify_last_layer: bool = True) -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"swat: variant must be one of {VARIANTS}, got {variant!r}")
-        self.variant = variant
+        self.variant = check_choice(variant, "variant", VARIANTS)
         self.structure = check_structure(structure)
-        if activation_density is not None and not 0.0 < float(activation_density) <= 1.0:
-            raise ValueError(f"swat: activation_density must be in (0, 1], got {activation_density!r}")
-        self.activation_density = None if activation_density is None else float(activation_density)
-        if int(period) != period or period < 1:
-            raise ValueError(f"swat: period must be an integer >= 1, got {period!r}")
-        self.period = int(period)
-        if sparsify_first_layer is None:
+        self.activation_density = (None if activation_density is None
+                                   else check_fraction(activation_density, "activation_density"))
+        self.period = check_period(period)
+        if check_flag(sparsify_first_layer, "sparsify_first_layer", allow_none=True) is None:
             sparsify_first_layer = variant in ("erk", "momentum")
-        self.sparsify_first_layer = bool(sparsify_first_layer)
-        self.sparsify_last_layer = bool(sparsify_last_layer)
+        self.sparsify_first_layer = sparsify_first_layer
+        self.sparsify_last_layer = check_flag(sparsify_last_layer, "sparsify_last_layer")
         #: Distribution (ERK for SWAT-ERK) and which end layers stay dense, unless the user says otherwise.
         self.engine_defaults = {
             "distribution": "erk" if variant == "erk" else "uniform",
@@ -178,14 +175,16 @@ class SwatAlgorithm(sparsecore.Algorithm):
         Each forward keeps the run's fast-path guard on from its first call.
 
         Raises:
-            TypeError: the layer's module is of another type (it would silently run dense).
+            sparsecore.ConfigurationError: the layer's module is of another
+                type (it would silently run dense); the set-up is refused.
         """
         if layer.name in self.dense_layers:
             return None
         try:
             forward = SwatForward(layer.module, self.state_for(layer))
         except TypeError as err:
-            raise TypeError(f"{err} (layer {layer.name!r}); exclude it from the sparse layers") from None
+            raise sparsecore.ConfigurationError(
+                f"{err} (layer {layer.name!r}); exclude it from the sparse layers") from None
         if self.fast_path_guard is None or self.fast_path_guard.model is not sparsifier.model:
             self.fast_path_guard = FastPathGuard(sparsifier.model)
         self.fast_path_guard.watch(layer.module, forward)
@@ -201,7 +200,7 @@ class SwatAlgorithm(sparsecore.Algorithm):
     @sparsecore.hookimpl
     def layer_train_flops(self, sparsifier: sparsecore.Sparsifier,
                           layer: sparsecore.SparseLayer) -> tuple[int, int] | None:
-        """Training FLOPs per sample: top-K weights forward and for the input gradient, top-K activations for the weight gradient.
+        """Training FLOPs per sample: top-K weights forward and for dx, top-K activations for dW.
 
         With ``P = layer.output_positions``, ``d_w``/``d_a`` the layer's weight
         and activation densities: forward ``2·d_w·|W|·P``, backward
@@ -280,7 +279,7 @@ class SwatAlgorithm(sparsecore.Algorithm):
             selected = self.state_for(layer).weight_mask(layer.weight)
             means[name] = float(momentum.detach().abs()[selected].mean()) if bool(selected.any()) else 0.0
         sizes = {name: layer.capacity for name, layer in layers.items()}
-        overall = sum(l.target_density * l.capacity for l in layers.values()) / sum(sizes.values())
+        overall = sum(layer.target_density * layer.capacity for layer in layers.values()) / sum(sizes.values())
         densities = momentum_budgets(sizes, momentum_shares(means), overall)
         for name, density in densities.items():
             self.states[name].weight_density = density

@@ -7,22 +7,10 @@ from typing import Any
 import torch
 
 from sparsecore_swat import topk
+from sparsecore_swat.options import check_choice, check_fraction, check_period
 
 #: The layer kinds a :class:`TopKState` drives.
 LAYER_KINDS = ("conv", "linear")
-
-
-def _check_fraction(value: float, what: str) -> float:
-    value = float(value)
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"swat: {what} must be in (0, 1], got {value!r}")
-    return value
-
-
-def _check_layer_kind(kind: str) -> str:
-    if kind not in LAYER_KINDS:
-        raise ValueError(f"swat: layer_kind must be one of {LAYER_KINDS}, got {kind!r}")
-    return kind
 
 
 class TopKState:
@@ -51,6 +39,10 @@ class TopKState:
             drives (:func:`~sparsecore_swat.swat_linear` needs ``"linear"``,
             :func:`~sparsecore_swat.swat_conv` needs ``"conv"``).
 
+    Raises:
+        sparsecore.ConfigurationError: a density outside (0, 1], a period that
+            is not an integer >= 1, an unknown structure or layer kind.
+
     Attributes:
         weight_threshold: the weight threshold of the last training call (0-dim
             tensor), or ``None`` before the first call.
@@ -60,14 +52,12 @@ class TopKState:
 
     def __init__(self, weight_density: float = 1.0, activation_density: float | None = None,
                  period: int = 1, structure: str | None = None, layer_kind: str = "conv") -> None:
-        self._weight_density = _check_fraction(weight_density, "weight density")
+        self._weight_density = check_fraction(weight_density, "weight density")
         self._activation_density = (None if activation_density is None
-                                    else _check_fraction(activation_density, "activation_density"))
-        if int(period) != period or period < 1:
-            raise ValueError(f"swat: period must be an integer >= 1, got {period!r}")
-        self.period = int(period)
+                                    else check_fraction(activation_density, "activation_density"))
+        self.period = check_period(period)
         self.structure = topk.check_structure(structure)
-        self.layer_kind = _check_layer_kind(layer_kind)
+        self.layer_kind = check_choice(layer_kind, "layer_kind", LAYER_KINDS)
         self.weight_threshold: torch.Tensor | None = None
         self.activation_threshold: torch.Tensor | None = None
         self.calls = 0
@@ -80,7 +70,7 @@ class TopKState:
 
     @weight_density.setter
     def weight_density(self, value: float) -> None:
-        self._weight_density = _check_fraction(value, "weight density")
+        self._weight_density = check_fraction(value, "weight density")
         self._eval_cache = None
 
     @property
@@ -173,10 +163,10 @@ class TopKState:
         saved_kind = state.get("layer_kind", self.layer_kind)  # absent in checkpoints written before it existed
         if saved_kind != self.layer_kind:
             raise ValueError(f"swat: saved state is for a {saved_kind!r} layer, this one is {self.layer_kind!r}")
-        self._weight_density = _check_fraction(state["weight_density"], "weight density")
+        self._weight_density = check_fraction(state["weight_density"], "weight density")
         act = state["activation_density"]
-        self._activation_density = None if act is None else _check_fraction(act, "activation_density")
-        self.period = int(state["period"])
+        self._activation_density = None if act is None else check_fraction(act, "activation_density")
+        self.period = check_period(state["period"])
         self.structure = topk.check_structure(state["structure"])
         self.calls = int(state["calls"])
         self.weight_threshold = state["weight_threshold"]

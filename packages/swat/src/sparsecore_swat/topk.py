@@ -19,14 +19,14 @@ import math
 
 import torch
 
+from sparsecore_swat.options import check_choice
+
 STRUCTURES = (None, "channel", "filter")
 
 
 def check_structure(structure: str | None) -> str | None:
-    """Return ``structure`` if it is a known weight structure, else raise ``ValueError``."""
-    if structure not in STRUCTURES:
-        raise ValueError(f"swat: structure must be one of None, 'channel', 'filter', got {structure!r}")
-    return structure
+    """Return ``structure`` if it is a known weight structure, else raise ``sparsecore.ConfigurationError``."""
+    return check_choice(structure, "structure", STRUCTURES)
 
 
 def keep_count(numel: int, keep: float) -> int:
