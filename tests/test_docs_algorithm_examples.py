@@ -1,4 +1,4 @@
-"""The worked algorithms on the "Writing an algorithm" page run and do what the page says they do."""
+"""The worked algorithms of the "Writing an algorithm" page and of the README run and do what the text says."""
 
 from __future__ import annotations
 
@@ -9,20 +9,24 @@ import pytest
 import torch
 
 import sparsecore
-from docs_support import DOCS
+from docs_support import DOCS, ROOT
 from sparsecore.testing import make_sparsifier, train_steps
 
 PAGE = DOCS / "writing-algorithms.md"
 _BLOCK = re.compile(r'^```python title="(?P<path>[^"]+)"\n(?P<body>.*?)^```$', re.MULTILINE | re.DOTALL)
 
 
+def _run(code: str, where: str) -> dict:
+    namespace: dict = {"__name__": "docs_example_" + re.sub(r"\W", "_", where)}
+    exec(compile(code, where, "exec"), namespace)
+    return namespace
+
+
 def _example(path: str) -> dict:
     """The names a titled code block of the page defines, after running it."""
     blocks = {m.group("path"): m.group("body") for m in _BLOCK.finditer(PAGE.read_text(encoding="utf-8"))}
     assert path in blocks, f"docs/writing-algorithms.md has no code block titled {path!r}"
-    namespace: dict = {"__name__": f"docs_example_{path.removesuffix('.py')}"}
-    exec(compile(blocks[path], f"docs/writing-algorithms.md:{path}", "exec"), namespace)
-    return namespace
+    return _run(blocks[path], f"docs/writing-algorithms.md:{path}")
 
 
 @pytest.fixture
@@ -118,3 +122,23 @@ def test_global_momentum_moves_capacity_between_layers(sparsifiers) -> None:
     assert [report.step for report in sparsifier.history] == [2, 4, 6]        # no update after the last epoch
     assert sparsifier.nnz == nnz
     assert {name: layer.nnz for name, layer in sparsifier.layers.items()} != before
+
+
+def test_readme_plugin_example_registers_and_trains(sparsifiers) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"^```python\n(.*?)^```$", readme, re.MULTILINE | re.DOTALL)
+              if "sparsecore_register_algorithms" in b]
+    assert len(blocks) == 1, "README.md: expected one plugin example with sparsecore_register_algorithms"
+    namespace = _run(blocks[0], "README.md")
+    registered = []
+    namespace["sparsecore_register_algorithms"](lambda name, factory: registered.append((name, factory)))
+    [(name, factory)] = registered
+    assert name == "momentum-growth"
+
+    sparsifier = sparsifiers(factory(), density=0.3, total_steps=8)
+    per_layer = {name: layer.nnz for name, layer in sparsifier.layers.items()}
+    train_steps(sparsifier, 8, epoch_every=2)
+    assert [report.step for report in sparsifier.history] == [2, 4, 6]      # after every epoch but the last
+    assert sparsifier.history[0].rate == pytest.approx(0.3 * (1 + math.cos(math.pi * 2 / 8)) / 2)
+    assert {name: layer.nnz for name, layer in sparsifier.layers.items()} == per_layer
+    assert all(update.pruned > 0 for update in sparsifier.history[0].layers.values())
