@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from sparsecore import ConfigurationError
 from sparsecore_dsd import PhaseSchedule, phase_names

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import inspect
-import os
 
 import pytest
 import sparsecore

@@ -8,4 +8,4 @@ from sparsecore_dsd.__about__ import __version__
 from sparsecore_dsd.algorithm import DSD, DSDAlgorithm
 from sparsecore_dsd.schedule import DENSE, REDENSE, SPARSE, PhaseSchedule, phase_names
 
-__all__ = ["DENSE", "DSD", "DSDAlgorithm", "PhaseSchedule", "REDENSE", "SPARSE", "__version__", "phase_names"]
+__all__ = ["DENSE", "DSD", "REDENSE", "SPARSE", "DSDAlgorithm", "PhaseSchedule", "__version__", "phase_names"]

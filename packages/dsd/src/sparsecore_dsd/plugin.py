@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sparsecore
-
 from sparsecore_dsd.algorithm import DSDAlgorithm
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from sparsecore import ConfigurationError
 
@@ -84,7 +84,7 @@ class PhaseSchedule:
         cumulative, boundaries = 0.0, []
         for f in fractions[:-1]:
             cumulative += f
-            boundaries.append(int(round(cumulative * total_steps)))
+            boundaries.append(round(cumulative * total_steps))
         if boundaries and (boundaries[-1] >= total_steps or len(set(boundaries)) < len(boundaries)
                            or boundaries[0] <= 0):
             raise ConfigurationError(f"dsd: total_steps={total_steps} is too small for phases {list(fractions)}: "
@@ -133,7 +133,7 @@ class PhaseSchedule:
         """
         if (step is None) == (epoch is None):
             raise ValueError("give exactly one of step= and epoch=")
-        if step is not None and step < 1 or epoch is not None and epoch < 0:
+        if (step is not None and step < 1) or (epoch is not None and epoch < 0):
             raise ValueError(f"steps count from 1 and epochs from 0, got step={step}, epoch={epoch}")
         needs = (self.unit == STEP) == (step is None)
         if needs and not steps_per_epoch:

@@ -7,12 +7,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import sparsecore
 import torch
-from sparsecore import Algorithm, ConfigurationError
 
+import sparsecore
 from snip_baseline import masks as mask_ops
 from snip_baseline.scoring import LossFn, connection_sensitivity, fresh_copy, normalize
+from sparsecore import Algorithm, ConfigurationError
 
 __all__ = ["SCORING_BATCHES_OPTION", "SCORING_DATA_OPTION", "Snip", "SnipAlgorithm", "SnipResult"]
 
@@ -195,7 +195,8 @@ class SnipAlgorithm(Algorithm):
     def init_masks(self, sparsifier: sparsecore.Sparsifier,
                    layers: Mapping[str, sparsecore.SparseLayer]) -> dict[str, torch.Tensor]:
         """Score every weight once and keep the top-κ globally (or per layer); see the class docs."""
-        if not self.per_layer and not (isinstance(sparsifier.distribution, str) and sparsifier.distribution == "uniform"):
+        if not self.per_layer and not (isinstance(sparsifier.distribution, str)
+                                       and sparsifier.distribution == "uniform"):
             raise ConfigurationError(
                 f"snip: distribution={sparsifier.distribution!r} sets per-layer densities, which global SNIP ignores "
                 "(it keeps the global top-κ); pass per_layer=True to use them, or leave distribution unset")

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+
 from sparsecore import selection
 
 __all__ = ["GuardReport", "global_top_k", "keep_every_layer", "per_layer_top_k"]
@@ -46,10 +47,11 @@ def _flatten(scores: Mapping[str, torch.Tensor]) -> tuple[list[str], list[int], 
 
 def _split(keep: torch.Tensor, names: list[str], sizes: list[int],
            scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {n: part.view(scores[n].shape) for n, part in zip(names, torch.split(keep, sizes))}
+    return {n: part.view(scores[n].shape) for n, part in zip(names, torch.split(keep, sizes), strict=True)}
 
 
-def global_top_k(scores: Mapping[str, torch.Tensor], k: int, guard: bool = False) -> tuple[dict[str, torch.Tensor], GuardReport]:
+def global_top_k(scores: Mapping[str, torch.Tensor], k: int,
+                 guard: bool = False) -> tuple[dict[str, torch.Tensor], GuardReport]:
     """Keep exactly the ``k`` highest scores over all tensors together.
 
     Ties are broken by position (earlier tensor, then lower flat index, wins).
@@ -137,7 +139,8 @@ def per_layer_top_k(scores: Mapping[str, torch.Tensor], counts: Mapping[str, int
             for n, s in scores.items()}
 
 
-def keep_every_layer(scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], GuardReport]:
+def keep_every_layer(scores: Mapping[str, torch.Tensor],
+                     masks: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], GuardReport]:
     """The guard for per-layer masks: a tensor whose mask is empty keeps its highest-scored entry.
 
     Per-layer counts come from the distribution, so nothing is taken away

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sparsecore
-
 from snip_baseline.algorithm import SnipAlgorithm
 
 

@@ -93,7 +93,7 @@ def connection_sensitivity(model: nn.Module, weights: Mapping[str, torch.Tensor]
     device = params[0].device
     # float32 at least (half-precision weights), float64 kept for float64 models.
     dtypes = [torch.promote_types(p.dtype, torch.float32) for p in params]
-    sums = [torch.zeros_like(p, dtype=dt) for p, dt in zip(params, dtypes)]
+    sums = [torch.zeros_like(p, dtype=dt) for p, dt in zip(params, dtypes, strict=True)]
     count = 0
     with eval_mode(model), torch.enable_grad():
         for x, y in batches:
@@ -106,14 +106,15 @@ def connection_sensitivity(model: nn.Module, weights: Mapping[str, torch.Tensor]
             if not torch.isfinite(loss.detach()).all():
                 raise RuntimeError(f"SNIP scoring: the loss on scoring batch {count} is not finite ({loss.item()})")
             grads = torch.autograd.grad(loss.reshape(()), params, allow_unused=True)
-            for acc, g in zip(sums, grads):
+            for acc, g in zip(sums, grads, strict=True):
                 if g is not None:
                     acc.add_(g.detach().to(acc.dtype))
             count += 1
     if count == 0:
         raise ValueError("SNIP scoring: the scoring data yielded no batch")
     with torch.no_grad():
-        return {n: (p.detach().to(acc.dtype) * (acc / count)).abs() for n, p, acc in zip(names, params, sums)}
+        return {n: (p.detach().to(acc.dtype) * (acc / count)).abs()
+                for n, p, acc in zip(names, params, sums, strict=True)}
 
 
 def normalize(scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ import warnings
 # torch warns once that CSR is "beta"; this package relies on it deliberately.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
 
-from sparse_kernels_cuda.__about__ import __version__  # noqa: E402
+from sparse_kernels_cuda.__about__ import __version__
 from sparse_kernels_cuda._grad_pool import clear_grad_pool, set_grad_pool_enabled
 from sparse_kernels_cuda.backends import (
     Backend,
@@ -29,7 +29,7 @@ from sparse_kernels_cuda.backends import (
 )
 from sparse_kernels_cuda.backends.semi_structured import semi_structured_linear
 from sparse_kernels_cuda.backends.triton_block import block_linear
-from sparse_kernels_cuda.dispatch import DispatchKey, Dispatcher
+from sparse_kernels_cuda.dispatch import Dispatcher, DispatchKey
 from sparse_kernels_cuda.formats import (
     BlockPlan,
     CsrPlan,

@@ -72,10 +72,7 @@ def scatter_to_dense(values: Tensor, idx: Tensor, like: Tensor) -> Tensor:
     Returns:
         The dense tensor (a reused buffer when the pool is enabled).
     """
-    if not _enabled:
-        out = torch.zeros(like.shape, dtype=like.dtype, device=like.device)
-    else:
-        out = _zeros_like(like)
+    out = _zeros_like(like) if _enabled else torch.zeros(like.shape, dtype=like.dtype, device=like.device)
     out.view(-1).index_copy_(0, idx, values.to(like.dtype))
     return out
 

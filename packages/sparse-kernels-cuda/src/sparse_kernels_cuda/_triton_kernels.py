@@ -136,7 +136,8 @@ def _ieee(dtype: torch.dtype) -> bool:
     return dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
 
 
-def block_dsd(x: torch.Tensor, weight: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor, block: int) -> torch.Tensor:
+def block_dsd(x: torch.Tensor, weight: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
+              block: int) -> torch.Tensor:
     """``Y = X · (W ⊙ M)ᵀ`` for a 2-D ``x`` ``(M, in)``; returns ``(M, out)``."""
     interpret = interpreting()
     k = _kernels(interpret)["fwd"]
@@ -152,7 +153,8 @@ def block_dsd(x: torch.Tensor, weight: torch.Tensor, row_ptr: torch.Tensor, col_
     return y
 
 
-def block_dsd_t(grad: torch.Tensor, weight: torch.Tensor, col_ptr: torch.Tensor, t_row_idx: torch.Tensor, block: int) -> torch.Tensor:
+def block_dsd_t(grad: torch.Tensor, weight: torch.Tensor, col_ptr: torch.Tensor, t_row_idx: torch.Tensor,
+                block: int) -> torch.Tensor:
     """``dX = dY · (W ⊙ M)`` for ``grad`` ``(M, out)``; returns ``(M, in)``."""
     interpret = interpreting()
     k = _kernels(interpret)["dx"]

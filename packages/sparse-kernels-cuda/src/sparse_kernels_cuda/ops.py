@@ -99,7 +99,8 @@ def csr_sddmm(a: Tensor, b: Tensor, crow: Tensor, col: Tensor) -> Tensor:
     Returns:
         1-D values, one per CSR entry, in row-major order.
     """
-    pattern = torch.sparse_csr_tensor(crow, col, a.new_zeros(col.numel()), (a.shape[0], b.shape[0]), check_invariants=False)
+    pattern = torch.sparse_csr_tensor(crow, col, a.new_zeros(col.numel()), (a.shape[0], b.shape[0]),
+                                      check_invariants=False)
     return torch.sparse.sampled_addmm(pattern, a.contiguous(), b.contiguous().t(), beta=0.0).values()
 
 

@@ -26,14 +26,15 @@ its crashes, are listed in the package README.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
+from sparse_momentum.redistribution import adjust_prune_rates, growth_redistribution, layer_shares
 from sparsecore import Algorithm, ConfigurationError, MaskingPolicy, UpdatePlan, UpdateSchedule, hookimpl, selection
 from sparsecore.optim_state import require_momentum
-from sparse_momentum.redistribution import adjust_prune_rates, growth_redistribution, layer_shares
 
 #: Statistics by which removed weights are redistributed across layers.
 REDISTRIBUTION_MODES = ("momentum", "magnitude", "nonzero", "none")
@@ -215,7 +216,7 @@ class SparseMomentumAlgorithm(Algorithm):
         nnz = {name: layer.nnz for name, layer in layers.items()}
         zeros = {name: layer.capacity - nnz[name] for name, layer in layers.items()}
         shares = layer_shares({name: self._statistic(sparsifier, layer) for name, layer in layers.items()})
-        rates = adjust_prune_rates(rate, shares, zeros, {n: l.capacity for n, l in layers.items()})
+        rates = adjust_prune_rates(rate, shares, zeros, {n: layer.capacity for n, layer in layers.items()})
         return _Cycle(rate, nnz, zeros, shares, rates)
 
     # ------------------------------------------------------------------
@@ -240,8 +241,8 @@ class SparseMomentumAlgorithm(Algorithm):
             block_size = next(iter(layers.values())).block_size
             n = min(sum(cycle.nnz.values()), math.ceil(cycle.rate * float(self.baseline_nonzero) / block_size)
                     * block_size)
-            prune = selection.global_smallest({k: l.weight.detach().abs() for k, l in layers.items()},
-                                              {k: l.mask for k, l in layers.items()}, n, sparsifier.block)
+            prune = selection.global_smallest({k: layer.weight.detach().abs() for k, layer in layers.items()},
+                                              {k: layer.mask for k, layer in layers.items()}, n, sparsifier.block)
             counts = {name: int(chosen.sum()) for name, chosen in prune.items()}
         else:
             counts = {name: min(cycle.nnz[name], _whole_blocks(math.ceil, cycle.prune_rates[name] * cycle.nnz[name],

@@ -10,7 +10,7 @@ a layer with share 0 never counts as "growing" (the reference divides by it).
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from sparsecore.selection import spread_overflow
 

@@ -9,7 +9,7 @@ a layer that would is made dense and the budget is re-solved over the rest.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from sparsecore.errors import ConfigurationError
 
@@ -32,7 +32,7 @@ def check_density(density: float, what: str = "density") -> float:
 def uniform(shapes: Shapes, density: float) -> dict[str, float]:
     """Every layer gets the same density."""
     density = check_density(density)
-    return {name: density for name in shapes}
+    return dict.fromkeys(shapes, density)
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -115,7 +115,8 @@ def resolve(distribution: str | Mapping[str, float] | Callable[..., Mapping[str,
     elif isinstance(distribution, Mapping):
         result = dict(distribution)
     else:
-        raise ConfigurationError(f"distribution must be a name, a mapping or a callable, got {type(distribution).__name__}")
+        raise ConfigurationError(
+            f"distribution must be a name, a mapping or a callable, got {type(distribution).__name__}")
     missing = [n for n in shapes if n not in result]
     unknown = [n for n in result if n not in shapes]
     if missing or unknown:

@@ -10,7 +10,7 @@ or the weights move.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -49,7 +49,7 @@ class FusedMasks:
         """Zero the gradient of every inactive weight (layers without a gradient are skipped)."""
         masks = self._current()
         grads, chosen = [], []
-        for weight, mask in zip(self.weights, masks):
+        for weight, mask in zip(self.weights, masks, strict=True):
             if weight.grad is not None:
                 grads.append(weight.grad)
                 chosen.append(mask if mask.dtype == weight.grad.dtype else mask.to(weight.grad.dtype))

@@ -28,8 +28,9 @@ import os
 import re
 import threading
 import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import pluggy
 
@@ -66,7 +67,8 @@ REGISTRATION_HOOKS = ("sparsecore_register_algorithms", "sparsecore_register_plu
 #: Hooks of earlier releases and what replaced them (named in the error for a plugin that still implements one).
 RETIRED_HOOKS = {
     "engine_defaults": "an attribute of the algorithm now (engine_defaults = {...}; see sparsecore.Algorithm)",
-    "masking_policy": "an attribute of the algorithm now (masking_policy = MaskingPolicy(...); see sparsecore.Algorithm)",
+    "masking_policy": "an attribute of the algorithm now (masking_policy = MaskingPolicy(...); "
+                      "see sparsecore.Algorithm)",
     "prune_counts": "replaced by plan_update, which returns a sparsecore.UpdatePlan",
     "on_remove": "retired: the engine undoes what it installs; an algorithm sets sparsifier.lr_factor instead of "
                  "hooking the optimizer",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Mapping
 
 from sparsecore.layers import SparseLayer
 from sparsecore.policy import MaskingPolicy
@@ -105,7 +105,8 @@ class DensityReport:
         for s in self.layers:
             ratio = "n/a" if s.forward_flops is None else \
                 f"{(s.forward_flops + s.backward_flops) / (3 * s.dense_forward_flops):.3f}"  # type: ignore[operator]
-            rows.append(f"| {s.name} | {'x'.join(map(str, s.shape))} | {s.density:.4f} | {s.nnz:,} / {s.numel:,} | {ratio} |")
+            shape = "x".join(map(str, s.shape))
+            rows.append(f"| {s.name} | {shape} | {s.density:.4f} | {s.nnz:,} / {s.numel:,} | {ratio} |")
         total = "n/a" if self.train_flops_ratio is None else f"{self.train_flops_ratio:.3f}"
         rows.append(f"| **total** | | {self.density:.4f} | {self.nnz:,} / {self.numel:,} | {total} |")
         if self.dense_layers:
@@ -115,7 +116,7 @@ class DensityReport:
 
 
 def default_train_flops(layer: SparseLayer, policy: MaskingPolicy) -> tuple[int, int]:
-    """Forward and backward FLOPs per sample from the mask; the weight gradient is dense under a dense-gradient policy."""
+    """Forward and backward FLOPs per sample from the mask (a dense weight gradient under a dense-gradient policy)."""
     nnz, positions = layer.nnz, layer.output_positions or 0
     grad_w = nnz if policy.mask_gradients else layer.capacity
     return 2 * nnz * positions, 2 * nnz * positions + 2 * grad_w * positions

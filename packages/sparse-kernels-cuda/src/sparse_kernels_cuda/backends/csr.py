@@ -38,7 +38,8 @@ class CsrBackend(Backend):
 
     def supports(self, shape, dtype, pattern, device) -> bool:
         """2-D weights in fp32/fp64 on CPU, fp32/fp64 on CUDA; any mask pattern."""
-        return len(shape) == 2 and dtype in (torch.float32, torch.float64) and torch.device(device).type in ("cpu", "cuda")
+        return (len(shape) == 2 and dtype in (torch.float32, torch.float64)
+                and torch.device(device).type in ("cpu", "cuda"))
 
     def plan(self, mask: Tensor) -> CsrPlan:
         """CSR structures of ``W`` and ``Wᵀ``."""

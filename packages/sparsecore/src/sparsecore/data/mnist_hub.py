@@ -135,7 +135,7 @@ def _decode(path: str, expected_sha256: str | None, _size: int, _mtime_ns: int):
     if not (isinstance(parts, tuple) and len(parts) == 3 and all(isinstance(p, tuple) and len(p) == 2 for p in parts)):
         raise DatasetIntegrityError(f"{path}: expected ((x, y), (x, y), (x, y)) for train, valid and test")
     xs, ys = [], []
-    for (x, y), part in zip(parts, ("train", "valid", "test")):
+    for (x, y), part in zip(parts, ("train", "valid", "test"), strict=True):
         images = _as_uint8_images(x, part, Path(path))
         xs.append(images)
         ys.append(_as_labels(y, part, Path(path), images.shape[0]))

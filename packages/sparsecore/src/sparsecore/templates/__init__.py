@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import keyword
-import sys
 import re
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -102,9 +102,9 @@ def _walk(node: resources.abc.Traversable, prefix: tuple[str, ...] = ()):
         if child.name == "__pycache__":
             continue
         if child.is_dir():
-            yield from _walk(child, prefix + (child.name,))
+            yield from _walk(child, (*prefix, child.name))
         elif child.name.endswith(TEMPLATE_SUFFIX):
-            yield prefix + (child.name,), child
+            yield (*prefix, child.name), child
 
 
 def render_plugin(names: PluginNames) -> dict[str, str]:

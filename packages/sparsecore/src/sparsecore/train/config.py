@@ -149,7 +149,8 @@ class TrainConfig:
         if float(self.weight_decay) < 0:
             raise ConfigurationError(f"--weight-decay must be >= 0, got {self.weight_decay!r}")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigurationError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+            raise ConfigurationError(
+                f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not 0.0 < float(self.lr_gamma) <= 1.0:
             raise ConfigurationError(f"--lr-gamma must be in (0, 1], got {self.lr_gamma!r}")
         if self.lr_schedule == "multistep":
@@ -157,11 +158,13 @@ class TrainConfig:
                 raise ConfigurationError("--lr-schedule multistep needs --lr-milestones (epochs, e.g. 50,100)")
             if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.lr_milestones) \
                     or list(self.lr_milestones) != sorted(set(self.lr_milestones)):
-                raise ConfigurationError(f"--lr-milestones must be increasing positive epochs, got {self.lr_milestones!r}")
+                raise ConfigurationError(
+                    f"--lr-milestones must be increasing positive epochs, got {self.lr_milestones!r}")
         if self.device not in DEVICES:
             raise ConfigurationError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.dense and self.options:
-            raise ConfigurationError(f"--dense trains without an algorithm; drop the algorithm options {sorted(self.options)}")
+            raise ConfigurationError(
+                f"--dense trains without an algorithm; drop the algorithm options {sorted(self.options)}")
         if self.run_name is not None and not is_plain_folder_name(self.run_name):
             raise ConfigurationError(f"--run-name must be a single folder name inside --runs-dir (without '/' or "
                                      f"'\\', not '.' or '..'), got {self.run_name!r}")

@@ -75,11 +75,12 @@ def plot_density(path: Path, metrics: list[dict[str, Any]], title: str) -> None:
     values = [[m["layer_densities"].get(n, float("nan")) for m in metrics] for n in names]
     if len(names) <= MAX_LINES:
         fig, ax = plt.subplots(figsize=(8, 4.2), constrained_layout=True)
-        for k, (name, row) in enumerate(zip(names, values)):
+        for k, (name, row) in enumerate(zip(names, values, strict=True)):
             ax.plot(epochs, row, marker="o", markersize=4, color=f"C{k % 10}", label=name)
         ax.plot(epochs, [m["density"] for m in metrics], "--", color="black", lw=2, label="overall")
-        ax.set(xlabel="epoch", ylabel="density (fraction of weights kept)", title="Per-layer density at each epoch's evaluation")
-        ax.set_ylim(0, max(1e-3, 1.1 * max(max(r) for r in values + [[m["density"] for m in metrics]])))
+        ax.set(xlabel="epoch", ylabel="density (fraction of weights kept)",
+               title="Per-layer density at each epoch's evaluation")
+        ax.set_ylim(0, max(1e-3, 1.1 * max(max(r) for r in [*values, [m["density"] for m in metrics]])))
         ax.grid(True, alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(loc="best", fontsize=8)

@@ -45,7 +45,8 @@ class RecipeResult:
         return statistics.fmean(errors), se
 
 
-def reproduce(recipes: Sequence[str], seeds: Sequence[int], dense: bool = False, **overrides: Any) -> list[RecipeResult]:
+def reproduce(recipes: Sequence[str], seeds: Sequence[int], dense: bool = False,
+              **overrides: Any) -> list[RecipeResult]:
     """Run each recipe once per seed through :func:`~sparsecore.train.run_training`.
 
     Args:
@@ -118,7 +119,8 @@ def reproduce_command(args: argparse.Namespace) -> int:
         return 2
     table = results_table(results)
     print(table)
-    output = Path(args.output) if args.output else Path(args.runs_dir) / f"reproduce-{time.strftime('%Y%m%d-%H%M%S')}.md"
+    default_output = Path(args.runs_dir) / f"reproduce-{time.strftime('%Y%m%d-%H%M%S')}.md"
+    output = Path(args.output) if args.output else default_output
     runs = "\n".join(f"- {res.recipe}: " + ", ".join(str(r.run_dir) for r in res.runs) for res in results)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -220,7 +220,8 @@ def result_lines(result: RunResult, algorithm: str) -> list[str]:
     return [
         f"algorithm: {'dense' if c.dense else algorithm}   model: {c.model}   dataset: {c.dataset}",
         f"epochs: {result.epochs_done}/{c.epochs}{status}",
-        f"test accuracy: {result.test_accuracy:.2%}   test error: {result.test_error:.2%}   test loss: {result.test_loss:.4f}",
+        f"test accuracy: {result.test_accuracy:.2%}   test error: {result.test_error:.2%}   "
+        f"test loss: {result.test_loss:.4f}",
         f"density: {result.density:.4f}   training FLOPs (sparse layers): {flops}",
         f"wall time: {result.wall_seconds:.1f} s   training time: {result.train_seconds:.1f} s",
     ]
