@@ -14,10 +14,10 @@ from sparsecore_gmp.flops import RunFlops, integrate_flops
 from sparsecore_gmp.schedule import ROUNDINGS, PruningSchedule, cubic_density, kept_count
 
 __all__ = [
-    "GMPAlgorithm",
     "PRUNE_MODES",
-    "PruningSchedule",
     "ROUNDINGS",
+    "GMPAlgorithm",
+    "PruningSchedule",
     "RunFlops",
     "__version__",
     "cubic_density",

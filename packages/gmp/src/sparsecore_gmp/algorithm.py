@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -231,7 +232,7 @@ class GMPAlgorithm(Algorithm):
         """After a pruning step, run the topology update that brings every layer to its scheduled count."""
         if not self._schedule().is_pruning_step(step):
             return
-        _, total = self._prune_total(sparsifier.layers, {n: l.mask for n, l in sparsifier.layers.items()}, step)
+        _, total = self._prune_total(sparsifier.layers, {n: layer.mask for n, layer in sparsifier.layers.items()}, step)
         nnz = sparsifier.nnz
         sparsifier.update_topology(total / nnz if nnz else 0.0)
 
@@ -254,7 +255,7 @@ class GMPAlgorithm(Algorithm):
         prune: Mapping[str, int | torch.Tensor] = excess
         if self.prune == "global_magnitude":
             prune = self._global_selection(sparsifier, layers, masks, total)
-        return UpdatePlan(prune=prune, grow={name: 0 for name in layers})
+        return UpdatePlan(prune=prune, grow=dict.fromkeys(layers, 0))
 
     @hookimpl
     def on_topology_update(self, sparsifier, report) -> None:
@@ -318,7 +319,7 @@ class GMPAlgorithm(Algorithm):
                 raise RuntimeError(f"gmp: with prune='global_magnitude' a pruning step's per-layer counts are known "
                                    f"only once it ran; {len(pending)} pruning step(s) before step {total} have not "
                                    f"run yet (next: {pending[0]}); call train_flops() after step {pending[-1]}")
-            segments += [(step, dict(zip(layers, counts))) for step, counts in self._records]
+            segments += [(step, dict(zip(layers, counts, strict=True))) for step, counts in self._records]
         else:
             segments += [(t, self.scheduled_counts(layers, t)) for t in schedule.pruning_steps()]
         if len(segments) > 1 and segments[1][0] == 0:  # pruned at set-up: no dense segment

@@ -9,8 +9,8 @@ of rigl-reproducibility (``3 f_D (1 - s̄)``). A dense step costs ``6 numel P``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
 
 #: FLOPs per active weight, output position and sample of one training step (forward + backward).
 FLOPS_PER_WEIGHT_STEP = 6

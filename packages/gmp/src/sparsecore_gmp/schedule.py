@@ -102,7 +102,7 @@ class PruningSchedule:
     def pruning_steps(self) -> list[int]:
         """Every pruning step, in order."""
         steps = list(range(self.start_step, self.end_step, self.update_every))
-        return steps + [self.end_step]
+        return [*steps, self.end_step]
 
     def progress(self, step: int) -> float:
         """``(step - t0) / (t_end - t0)`` clamped to ``[0, 1]`` (1 when ``t_end == t0`` and ``step >= t0``)."""

@@ -29,7 +29,15 @@ from typing import Any
 
 import torch
 
-from sparsecore import Algorithm, ConfigurationError, MaskingPolicy, SparsecoreError, UpdateSchedule, hookimpl, selection
+from sparsecore import (
+    Algorithm,
+    ConfigurationError,
+    MaskingPolicy,
+    SparsecoreError,
+    UpdateSchedule,
+    hookimpl,
+    selection,
+)
 
 #: Default options of :class:`RigLAlgorithm` (the paper's: alpha = 0.3, cosine, delta T = 100, T_end = 75 %).
 DEFAULTS = MappingProxyType({"prune_rate": 0.3, "decay": "cosine", "update_every": 100, "update_end": 0.75})
@@ -140,7 +148,7 @@ class RigLAlgorithm(Algorithm):
             if grad is None:
                 scores[name] = torch.zeros_like(layer.weight, dtype=torch.float32)
                 continue
-            scores[name] = grad.detach().abs().float()
+            scores[name] = grad.detach()
             self._warn_if_masked(layer, scores[name])
         self._grow_scores, self._scores_step = scores, step + 1
 

@@ -79,7 +79,7 @@ class RunResult:
 
 
 class TrainBatches:
-    """A re-iterable over shuffled training batches: the ``data`` the harness hands every ``Sparsifier`` (SNIP scores on it).
+    """Re-iterable shuffled training batches: the ``data`` the harness hands every ``Sparsifier`` (SNIP scores on it).
 
     It has its own seeded generator, so handing it to a plugin does not change
     the training data order.
