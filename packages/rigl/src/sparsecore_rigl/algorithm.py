@@ -148,7 +148,7 @@ class RigLAlgorithm(Algorithm):
             if grad is None:
                 scores[name] = torch.zeros_like(layer.weight, dtype=torch.float32)
                 continue
-            scores[name] = grad.detach()
+            scores[name] = grad.detach().abs().float()
             self._warn_if_masked(layer, scores[name])
         self._grow_scores, self._scores_step = scores, step + 1
 
