@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sparsecore import selection
 
 from sparse_kernels_cuda import (
     BlockPlan,
@@ -107,3 +108,40 @@ def test_detect_pattern(gen):
     assert detect_pattern(expand_block_mask(torch.tensor([[True, False, True]]), 32)) == "block32"
     assert detect_pattern(n_m_mask(torch.randn(4, 24, generator=gen))) == "2:4"
     assert detect_pattern(torch.rand(48, 48, generator=gen) < 0.5) == "unstructured"
+
+
+@pytest.mark.parametrize("block", [(16, 16), (16, 32), (2, 4)])
+def test_block_helpers_agree_with_sparsecore_selection(gen, block):
+    bm = torch.rand(3, 5, generator=gen) < 0.5
+    shape = (3 * block[0], 5 * block[1])
+    m = expand_block_mask(bm, block)
+    assert torch.equal(m, selection.from_blocks(bm, block, shape))
+    assert selection.is_block_structured(m, block)
+    score = torch.rand(shape, generator=gen)
+    torch.testing.assert_close(block_scores(score, block), selection.to_blocks(score, block, "sum"))
+    assert block_scores(score.double(), block).dtype == torch.float64  # kernels keep the score's dtype
+    if block[0] == block[1]:
+        assert torch.equal(block_mask_from(m, block[0]), bm)
+
+
+def test_block_helpers_go_through_sparsecore_selection(monkeypatch, gen):
+    """One implementation of block tiling: a change in sparsecore.selection reaches the kernels."""
+    used = set()
+
+    def spying(name, original):
+        def spy(*args, **kwargs):
+            used.add(name)
+            return original(*args, **kwargs)
+        return spy
+
+    for name in ("block_view_shape", "to_blocks", "from_blocks", "is_block_structured"):
+        monkeypatch.setattr(selection, name, spying(name, getattr(selection, name)))
+    bm = torch.tensor([[True, False], [False, True]])
+    m = expand_block_mask(bm, 16)
+    assert used == {"from_blocks"}
+    assert torch.equal(block_mask_from(m, 16), bm) and "to_blocks" in used
+    block_scores(torch.rand(32, 32, generator=gen), 16)
+    assert "block_view_shape" in used
+    assert detect_pattern(m) == "block16" and "is_block_structured" in used
+    with pytest.raises(ValueError, match=r"not divisible into blocks of 16x16"):
+        block_mask_from(torch.zeros(30, 32, dtype=torch.bool), 16)

@@ -12,6 +12,10 @@ the dense weight at every call, which is cheap next to the matmuls.
 * helpers for block-aware topology (:func:`block_scores`,
   :func:`expand_block_mask`, :func:`block_mask_from`) and for 2:4
   (:func:`is_n_m_sparse`, :func:`n_m_mask`).
+
+Block tiling, reduction and expansion are :mod:`sparsecore.selection`'s
+(``block_view_shape``, ``to_blocks``, ``from_blocks``), the same the engine
+and the algorithms use; this module adds only the kernels' layouts.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from sparsecore import selection
 
 __all__ = [
     "BlockPlan",
@@ -229,13 +235,8 @@ def block_mask_from(mask: torch.Tensor, block: int) -> torch.Tensor:
         ValueError: if the shape is not divisible or some block is partially active.
     """
     _check_mask(mask)
-    n_out, n_in = mask.shape
-    if n_out % block or n_in % block:
-        raise ValueError(f"weight shape {tuple(mask.shape)} is not divisible by block {block}")
-    tiles = mask.reshape(n_out // block, block, n_in // block, block)
-    any_on = tiles.any(dim=3).any(dim=1)
-    all_on = tiles.all(dim=3).all(dim=1)
-    if not torch.equal(any_on, all_on):
+    any_on = selection.to_blocks(mask, (block, block), "any")  # raises if the shape is not divisible
+    if not torch.equal(any_on, selection.to_blocks(mask, (block, block), "all")):
         raise ValueError(f"mask is not made of whole {block}x{block} blocks")
     return any_on
 
@@ -252,13 +253,13 @@ def block_scores(score: torch.Tensor, block: int | tuple[int, int], reduce: str 
             usual L1 block-magnitude criterion.
 
     Returns:
-        Tensor ``(out/bo, in/bi)`` of block scores.
+        Tensor ``(out/bo, in/bi)`` of block scores, in the score's dtype.
+
+    Raises:
+        ValueError: the shape is not divisible by the block, or an unknown ``reduce``.
     """
-    bo, bi = (block, block) if isinstance(block, int) else block
-    n_out, n_in = score.shape
-    if n_out % bo or n_in % bi:
-        raise ValueError(f"score shape {tuple(score.shape)} is not divisible by block {(bo, bi)}")
-    tiles = score.reshape(n_out // bo, bo, n_in // bi, bi)
+    # sparsecore.selection.to_blocks sums in float32; kernels keep the score's dtype, so only the tiling is shared
+    tiles = score.reshape(selection.block_view_shape(score.shape, _block_shape(block)))
     if reduce == "sum":
         return tiles.sum(dim=(1, 3))
     if reduce == "mean":
@@ -278,8 +279,12 @@ def expand_block_mask(block_mask: torch.Tensor, block: int | tuple[int, int]) ->
     Returns:
         Bool tensor with every element of a live block set.
     """
-    bo, bi = (block, block) if isinstance(block, int) else block
-    return block_mask.repeat_interleave(bo, dim=0).repeat_interleave(bi, dim=1)
+    bo, bi = _block_shape(block)
+    return selection.from_blocks(block_mask, (bo, bi), (block_mask.shape[0] * bo, block_mask.shape[1] * bi))
+
+
+def _block_shape(block: int | tuple[int, int]) -> tuple[int, int]:
+    return (block, block) if isinstance(block, int) else (int(block[0]), int(block[1]))
 
 
 def dense_to_blocks(weight: torch.Tensor, plan: BlockPlan) -> torch.Tensor:

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sparsecore import selection
+
 __all__ = ["Backend", "detect_pattern", "interpreting", "pattern_block"]
 
 BLOCK_SIZES = (128, 64, 32, 16)
@@ -68,8 +70,7 @@ def detect_pattern(mask: Tensor) -> str:
     for b in BLOCK_SIZES:
         if n_out % b or n_in % b:
             continue
-        tiles = mask.reshape(n_out // b, b, n_in // b, b)
-        if torch.equal(tiles.any(dim=3).any(dim=1), tiles.all(dim=3).all(dim=1)):
+        if selection.is_block_structured(mask, (b, b)):
             return f"block{b}"
     if is_n_m_sparse(mask, 2, 4):
         return "2:4"
