@@ -182,7 +182,8 @@ def render(runs: Path, out: Path) -> None:
         "active weight per sample and step, masked weight gradients) over dense training of the same layers; "
         "the first 10 % of the run is dense and the ramp is mostly dense early, so GMP costs several times "
         "a sparse-to-sparse run at the same final density. `sparsifier.report()` at the end shows only the "
-        "final masks' per-step cost (≈ the density).",
+        "final masks' per-step cost (≈ the density). For an MLP (one output position per layer) the ratio "
+        "equals the step-averaged density.",
         "- `final_density` in the JSON rows is the density of the sparse layers after training.",
         "",
         "## Command",
