@@ -39,9 +39,6 @@ from sparsecore import (
     selection,
 )
 
-#: Default options of :class:`RigLAlgorithm` (the paper's: alpha = 0.3, cosine, delta T = 100, T_end = 75 %).
-DEFAULTS = MappingProxyType({"prune_rate": 0.3, "decay": "cosine", "update_every": 100, "update_end": 0.75})
-
 
 class RigLAlgorithm(Algorithm):
     """RigL (Evci et al. 2020): drop the smallest weights, grow where the dense gradient is largest.
@@ -90,16 +87,17 @@ class RigLAlgorithm(Algorithm):
     engine_defaults = MappingProxyType({"distribution": "erk"})
     patterns = ("unstructured", "block")
 
-    def __init__(self, prune_rate: float = DEFAULTS["prune_rate"], decay: str = DEFAULTS["decay"],
-                 update_every: int = DEFAULTS["update_every"], update_end: float = DEFAULTS["update_end"]) -> None:
+    def __init__(self, prune_rate: float = 0.3, decay: str = "cosine", update_every: int = 100,
+                 update_end: float = 0.75) -> None:
         if isinstance(update_every, bool) or not isinstance(update_every, numbers.Integral) or update_every <= 0:
             raise ConfigurationError(f"rigl: update_every must be a positive int number of optimizer steps (RigL "
                                      f"grows by the dense gradient of the update step), got {update_every!r}")
-        self.schedule = UpdateSchedule(prune_rate, decay, 0.0, int(update_every), update_end, owner=self.name)
-        self.prune_rate = self.schedule.prune_rate
-        self.decay = self.schedule.decay
-        self.update_every = int(update_every)
-        self.update_end = self.schedule.update_end
+        self.schedule: UpdateSchedule = UpdateSchedule(prune_rate, decay, 0.0, int(update_every), update_end,
+                                                       owner=self.name)
+        self.prune_rate: float = self.schedule.prune_rate
+        self.decay: str = self.schedule.decay
+        self.update_every: int = int(update_every)
+        self.update_end: float = self.schedule.update_end
         #: ``|dense gradient|`` per layer name, kept for the update that follows optimizer step :attr:`_scores_step`.
         self._grow_scores: dict[str, torch.Tensor] = {}
         self._scores_step: int | None = None
