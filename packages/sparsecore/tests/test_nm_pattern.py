@@ -179,6 +179,17 @@ def test_global_helpers_refill_per_group_or_thin_across_tensors():
         assert (per_group(after[k] | grown[k], 4) == 2).all()
 
 
+def test_global_thinning_at_one_in_four_prunes_anywhere():
+    torch.manual_seed(4)
+    pattern = NMPattern(1, 4)
+    scores = {"a": torch.randn(4, 8), "b": torch.randn(2, 4, 3)}
+    masks = {k: reference_top_n(v, 1, 4) for k, v in scores.items()}
+    thin = selection.global_smallest(scores, masks, 5, pattern)
+    assert all(torch.equal(thin[k], v) for k, v in selection.global_smallest(scores, masks, 5).items())
+    with pytest.raises(ValueError, match=r"tensor 'a': cannot choose 5 entries in a 1:4 pattern"):
+        selection.global_smallest(scores, {k: torch.ones_like(v) for k, v in masks.items()}, 5, pattern)
+
+
 # -- the engine: options and errors ----------------------------------------------------------------------------
 
 

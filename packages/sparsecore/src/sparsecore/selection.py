@@ -339,11 +339,11 @@ def _global_pick(scores: Mapping[str, torch.Tensor], candidates: Mapping[str, to
                  block: Block) -> dict[str, torch.Tensor]:
     names = list(scores)
     if isinstance(block, NMPattern):
-        fills = {k: _fill_quotas(candidates[k], block) for k in names}
-        if all(q is not None for q in fills.values()) and sum(int(q.sum()) for q in fills.values()) == n:
+        fills = {k: q for k in names if (q := _fill_quotas(candidates[k], block)) is not None}
+        if len(fills) == len(names) and sum(int(q.sum()) for q in fills.values()) == n:
             return {k: _pick_per_group(scores[k], candidates[k], fills[k], largest, block) for k in names}
         for k in names:
-            _require_thin(candidates[k], n, block, fills[k], f"tensor {k!r}: ")
+            _require_thin(candidates[k], n, block, fills.get(k), f"tensor {k!r}: ")
         block = None
     if block is not None:
         chosen = _global_pick({k: to_blocks(scores[k], block) for k in names},
