@@ -22,7 +22,7 @@ class Candidate:
     module: nn.Module
     param_name: str
     kind: str
-    forward_replaceable: bool
+    forward_bypass_reason: str | None
 
 
 def patterns(key: str, value: Any) -> tuple[str, ...]:
@@ -45,38 +45,59 @@ def _kind(module: nn.Module, types: Sequence[type[nn.Module]]) -> str:
     raise AssertionError("module of no selected type")
 
 
+def attention_readers(model: nn.Module) -> dict[int, tuple[str, nn.MultiheadAttention]]:
+    """Modules whose forward the model never calls: ``id(module)`` to the name and module that reads the weight.
+
+    ``nn.MultiheadAttention`` hands ``out_proj.weight`` to
+    ``F.multi_head_attention_forward`` (or its native fast path) and never
+    calls ``out_proj``; each attention's ``out_proj`` is listed with it.
+    """
+    readers: dict[int, tuple[str, nn.MultiheadAttention]] = {}
+    for name, module in model.named_modules():
+        out_proj = getattr(module, "out_proj", None) if isinstance(module, nn.MultiheadAttention) else None
+        if isinstance(out_proj, nn.Module):
+            readers.setdefault(id(out_proj), (name, module))
+    return readers
+
+
+def _attention_label(name: str) -> str:
+    return f"nn.MultiheadAttention {name or '<model>'!r}"
+
+
 def candidates(model: nn.Module, types: Sequence[type[nn.Module]]) -> tuple[list[Candidate], dict[str, str]]:
     """Every trainable weight of a selected type, in model order, and the dense modules with the reason.
 
     A weight shared by several modules (tied weights) is one candidate, named
-    after its first module; empty weights are skipped.
+    after its first module; empty weights are skipped. A candidate the model
+    reads without calling its module's forward carries the reason in one line.
     """
     found: list[Candidate] = []
     dense: dict[str, str] = {}
     seen: set[int] = set()
-    bypassed: set[int] = set()  # modules whose forward the model never calls (attention's out_proj)
+    readers = attention_readers(model)
 
-    def add(name: str, module: nn.Module, param_name: str, kind: str, replaceable: bool) -> None:
+    def add(name: str, module: nn.Module, param_name: str, kind: str, bypass_reason: str | None) -> None:
         weight = getattr(module, param_name, None)
         if not isinstance(weight, nn.Parameter) or not weight.requires_grad:
             return
         if id(weight) in seen or weight.numel() == 0:
             return
         seen.add(id(weight))
-        found.append(Candidate(name, module, param_name, kind, replaceable))
+        found.append(Candidate(name, module, param_name, kind, bypass_reason))
 
     for name, module in model.named_modules():
-        if isinstance(module, nn.MultiheadAttention):
-            out_proj = getattr(module, "out_proj", None)
-            if out_proj is not None:
-                bypassed.add(id(out_proj))
         if isinstance(module, tuple(types)):
             kind = _kind(module, types)
             if isinstance(module, nn.MultiheadAttention):
                 for param_name in ATTENTION_PARAMS:
-                    add(f"{name}.{param_name}", module, param_name, kind, False)
+                    add(f"{name}.{param_name}", module, param_name, kind,
+                        f"{_attention_label(name)} passes {param_name} to F.multi_head_attention_forward itself; "
+                        "no sub-module's forward computes with it, so none can be replaced")
             else:
-                add(name, module, "weight", kind, id(module) not in bypassed)
+                reader = readers.get(id(module))
+                add(name, module, "weight", kind, None if reader is None else
+                    f"{_attention_label(reader[0])} passes out_proj.weight to F.multi_head_attention_forward and "
+                    "never calls out_proj, so its forward cannot be replaced")
             continue
         for dense_type, reason in DENSE_BY_DEFAULT.items():
             if isinstance(module, dense_type) and any(p.requires_grad for p in module.parameters(recurse=False)):
@@ -134,5 +155,5 @@ def select_layers(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Mappi
     for i, c in enumerate(chosen):
         if id(getattr(c.module, c.param_name)) not in in_optimizer:
             raise ConfigurationError(f"the weight of layer {c.name!r} is not in the optimizer's parameter groups")
-        layers[c.name] = SparseLayer(c.name, c.module, c.kind, i, density, c.param_name, c.forward_replaceable)
+        layers[c.name] = SparseLayer(c.name, c.module, c.kind, i, density, c.param_name, c.forward_bypass_reason)
     return layers, dense

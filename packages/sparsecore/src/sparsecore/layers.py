@@ -68,14 +68,15 @@ class SparseLayer:
             block shape (same as ``block``), or a
             :class:`~sparsecore.selection.NMPattern` (``pattern="N:M"`` runs:
             exactly N active weights in every group of M along dim 1).
-        forward_replaceable: ``False`` when the model reads this weight without
-            calling ``module.forward`` (a ``MultiheadAttention``'s ``out_proj``
-            and input projections): the engine then never asks ``layer_forward``
-            for it, and masking the weight is the only way to make it sparse.
+        forward_bypass_reason: why the model reads this weight without calling
+            ``module.forward`` (a ``MultiheadAttention``'s ``out_proj`` and input
+            projections), as one line; ``None`` when the forward is called.
+            The engine then never asks ``layer_forward`` for the layer, and
+            masking the weight is the only way to make it sparse.
     """
 
     def __init__(self, name: str, module: nn.Module, kind: str, index: int, target_density: float,
-                 param_name: str = "weight", forward_replaceable: bool = True) -> None:
+                 param_name: str = "weight", forward_bypass_reason: str | None = None) -> None:
         self.name = name
         self.module = module
         self.param_name = param_name
@@ -87,9 +88,17 @@ class SparseLayer:
         self.version = 0
         self.block: tuple[int, int] | None = None
         self.pattern: tuple[int, int] | NMPattern | None = None
-        self.forward_replaceable = forward_replaceable
+        self.forward_bypass_reason = forward_bypass_reason
         #: output positions per sample (H*W for conv2d, 1 for linear), recorded at the first forward.
         self.output_positions: int | None = None
+
+    @property
+    def forward_replaceable(self) -> bool:
+        """Whether the model calls ``module.forward``, so a replaced forward computes the layer.
+
+        ``False`` exactly when :attr:`forward_bypass_reason` is set.
+        """
+        return self.forward_bypass_reason is None
 
     @property
     def capacity(self) -> int:

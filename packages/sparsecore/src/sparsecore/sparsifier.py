@@ -14,7 +14,8 @@ from torch import nn
 from sparsecore import distributed, distributions, optim_state, selection
 from sparsecore.algorithm import ENGINE_DEFAULT_KEYS, PATTERNS
 from sparsecore.errors import CheckpointError, ConfigurationError, HookResultError
-from sparsecore.layer_selection import select_layers
+from sparsecore.forwards import ReplacedForwards
+from sparsecore.layer_selection import attention_readers, select_layers
 from sparsecore.layers import SparseLayer
 from sparsecore.masking import FusedMasks
 from sparsecore.plugins import RunManager, instantiate, plugin_display_name, registry
@@ -47,6 +48,31 @@ def attached_sparsifier(obj: nn.Module | torch.optim.Optimizer) -> Sparsifier | 
     if isinstance(obj, nn.Module):
         obj = unwrap_model(obj)
     return _ATTACHED.get(obj)
+
+
+def _output_positions(kind: str, output: Any, attention: nn.Module | None) -> int | None:
+    """Output positions per sample in a forward's output, or ``None`` where it does not show them.
+
+    Args:
+        kind: the layer's kind (convolutions keep positions after the channel dimension).
+        output: what the watched module's forward returned.
+        attention: the ``MultiheadAttention`` whose output ``(attn_output, attn_weights)`` is
+            measured (``None``: the layer's own output). ``attn_output`` is
+            ``(L, N, E)``, ``(N, L, E)`` when ``batch_first``, or unbatched ``(L, E)``.
+    """
+    if attention is not None:
+        output = output[0] if isinstance(output, tuple) and output else None
+    if not torch.is_tensor(output) or output.is_nested:
+        return None
+    if attention is not None:
+        if output.dim() == 2:
+            return output.shape[0]
+        if output.dim() == 3:
+            return output.shape[1] if getattr(attention, "batch_first", False) else output.shape[0]
+        return None
+    if output.dim() < 2:
+        return None
+    return math.prod(output.shape[2:]) if kind.startswith("conv") else math.prod(output.shape[1:-1])
 
 
 class Sparsifier:
@@ -184,7 +210,7 @@ class Sparsifier:
         self._saved_lrs: list[Any] | None = None
         self._handles: list[Any] = []
         self._size_hooks: dict[str, Any] = {}
-        self._original_forwards: dict[str, Any] = {}
+        self._forwards = ReplacedForwards(self.model)
         self._attached = False
 
         # -- 2. plugins and the algorithm's configuration ---------------------
@@ -230,7 +256,7 @@ class Sparsifier:
         self._masks = FusedMasks(list(self.layers.values()))
         self._has_before_step = bool(self.manager.hook.before_optimizer_step.get_hookimpls())
         self._has_on_step = bool(self.manager.hook.on_step.get_hookimpls())
-        self._install_forwards(forwards)
+        self._forwards.install((self.layers[name].module, forward) for name, forward in forwards.items())
         self._record_output_sizes()
         self._handles.append(optimizer.register_step_pre_hook(self._before_step))
         self._handles.append(optimizer.register_step_post_hook(self._after_step))
@@ -334,19 +360,19 @@ class Sparsifier:
         reads without calling its module's forward would be dense while reported sparse, so it stays dense."""
         if self.policy.mask_weights:
             return
-        bypassed = [name for name, layer in self.layers.items() if not layer.forward_replaceable]
+        bypassed = {name: layer.forward_bypass_reason for name, layer in self.layers.items()
+                    if layer.forward_bypass_reason is not None}
         if not bypassed:
             return
-        for name in bypassed:
+        for name, reason in bypassed.items():
             del self.layers[name]
-            self.dense_layers[name] = (f"{self.algorithm_name} makes layers sparse in their forward, and the model "
-                                       "reads this weight without calling that forward (MultiheadAttention)")
+            self.dense_layers[name] = f"{self.algorithm_name} makes layers sparse in their forward: {reason}"
         if not self.layers:
-            raise ConfigurationError(f"no layer left for {self.algorithm_name}: {bypassed} are read by "
+            raise ConfigurationError(f"no layer left for {self.algorithm_name}: {list(bypassed)} are read by "
                                      "MultiheadAttention directly, so their forward cannot be replaced")
         for i, layer in enumerate(self.layers.values()):
             layer.index = i
-        warnings.warn(f"{self.algorithm_name}: layer(s) {bypassed} stay dense: the model reads these weights "
+        warnings.warn(f"{self.algorithm_name}: layer(s) {list(bypassed)} stay dense: the model reads these weights "
                       "without calling the layer's forward (MultiheadAttention), where this algorithm makes its "
                       "sparsity", UserWarning, stacklevel=3)
 
@@ -445,29 +471,31 @@ class Sparsifier:
             forwards[name] = forward
         return forwards
 
-    def _install_forwards(self, forwards: Mapping[str, Callable[..., Any]]) -> None:
-        for name, forward in forwards.items():
-            module = self.layers[name].module
-            self._original_forwards[name] = module.__dict__.get("forward")
-            module.forward = forward
-
     def _record_output_sizes(self) -> None:
-        def make(layer: SparseLayer) -> Callable[..., None]:
+        """One-shot forward hooks that set each layer's ``output_positions`` from its first plain-tensor output.
+
+        A ``MultiheadAttention``'s input projections and its ``out_proj`` are
+        measured on the attention's output (sequence length), since nothing
+        calls ``out_proj``.
+        """
+        readers = attention_readers(self.model)
+
+        def make(layer: SparseLayer, attention: nn.Module | None) -> Callable[..., None]:
             def hook(module: nn.Module, args: Any, output: Any) -> None:
-                if isinstance(output, tuple) and layer.kind == "attention":  # (attn_output, attn_weights)
-                    out = output[0]
-                    if torch.is_tensor(out) and out.dim() == 3:
-                        layer.output_positions = out.shape[1] if getattr(module, "batch_first", False) else out.shape[0]
-                elif torch.is_tensor(output) and output.dim() >= 2:
-                    layer.output_positions = math.prod(output.shape[2:]) if layer.kind.startswith("conv") \
-                        else math.prod(output.shape[1:-1])
+                positions = _output_positions(layer.kind, output, attention)
+                if positions is None:  # a nested tensor (padded eval batch): a later forward records it
+                    return
+                layer.output_positions = positions
                 handle = self._size_hooks.pop(layer.name, None)
                 if handle is not None:
                     handle.remove()
             return hook
 
         for layer in self.layers.values():
-            self._size_hooks[layer.name] = layer.module.register_forward_hook(make(layer))
+            reader = readers.get(id(layer.module))
+            attention = layer.module if layer.kind == "attention" else None if reader is None else reader[1]
+            watched = layer.module if attention is None else attention
+            self._size_hooks[layer.name] = watched.register_forward_hook(make(layer, attention))
 
     # ------------------------------------------------------------------
     # optimizer hooks (the per-step hot path)
@@ -782,7 +810,9 @@ class Sparsifier:
 
     # ------------------------------------------------------------------
     def remove(self) -> None:
-        """Detach the engine: remove the optimizer hooks and restore replaced forwards. Masks stay applied.
+        """Detach the engine: remove the optimizer hooks, restore replaced forwards and lift their fast-path guard.
+
+        Masks stay applied.
 
         Afterwards the model and optimizer may get a new sparsifier. Calling it
         again does nothing.
@@ -791,13 +821,7 @@ class Sparsifier:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for name, original in self._original_forwards.items():
-            module = self.layers[name].module
-            if original is None:
-                module.__dict__.pop("forward", None)
-            else:
-                module.forward = original
-        self._original_forwards.clear()
+        self._forwards.restore()
         for handle in self._size_hooks.values():
             handle.remove()
         self._size_hooks.clear()
