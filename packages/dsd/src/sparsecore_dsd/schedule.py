@@ -139,10 +139,12 @@ class PhaseSchedule:
         if needs and not steps_per_epoch:
             raise ValueError(f"the schedule counts {self.unit}s; converting needs steps_per_epoch "
                              "(known to the sparsifier after its first epoch)")
-        if self.unit == STEP:
-            unit = step if step is not None else (epoch + 1) * steps_per_epoch
+        per_epoch = steps_per_epoch or 0  # nonzero whenever a conversion uses it (checked above)
+        if step is not None:
+            unit = step if self.unit == STEP else (step - 1) // per_epoch + 1
         else:
-            unit = epoch + 1 if epoch is not None else (step - 1) // steps_per_epoch + 1
+            assert epoch is not None  # exactly one of step and epoch (checked above)
+            unit = (epoch + 1) * per_epoch if self.unit == STEP else epoch + 1
         return self.index_at_unit(unit)
 
 

@@ -111,7 +111,8 @@ class GMPAlgorithm(Algorithm):
         self.start_step = None if start_step is None else _integer("start_step", start_step, 0)
         self.end_step = None if end_step is None else _integer("end_step", end_step, 0)
         if start_step is None and end_step is None:
-            first, last = DEFAULT_START if start is None else self.start, DEFAULT_END if end is None else self.end
+            first = DEFAULT_START if self.start is None else self.start
+            last = DEFAULT_END if self.end is None else self.end
             if first > last:
                 raise ConfigurationError(f"gmp: start ({first}) must not be after end ({last})")
         if self.start_step is not None and self.end_step is not None and self.start_step > self.end_step:

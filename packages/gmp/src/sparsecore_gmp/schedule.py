@@ -15,10 +15,11 @@ step through ``1 - (1 - d)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 #: How a density becomes a count of kept weights: ``rounding(density * numel / block) * block``.
-ROUNDINGS = {"round": round, "floor": math.floor, "ceil": math.ceil}
+ROUNDINGS: dict[str, Callable[[float], int]] = {"round": round, "floor": math.floor, "ceil": math.ceil}
 
 
 def cubic_density(progress: float, initial: float, final: float, power: float = 3.0) -> float:

@@ -222,7 +222,7 @@ class KernelPlugin:
         if layer.kind != "linear" or not isinstance(layer.module, nn.Linear):
             return None
         policy = getattr(sparsifier, "policy", None)
-        if _keeps_dense(policy):
+        if policy is not None and _keeps_dense(policy):
             if not self._warned:
                 warnings.warn(
                     f"{PLUGIN_NAME}: the active algorithm keeps dense weights or gradients "

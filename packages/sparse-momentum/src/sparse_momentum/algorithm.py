@@ -114,6 +114,7 @@ class SparseMomentumAlgorithm(Algorithm):
     masking_policy = MaskingPolicy(mask_weights=True, mask_gradients=False, mask_optimizer_state=False,
                                    reset_grown_state=False)
     patterns = ("unstructured", "block")
+    schedule: UpdateSchedule  # always set: updates follow the prune-rate schedule
 
     def __init__(self, prune_rate: float = 0.5, eta_min: float = 0.005, decay: str = "cosine",
                  redistribution: str = "momentum", growth: str = "momentum", prune: str = "magnitude",
@@ -181,6 +182,11 @@ class SparseMomentumAlgorithm(Algorithm):
         self.adjusted_growth = 0.0
         self.adjustments = []
 
+    def _baseline(self) -> float:
+        if self.baseline_nonzero is None:
+            raise RuntimeError("sparse-momentum: no baseline_nonzero before set-up (attach a Sparsifier first)")
+        return self.baseline_nonzero
+
     def _needs_momentum(self) -> bool:
         return self.redistribution == "momentum" or self.growth in ("momentum", "momentum_neuron")
 
@@ -209,7 +215,7 @@ class SparseMomentumAlgorithm(Algorithm):
         elif self.redistribution == "nonzero":
             return float((layer.weight.detach() != 0).sum())
         else:  # "none": the share is the layer's size
-            return layer.capacity / float(self.baseline_nonzero)
+            return layer.capacity / self._baseline()
         return float(values.float().mean()) if values.numel() else float("nan")
 
     def _gather(self, sparsifier, layers, rate: float) -> _Cycle:
@@ -239,7 +245,7 @@ class SparseMomentumAlgorithm(Algorithm):
         prune: dict[str, Any]
         if self.prune == "global_magnitude":
             block_size = next(iter(layers.values())).block_size
-            n = min(sum(cycle.nnz.values()), math.ceil(cycle.rate * float(self.baseline_nonzero) / block_size)
+            n = min(sum(cycle.nnz.values()), math.ceil(cycle.rate * self._baseline() / block_size)
                     * block_size)
             prune = selection.global_smallest({k: layer.weight.detach().abs() for k, layer in layers.items()},
                                               {k: layer.mask for k, layer in layers.items()}, n, sparsifier.block)
@@ -254,7 +260,7 @@ class SparseMomentumAlgorithm(Algorithm):
                                          total_removed, self.adjusted_growth)
         if self.prune == "global_magnitude":
             for name in regrowth:
-                expected = float(self.baseline_nonzero) * cycle.prune_rates[name]
+                expected = self._baseline() * cycle.prune_rates[name]
                 regrowth[name] = 0.0 if expected == 0.0 else math.floor(total_removed / expected * regrowth[name])
         grow: dict[str, Any] = {}
         for name, layer in layers.items():
@@ -313,7 +319,7 @@ class SparseMomentumAlgorithm(Algorithm):
         if report.reason != "update":
             return
         total = sum(update.nnz for update in report.layers.values())
-        gap = float(self.baseline_nonzero) - total
+        gap = self._baseline() - total
         self.adjustments.append(gap)
         self.adjusted_growth = 0.25 * self.adjusted_growth + 0.75 * gap + sum(self.adjustments) / len(self.adjustments)
 

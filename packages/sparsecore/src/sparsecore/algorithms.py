@@ -52,6 +52,7 @@ class SetAlgorithm(Algorithm):
 
     name = "set"
     patterns = ("unstructured", "block", "n:m")
+    schedule: UpdateSchedule  # always set: SET updates on a schedule
 
     def __init__(self, prune_rate: float = 0.3, decay: str = "cosine", eta_min: float = 0.0,
                  update_every: int | str = "epoch", update_end: float = 1.0) -> None:

@@ -87,7 +87,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 
 
 #: Subcommand builders; each adds its parser and sets ``func``.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plugins, _add_train, _add_reproduce,
+COMMANDS: list[Callable[[argparse._SubParsersAction], object]] = [_add_plugins, _add_train, _add_reproduce,
                                                                add_new_plugin_parser]
 
 

@@ -86,7 +86,7 @@ def candidates(model: nn.Module, types: Sequence[type[nn.Module]]) -> tuple[list
         found.append(Candidate(name, module, param_name, kind, bypass_reason))
 
     for name, module in model.named_modules():
-        if isinstance(module, tuple(types)):
+        if any(isinstance(module, t) for t in types):
             kind = _kind(module, types)
             if isinstance(module, nn.MultiheadAttention):
                 for param_name in ATTENTION_PARAMS:

@@ -22,7 +22,7 @@ class FusedMasks:
 
     def __init__(self, layers: Sequence[SparseLayer]) -> None:
         self.layers = list(layers)
-        self.weights = [layer.weight for layer in self.layers]
+        self.weights: list[torch.Tensor] = [layer.weight for layer in self.layers]
         self._key: tuple | None = None
         self._masks: list[torch.Tensor] = []
 

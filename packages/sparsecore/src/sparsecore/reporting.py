@@ -75,16 +75,22 @@ class DensityReport:
     @property
     def train_flops(self) -> int | None:
         """Sparse training FLOPs per sample (forward + backward), or ``None`` before a forward."""
-        if any(s.forward_flops is None for s in self.layers):
-            return None
-        return sum(s.forward_flops + s.backward_flops for s in self.layers)  # type: ignore[operator]
+        total = 0
+        for s in self.layers:
+            if s.forward_flops is None or s.backward_flops is None:
+                return None
+            total += s.forward_flops + s.backward_flops
+        return total
 
     @property
     def dense_train_flops(self) -> int | None:
         """Dense training FLOPs per sample of the same layers (3x forward)."""
-        if any(s.dense_forward_flops is None for s in self.layers):
-            return None
-        return sum(3 * s.dense_forward_flops for s in self.layers)  # type: ignore[operator]
+        total = 0
+        for s in self.layers:
+            if s.dense_forward_flops is None:
+                return None
+            total += 3 * s.dense_forward_flops
+        return total
 
     @property
     def train_flops_ratio(self) -> float | None:
@@ -103,8 +109,10 @@ class DensityReport:
         """A Markdown table of the layers and the total."""
         rows = ["| layer | shape | density | nnz / numel | train FLOPs vs dense |", "|---|---|---|---|---|"]
         for s in self.layers:
-            ratio = "n/a" if s.forward_flops is None else \
-                f"{(s.forward_flops + s.backward_flops) / (3 * s.dense_forward_flops):.3f}"  # type: ignore[operator]
+            if s.forward_flops is None or s.backward_flops is None or s.dense_forward_flops is None:
+                ratio = "n/a"
+            else:
+                ratio = f"{(s.forward_flops + s.backward_flops) / (3 * s.dense_forward_flops):.3f}"
             shape = "x".join(map(str, s.shape))
             rows.append(f"| {s.name} | {shape} | {s.density:.4f} | {s.nnz:,} / {s.numel:,} | {ratio} |")
         total = "n/a" if self.train_flops_ratio is None else f"{self.train_flops_ratio:.3f}"

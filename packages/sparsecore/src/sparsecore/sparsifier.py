@@ -225,7 +225,7 @@ class Sparsifier:
         given = {"distribution": distribution, "dense_first_layer": dense_first_layer,
                  "dense_last_layer": dense_last_layer, "include": include, "exclude": exclude,
                  "layer_types": layer_types}
-        cfg = {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
+        cfg: dict[str, Any] = {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
         self.distribution = cfg["distribution"] or "uniform"
         self.policy = self._algorithm_policy()
         self.schedule = self._algorithm_schedule()

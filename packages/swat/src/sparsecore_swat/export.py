@@ -41,7 +41,7 @@ def hard_prune(target: Any) -> dict[str, torch.Tensor]:
         sparsifier = target
         algorithm = getattr(target, "algorithm", None)
         states = getattr(algorithm, "states", None)
-        if states is None:
+        if algorithm is None or states is None:
             raise ValueError(f"hard_prune: {type(target).__name__} is neither a model nor a sparsifier running swat")
         for name, layer in target.layers.items():
             layers[name] = (layer.module, algorithm.state_for(layer))
@@ -50,8 +50,10 @@ def hard_prune(target: Any) -> dict[str, torch.Tensor]:
     masks: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, (module, state) in layers.items():
-            mask = state.exact_weight_mask(module.weight)
-            module.weight.mul_(mask)
+            weight = module.weight
+            assert isinstance(weight, torch.Tensor)  # a Linear or Conv layer's
+            mask = state.exact_weight_mask(weight)
+            weight.mul_(mask)
             masks[name] = mask
     if sparsifier is not None:
         sparsifier.set_masks(masks)

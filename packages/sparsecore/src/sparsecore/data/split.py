@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .torchvision_sources import StreamingSplit
 
 __all__ = ["Augmentation", "DataSplit", "Dataset", "random_crop_flip"]
 
@@ -174,7 +178,7 @@ class Dataset:
 
     name: str
     source: str
-    train: DataSplit
-    test: DataSplit
+    train: DataSplit | StreamingSplit
+    test: DataSplit | StreamingSplit
     num_classes: int
     input_shape: tuple[int, ...]

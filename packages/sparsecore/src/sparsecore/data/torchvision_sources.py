@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +152,7 @@ class StreamingSplit:
             order = torch.randperm(
                 len(folder), generator=generator, device="cpu" if generator is None else generator.device
             )
-            sampler = order.cpu().tolist()
+            sampler: Sequence[int] = order.cpu().tolist()
         else:
             sampler = range(len(folder))
         loader = torch.utils.data.DataLoader(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,7 +12,7 @@ __all__ = ["VGG16", "VGG_CONFIGS"]
 
 # An int is a 3x3 conv with that many output channels, "M" a 2x2 max pool and a
 # tuple (kernel_size, channels) a conv with another kernel size.
-VGG_CONFIGS: dict[str, list[int | str | tuple[int, int]]] = {
+VGG_CONFIGS: dict[str, list[int | Literal["M"] | tuple[int, int]]] = {
     "like": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "C": [
@@ -67,7 +69,7 @@ class VGG16(nn.Module):
             )
 
     @staticmethod
-    def _make_layers(config: list[int | str | tuple[int, int]]) -> nn.Sequential:
+    def _make_layers(config: list[int | Literal["M"] | tuple[int, int]]) -> nn.Sequential:
         layers: list[nn.Module] = []
         in_channels = 3
         for item in config:

@@ -23,6 +23,13 @@ import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable
+    else:
+        from importlib.abc import Traversable
 
 TEMPLATE_SUFFIX = ".tmpl"
 _PLACEHOLDER = re.compile(r"\{\{ (\w+) \}\}")
@@ -74,7 +81,7 @@ class PluginNames:
         return {"algorithm": self.algorithm, "dist": self.dist, "module": self.module, "class_name": self.class_name}
 
 
-def template_root(name: str = "plugin") -> resources.abc.Traversable:
+def template_root(name: str = "plugin") -> Traversable:
     """The directory of template ``name``, inside the installed package."""
     root = resources.files(__name__).joinpath(name)
     if not root.is_dir():
@@ -97,7 +104,7 @@ def render_text(text: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(substitute, text)
 
 
-def _walk(node: resources.abc.Traversable, prefix: tuple[str, ...] = ()):
+def _walk(node: Traversable, prefix: tuple[str, ...] = ()):
     for child in sorted(node.iterdir(), key=lambda c: c.name):
         if child.name == "__pycache__":
             continue

@@ -184,24 +184,33 @@ def layer_densities(model: nn.Module, sparsifier: Sparsifier | None) -> dict[str
     """Density of each sparse layer (each prunable layer's nonzero fraction for dense runs)."""
     if sparsifier is not None:
         return {name: layer.density for name, layer in sparsifier.layers.items()}
-    return {n: float(torch.count_nonzero(m.weight)) / m.weight.numel() for n, m in prunable_layers(model).items()}
+    weights = {n: _weight(m) for n, m in prunable_layers(model).items()}
+    return {n: float(torch.count_nonzero(w)) / w.numel() for n, w in weights.items()}
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """``module.weight``, a tensor for every module :func:`prunable_layers` returns (``nn.Module`` types it loosely)."""
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
 def layer_rows(model: nn.Module, sparsifier: Sparsifier | None) -> tuple[list[dict[str, Any]], float, float | None]:
     """Per-layer rows, overall density and training-FLOPs ratio for the summary."""
     if sparsifier is not None:
         report = sparsifier.report()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for s in report.layers:
-            ratio = (None if s.forward_flops is None
+            ratio = (None if s.forward_flops is None or s.backward_flops is None or s.dense_forward_flops is None
                      else (s.forward_flops + s.backward_flops) / (3 * s.dense_forward_flops))
             rows.append({"name": s.name, "shape": list(s.shape), "density": s.density, "nnz": s.nnz,
                          "numel": s.numel, "train_flops_ratio": ratio})
         return rows, report.density, report.train_flops_ratio
     rows = []
     for name, module in prunable_layers(model).items():
-        nnz, numel = int(torch.count_nonzero(module.weight)), module.weight.numel()
-        rows.append({"name": name, "shape": list(module.weight.shape), "density": nnz / numel, "nnz": nnz,
+        weight = _weight(module)
+        nnz, numel = int(torch.count_nonzero(weight)), weight.numel()
+        rows.append({"name": name, "shape": list(weight.shape), "density": nnz / numel, "nnz": nnz,
                      "numel": numel, "train_flops_ratio": 1.0})
     nnz, numel = sum(r["nnz"] for r in rows), sum(r["numel"] for r in rows)
     return rows, (nnz / numel if numel else 1.0), 1.0
@@ -297,7 +306,7 @@ def _check_finite_loss(loss_sum: torch.Tensor, steps: int) -> None:
 
 
 def _rng_state(data_generator: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "data": data_generator.get_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "data": data_generator.get_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -450,6 +459,13 @@ class _Job:
     checkpoint_epoch: int = 0  # epochs in the run folder's checkpoint (0: none yet)
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def folder(self) -> Path:
+        """The run folder, once created or restored (before the first epoch trains)."""
+        if self.run_dir is None:
+            raise RuntimeError("the run folder is not created yet")
+        return self.run_dir
+
 
 @contextmanager
 def _torch_threads(threads: int | None) -> Iterator[None]:
@@ -537,9 +553,9 @@ def _restore(job: _Job, checkpoint: dict[str, Any], run_dir: Path | None, say: r
     if config.epochs != checkpoint["config"]["epochs"]:
         say.notice(f"note: the run was planned for {checkpoint['config']['epochs']} epochs and now trains "
                    f"{config.epochs}; its schedules span the new length from here on")
-    job.metrics = rundir.read_metrics(run_dir, warn=say.notice)[:job.start_epoch]
+    job.metrics = rundir.read_metrics(job.folder, warn=say.notice)[:job.start_epoch]
     if len(job.metrics) < job.start_epoch:
-        say.notice(f"note: {run_dir / rundir.METRICS_NAME} has records of {len(job.metrics)} of the "
+        say.notice(f"note: {job.folder / rundir.METRICS_NAME} has records of {len(job.metrics)} of the "
                    f"{job.start_epoch} epochs in the checkpoint; the summary and plots show only those")
     say.line(f"resuming {run_dir} after epoch {job.start_epoch}/{config.epochs}")
 
@@ -629,11 +645,11 @@ def _record_and_checkpoint(job: _Job, record: dict[str, Any]) -> None:
         RunFolderError: a write failed; the message says which checkpoint the run folder keeps.
     """
     try:
-        rundir.discard_summary(job.run_dir)  # from here on it would describe an older checkpoint
-        rundir.append_metrics(job.run_dir, record)
-        save_checkpoint(job.run_dir, _checkpoint_state(job, record["epoch"]))
+        rundir.discard_summary(job.folder)  # from here on it would describe an older checkpoint
+        rundir.append_metrics(job.folder, record)
+        save_checkpoint(job.folder, _checkpoint_state(job, record["epoch"]))
     except RunFolderError as exc:
-        kept = kept_checkpoint(job.run_dir, job.checkpoint_epoch, job.config.epochs)
+        kept = kept_checkpoint(job.folder, job.checkpoint_epoch, job.config.epochs)
         raise RunFolderError(f"{exc}; {kept}") from exc
     job.checkpoint_epoch = record["epoch"]
 
@@ -643,13 +659,13 @@ def _write_plots(job: _Job, say: rundir.Printer) -> None:
     from sparsecore.train import plots
 
     try:
-        plots.write_plots(job.run_dir, job.metrics, dense=job.config.dense,
+        plots.write_plots(job.folder, job.metrics, dense=job.config.dense,
                           title=rundir.run_title(job.resolved, job.algorithm, job.dataset.name))
     except ImportError as exc:  # matplotlib comes with the train extra; the summary does not need it
         say.notice(f"note: no plots, {exc.name or 'matplotlib'} is not installed (pip install matplotlib)")
     except OSError as exc:
         raise RunFolderError(f"cannot write the plots in {job.run_dir}: {os_reason(exc)}; "
-                             f"{kept_checkpoint(job.run_dir, job.checkpoint_epoch, job.config.epochs)}") from exc
+                             f"{kept_checkpoint(job.folder, job.checkpoint_epoch, job.config.epochs)}") from exc
 
 
 def _non_finite_state(model: nn.Module, test_loss: float) -> str | None:
@@ -677,13 +693,13 @@ def _finish(job: _Job, started: float, say: rundir.Printer) -> RunResult:
     rows, density, flops_ratio = layer_rows(job.model, job.sparsifier)
     last = metrics[-1] if metrics else {}
     result = RunResult(
-        run_dir=job.run_dir, config=job.resolved, metrics=metrics, test_accuracy=last.get("test_acc", math.nan),
+        run_dir=job.folder, config=job.resolved, metrics=metrics, test_accuracy=last.get("test_acc", math.nan),
         test_loss=last.get("test_loss", math.nan), density=density, train_flops_ratio=flops_ratio, layers=rows,
         wall_seconds=0.0, train_seconds=sum(m["epoch_seconds"] for m in metrics), epochs_done=len(metrics),
         completed=len(metrics) >= config.epochs, notices=job.notices, model=job.model, sparsifier=job.sparsifier)
     if config.plots and metrics:
         _write_plots(job, say)
     result.wall_seconds = time.perf_counter() - started
-    rundir.write_summary(job.run_dir, result, job.algorithm)
+    rundir.write_summary(job.folder, result, job.algorithm)
     say.summary(result, job.algorithm)
     return result
