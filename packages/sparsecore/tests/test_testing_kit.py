@@ -9,7 +9,7 @@ from torch import nn  # and torch cannot import _dynamo twice; optimizer.step im
 
 import sparsecore
 from sparsecore.plugins import registry
-from sparsecore.testing import make_sparsifier, make_tiny_model, train_steps
+from sparsecore.testing import make_sparsifier, make_tiny_model, tiny_batches, train_steps
 
 pytest_plugins = ["pytester"]
 
@@ -186,3 +186,23 @@ def test_train_steps_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="epoch_every must be a positive int"):
         train_steps(s, 1, epoch_every=0)
     s.remove()
+
+
+def test_tiny_batches_are_seeded_and_fit_the_tiny_model() -> None:
+    batches = tiny_batches(2, batch_size=5, seed=3)
+    assert len(batches) == 2
+    for x, y in batches:
+        assert x.shape == (5, 16) and y.shape == (5,) and y.dtype == torch.int64
+        assert int(y.min()) >= 0 and int(y.max()) < 4
+        assert make_tiny_model()(x).shape == (5, 4)
+    again = tiny_batches(2, batch_size=5, seed=3)
+    assert all(torch.equal(a, b) for pair, other in zip(batches, again) for a, b in zip(pair, other))
+    assert not torch.equal(tiny_batches(1, batch_size=5, seed=4)[0][0], batches[0][0])
+
+
+def test_the_conformance_suite_is_exported_lazily() -> None:
+    from sparsecore import conformance, testing
+
+    assert testing.AlgorithmConformance is conformance.AlgorithmConformance
+    with pytest.raises(AttributeError, match="has no attribute 'AlgorithmConformence'"):
+        testing.AlgorithmConformence  # noqa: B018

@@ -21,11 +21,19 @@ Fixtures:
 * ``train_steps``: the :func:`train_steps` helper.
 
 The helpers are plain functions too, for use outside pytest.
+
+:class:`AlgorithmConformance` (from :mod:`sparsecore.conformance`) is the
+contract suite an algorithm's tests subclass::
+
+    class TestMyAlgorithmConformance(sparsecore.testing.AlgorithmConformance):
+        algorithm = MyAlgorithm
+        options = {"update_every": 2}
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -35,6 +43,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from sparsecore.plugins import Registration
     from sparsecore.sparsifier import Sparsifier
+
+# The suite's assertions get pytest's detailed messages; it is imported on first use (it imports torch).
+pytest.register_assert_rewrite("sparsecore.conformance")
+
+
+def __getattr__(name: str) -> Any:
+    """``AlgorithmConformance`` is loaded from :mod:`sparsecore.conformance` when first asked for."""
+    if name == "AlgorithmConformance":
+        from sparsecore.conformance import AlgorithmConformance
+
+        return AlgorithmConformance
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: Layer widths of :func:`make_tiny_model`: input features, two hidden layers, output classes.
 TINY_WIDTHS = (16, 32, 24, 4)
@@ -93,6 +113,24 @@ def make_sparsifier(algorithm: Any = "static", *, model: nn.Module | None = None
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     return Sparsifier(model, optimizer, algorithm=algorithm, density=density, plugins=plugins,
                       total_steps=total_steps, seed=seed, **options)
+
+
+def tiny_batches(count: int = 1, batch_size: int = 8, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Seeded ``(inputs, targets)`` batches for :func:`make_tiny_model` (16 features, 4 classes).
+
+    For algorithms that look at data before training (``Sparsifier(..., data=tiny_batches())``).
+
+    Args:
+        count: number of batches.
+        batch_size: samples per batch.
+        seed: seed of the data.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    features, classes = TINY_WIDTHS[0], TINY_WIDTHS[-1]
+    return [(torch.randn(batch_size, features, generator=generator),
+             torch.randint(0, classes, (batch_size,), generator=generator)) for _ in range(count)]
 
 
 def _input_features(model: nn.Module) -> int:
