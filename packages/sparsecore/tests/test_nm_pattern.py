@@ -91,15 +91,35 @@ def test_check_shape_names_the_dimension():
 # -- N:M-aware selection helpers -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [(6, 8), (4, 8, 3, 3), (4, 8, 5)])
-def test_largest_over_everything_is_the_top_n_of_every_group(shape):
+@pytest.mark.parametrize("shape", [(6, 16), (4, 16, 3, 3), (4, 16, 5)])
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (3, 8), (5, 16)])  # 16: groups ranked by sorting, not pairwise
+def test_largest_over_everything_is_the_top_n_of_every_group(shape, n, m):
     torch.manual_seed(0)
     w = torch.randn(shape)
     w.view(-1)[:4] = 1.0  # ties: the lower index wins
-    pattern = NMPattern(2, 4)
+    w.view(-1)[-40::3] = -0.5
+    pattern = NMPattern(n, m)
     everything = torch.ones(shape, dtype=torch.bool)
     chosen = selection.largest(w.abs(), everything, pattern.active_count(shape), pattern)
-    assert torch.equal(chosen, reference_top_n(w, 2, 4))
+    assert torch.equal(chosen, reference_top_n(w, n, m))
+    assert torch.equal(selection.top_per_group(w.abs(), pattern), chosen)
+    assert torch.equal(selection.top_per_group(-w.abs(), pattern, largest=False), chosen)
+
+
+@pytest.mark.parametrize("m", [4, 8, 16])
+@pytest.mark.parametrize("largest", [True, False])
+def test_per_group_choice_among_some_candidates_matches_a_sorted_reference(m, largest):
+    gen = torch.Generator().manual_seed(m)
+    score = torch.randint(0, 3, (5, 2 * m), generator=gen).float()  # many ties
+    candidates = torch.rand(5, 2 * m, generator=gen) < 0.6
+    counts = per_group(candidates, m)
+    quotas = torch.minimum(counts, torch.randint(0, m, counts.shape, generator=gen))
+    expected = torch.zeros(5 * 2, m, dtype=torch.bool)
+    for g, (row, cand) in enumerate(zip(score.reshape(-1, m).tolist(), candidates.reshape(-1, m).tolist())):
+        order = sorted((j for j in range(m) if cand[j]), key=lambda j: ((-row[j] if largest else row[j]), j))
+        expected[g, order[: int(quotas[g])]] = True
+    chosen = selection._pick_per_group(score, candidates, quotas, largest, NMPattern(1, m))
+    assert torch.equal(chosen, expected.reshape(5, 2 * m))
 
 
 def test_smallest_of_active_weights_thins_over_the_whole_layer():

@@ -42,13 +42,18 @@ def masked_weight(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def magnitude_masks(layers: Mapping[str, SparseLayer]) -> dict[str, torch.Tensor]:
-    """Per layer, the N largest ``|w|`` of every group (ties to the lower index), in the layer's N:M pattern."""
-    out = {}
+    """Per layer, the N largest ``|w|`` of every group (ties to the lower index), in the layer's N:M pattern.
+
+    Raises:
+        ValueError: a layer has no N:M pattern (the sparsifier was not made with ``pattern="N:M"``).
+    """
+    masks = {}
     for name, layer in layers.items():
-        everything = torch.ones_like(layer.mask)
-        out[name] = selection.largest(layer.weight.detach().abs(), everything,
-                                      layer.pattern.active_count(layer.shape), layer.pattern)
-    return out
+        if not isinstance(layer.pattern, selection.NMPattern):
+            raise ValueError(f"layer {name!r} has no N:M pattern (pattern={layer.pattern!r}); "
+                             "make the Sparsifier with pattern='N:M'")
+        masks[name] = selection.top_per_group(layer.weight.detach().abs(), layer.pattern)
+    return masks
 
 
 def masked_forward(layer: SparseLayer) -> Callable[..., torch.Tensor]:

@@ -108,7 +108,7 @@ class SparseLayer:
     @property
     def nnz(self) -> int:
         """Number of active weights."""
-        return int(self.mask.sum().item())
+        return int(torch.count_nonzero(self.mask))
 
     @property
     def density(self) -> float:

@@ -125,7 +125,7 @@ class NMPattern:
 
     def group_counts(self, mask: torch.Tensor) -> torch.Tensor:
         """True entries of every group of ``mask``, shape ``(groups,)``."""
-        return self.grouped(mask).sum(dim=1)
+        return self.grouped(mask).sum(dim=1, dtype=torch.int16 if self.m < 2**15 else torch.int64)
 
     def is_exact(self, mask: torch.Tensor) -> bool:
         """Whether every group of ``mask`` holds exactly ``n`` True entries."""
@@ -215,6 +215,16 @@ def _pick(score: torch.Tensor, candidates: torch.Tensor, n: int, largest: bool, 
     return out.view_as(candidates)
 
 
+def top_per_group(score: torch.Tensor, pattern: NMPattern, largest: bool = True) -> torch.Tensor:
+    """The N:M mask that keeps, in every group, the ``pattern.n`` entries of largest (or smallest) score.
+
+    Ties go to the lower index. The same as ``largest(score, all-True, pattern.active_count(shape), pattern)``,
+    without counting candidates (SR-STE recomputes it every step).
+    """
+    quotas = torch.full((pattern.groups_in(score.shape),), pattern.n, dtype=torch.int16, device=score.device)
+    return _pick_per_group(score, None, quotas, largest, pattern)
+
+
 def nm_quotas(candidates: torch.Tensor, n: int, pattern: NMPattern) -> torch.Tensor | None:
     """How many entries an N:M choice of ``n`` takes from each group (see the module docs).
 
@@ -249,18 +259,53 @@ def _require_thin(candidates: torch.Tensor, n: int, pattern: NMPattern, fill: to
                      f"group to {pattern.n}{refill}")
 
 
-def _pick_per_group(score: torch.Tensor, candidates: torch.Tensor, quotas: torch.Tensor, largest: bool,
+def _pick_per_group(score: torch.Tensor, candidates: torch.Tensor | None, quotas: torch.Tensor, largest: bool,
                     pattern: NMPattern) -> torch.Tensor:
     """In every group, its ``quotas[g]`` candidates of smallest/largest score (ties broken by position)."""
-    s = pattern.grouped(score.detach()).float()
-    c = pattern.grouped(candidates)
+    s = pattern.grouped(score.detach())
+    if s.dtype not in (torch.float32, torch.float64):
+        s = s.float()
+    c = None if candidates is None else pattern.grouped(candidates)  # None: every entry is a candidate
+    rank = _group_ranks(s, c, largest) if pattern.m <= _PAIRWISE_MAX_M else _group_ranks_sorted(s, c, largest)
+    chosen = rank < quotas.to(rank.device).unsqueeze(1)
+    if c is not None:
+        chosen &= c
+    return pattern.ungrouped(chosen, score.shape).contiguous()
+
+
+#: Groups up to this size are ranked by pairwise comparisons (M² vectorised ops, several times faster than a
+#: sort of many tiny rows on CPU); larger groups are sorted.
+_PAIRWISE_MAX_M = 8
+
+
+def _group_ranks(s: torch.Tensor, c: torch.Tensor | None, largest: bool) -> torch.Tensor:
+    """Rank of every candidate within its group: candidates that come first (better score, or equal score at a
+    lower position) counted column by column; values at non-candidates are meaningless."""
+    every = c is None or bool(c.all())
+    cols, cand = s.unbind(1), (None if every else c.unbind(1))
+    ranks = []
+    for j in range(s.shape[1]):
+        rank = torch.zeros(s.shape[0], dtype=torch.uint8, device=s.device)
+        for k in range(s.shape[1]):
+            if k == j:
+                continue
+            if largest:
+                ahead = cols[k] >= cols[j] if k < j else cols[k] > cols[j]
+            else:
+                ahead = cols[k] <= cols[j] if k < j else cols[k] < cols[j]
+            rank += ahead if every else ahead & cand[k]
+        ranks.append(rank)
+    return torch.stack(ranks, dim=1)
+
+
+def _group_ranks_sorted(s: torch.Tensor, c: torch.Tensor | None, largest: bool) -> torch.Tensor:
+    """:func:`_group_ranks` by a stable sort: candidates first, in score order."""
     order = torch.argsort(s, dim=1, descending=largest, stable=True)
-    # candidates first, keeping the score order among them
-    order = order.gather(1, torch.argsort((~c.gather(1, order)).to(torch.uint8), dim=1, stable=True))
+    if c is not None:
+        order = order.gather(1, torch.argsort((~c.gather(1, order)).to(torch.uint8), dim=1, stable=True))
     rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(pattern.m, device=order.device).expand_as(order))
-    chosen = (rank < quotas.to(rank.device).unsqueeze(1)) & c
-    return pattern.ungrouped(chosen, candidates.shape).contiguous()
+    rank.scatter_(1, order, torch.arange(s.shape[1], device=order.device).expand_as(order))
+    return rank
 
 
 def random_choice(candidates: torch.Tensor, n: int, generator: torch.Generator, block: Block = None) -> torch.Tensor:

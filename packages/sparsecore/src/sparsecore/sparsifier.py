@@ -672,7 +672,7 @@ class Sparsifier:
             for name, layer in self.layers.items():
                 new, old = masks[name], layer.mask
                 grown, pruned = new & ~old, old & ~new
-                n_grown, n_pruned = int(grown.sum()), int(pruned.sum())
+                n_grown, n_pruned = int(torch.count_nonzero(grown)), int(torch.count_nonzero(pruned))
                 if reason == "init" or n_grown or n_pruned:
                     layer.mask = new
                     layer.version += 1
@@ -686,7 +686,8 @@ class Sparsifier:
                         optim_state.zero_state(self.optimizer, layer.weight, grown)
                     if self.policy.mask_optimizer_state and n_pruned:
                         optim_state.zero_state(self.optimizer, layer.weight, ~new)
-                updates[name] = LayerUpdate(n_pruned, n_grown, int(new.sum()), float(new.sum()) / new.numel())
+                nnz = int(torch.count_nonzero(new))
+                updates[name] = LayerUpdate(n_pruned, n_grown, nnz, nnz / new.numel())
         self._masks.invalidate()
         report = TopologyReport(self.step, self.epoch, rate, updates, reason)
         if notify:
