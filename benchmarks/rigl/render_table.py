@@ -30,6 +30,10 @@ _spec = importlib.util.spec_from_file_location("render_mnist_table", ROOT / "ben
 shared = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(shared)
 
+#: How the RigL runs of this page were made (the engine in the working tree was changing meanwhile).
+CODE_NOTE = ("commit b62cfbd of the repository, exported with `git archive` and run with its `packages/*/src` "
+             "first on `PYTHONPATH`; RigL's algorithm code is unchanged since, apart from formatting and types.")
+
 #: Order of the methods in the table.
 ORDER = ["rigl", "rigl (uniform)", "set (rigl schedule)", "sparse-momentum", "sparse-momentum (redistribution=none)",
          "snip", "static", "dense"]
@@ -106,7 +110,9 @@ def render(rigl_rows: list[dict], other_rows: list[dict]) -> str:
         "- \"not run\": no run of that row was made (CPU time was the limit); it is not a result.",
         "- \"final density\": active weights over all sparse layers after training (RigL keeps every layer's count).",
         "- \"wall per run\": mean wall-clock time of a run on one torch thread of a shared 2-core machine with other",
-        "  runs beside it; a cost indication, not a speed measurement.",
+        "  runs beside it; a cost indication, not a speed measurement. The RigL runs ran three at a time beside",
+        "  other jobs (load average 10-15), so their wall times do not compare with the other rows'.",
+        "- Code of the RigL runs: " + CODE_NOTE,
         "",
         "## Commands",
         "",
