@@ -101,7 +101,7 @@ def test_the_optimizer_sees_the_straight_through_gradient_plus_the_sparse_refine
 
 def test_masked_weight_gradient_is_the_identity():
     weight = torch.randn(4, 8, requires_grad=True)
-    mask = (torch.arange(32).view(4, 8) % 3 == 0).float()
+    mask = torch.arange(32).view(4, 8) % 3 == 0
     upstream = torch.randn(4, 8)
     out = masked_weight(weight, mask)
     assert torch.equal(out, weight * mask)

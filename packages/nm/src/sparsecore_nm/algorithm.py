@@ -70,7 +70,6 @@ class SrSteAlgorithm(sparsecore.Algorithm):
 
     def __init__(self, lambda_w: float = 2e-4) -> None:
         self.lambda_w = _number(self.name, "lambda_w", lambda_w, 0.0, None, False)
-        self._inactive: dict[str, tuple[Any, torch.Tensor]] = {}
         self._flips = 0
         self._flip_steps = 0
         self._weights = 0
@@ -96,18 +95,10 @@ class SrSteAlgorithm(sparsecore.Algorithm):
         if self.lambda_w == 0.0:
             return
         with torch.no_grad():
-            for name, layer in sparsifier.layers.items():
+            for layer in sparsifier.layers.values():
                 grad = layer.weight.grad
                 if grad is not None:
-                    grad.addcmul_(layer.weight, self._inactive_mask(name, layer, grad.dtype), value=self.lambda_w)
-
-    def _inactive_mask(self, name: str, layer: SparseLayer, dtype: torch.dtype) -> torch.Tensor:
-        key = (layer.version, dtype, layer.weight.device)
-        cached = self._inactive.get(name)
-        if cached is None or cached[0] != key:
-            cached = (key, (~layer.mask).to(device=layer.weight.device, dtype=dtype))
-            self._inactive[name] = cached
-        return cached[1]
+                    grad.add_(layer.weight.masked_fill(layer.mask, 0), alpha=self.lambda_w)
 
     @sparsecore.hookimpl
     def on_step(self, sparsifier) -> None:

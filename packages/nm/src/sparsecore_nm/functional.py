@@ -17,11 +17,11 @@ FORWARD_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class _StraightThroughMask(torch.autograd.Function):
-    """``weight * mask`` forward; the incoming gradient reaches every entry of ``weight`` unchanged."""
+    """``weight`` where ``mask``, else 0; the incoming gradient reaches every entry of ``weight`` unchanged."""
 
     @staticmethod
     def forward(ctx: Any, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return weight * mask
+        return torch.where(mask, weight, weight.new_zeros(()))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -36,7 +36,7 @@ def masked_weight(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
     Args:
         weight: the dense weight.
-        mask: a tensor of ``weight``'s shape and dtype (1 = active).
+        mask: a bool tensor of ``weight``'s shape (``True`` = active).
     """
     return _StraightThroughMask.apply(weight, mask)
 
@@ -59,8 +59,7 @@ def magnitude_masks(layers: Mapping[str, SparseLayer]) -> dict[str, torch.Tensor
 def masked_forward(layer: SparseLayer) -> Callable[..., torch.Tensor]:
     """A forward for ``layer.module`` that computes with :func:`masked_weight` of ``layer.mask``.
 
-    The mask is read at every call (its copy in the weight's dtype is rebuilt
-    only when ``layer.version``, the dtype or the device changes).
+    The mask is read at every call, so the forward always uses the current ``layer.mask``.
 
     Raises:
         TypeError: the module is not a Linear or Conv1d/2d/3d.
@@ -68,23 +67,13 @@ def masked_forward(layer: SparseLayer) -> Callable[..., torch.Tensor]:
     module = layer.module
     if not isinstance(module, FORWARD_TYPES):
         raise TypeError(f"{type(module).__name__} is not one of {[t.__name__ for t in FORWARD_TYPES]}")
-    cache: dict[str, Any] = {"key": None, "mask": None}
-
-    def current_mask(weight: torch.Tensor) -> torch.Tensor:
-        key = (layer.version, weight.dtype, weight.device)
-        if cache["key"] != key:
-            cache["mask"] = layer.mask.to(device=weight.device, dtype=weight.dtype)
-            cache["key"] = key
-        return cache["mask"]
 
     if isinstance(module, nn.Linear):
         def forward(input: torch.Tensor) -> torch.Tensor:
-            weight = module.weight
-            return F.linear(input, masked_weight(weight, current_mask(weight)), module.bias)
+            return F.linear(input, masked_weight(module.weight, layer.mask), module.bias)
     else:
         def forward(input: torch.Tensor) -> torch.Tensor:
-            weight = module.weight
-            return module._conv_forward(input, masked_weight(weight, current_mask(weight)), module.bias)
+            return module._conv_forward(input, masked_weight(module.weight, layer.mask), module.bias)
     return forward
 
 
