@@ -82,6 +82,20 @@ def test_growth_uses_the_dense_gradient_not_the_masked_one(rigl, drop_fraction):
         assert sorted(grown) == sorted(targets[name][-n:].tolist()), name  # the n largest gradients
 
 
+def test_equal_gradients_grow_by_position(rigl, recorder):
+    sparsifier = rigl(update_every=2, total_steps=100, plugins=[recorder])
+    train_steps(sparsifier, 1)
+    grads = {name: torch.full(layer.shape, 0.5) for name, layer in sparsifier.layers.items()}
+    step_with_gradient(sparsifier, grads)
+    for name, layer in sparsifier.layers.items():
+        n = recorder.grow_counts[0][name]
+        dropped = ranked(recorder.weights[0][name].abs(), recorder.masks_before[0][name], n, largest=False)
+        candidates = (~(recorder.masks_before[0][name] & ~dropped)).reshape(-1).nonzero().squeeze(1)
+        grown = torch.zeros(layer.capacity, dtype=torch.bool)
+        grown[candidates[:n]] = True  # the first n candidates in flat order
+        assert torch.equal(layer.mask, (recorder.masks_before[0][name] & ~dropped) | grown.view(layer.shape))
+
+
 def test_grown_weights_and_their_sgd_momentum_start_at_zero(rigl, recorder):
     model = make_tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
