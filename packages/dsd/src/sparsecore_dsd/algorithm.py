@@ -88,6 +88,7 @@ class DSDAlgorithm(Algorithm):
     """
 
     name = "dsd"
+    sets_initial_density = True  # starts dense; each sparse phase prunes to the target density
     #: Density 0.7 (the paper's 30 % sparsity) and a dense first layer when it is a convolution (the paper never
     #: prunes the first conv; an MLP's first layer, most of its weights, is pruned);
     #: options the user passes to the engine win over these.

@@ -110,6 +110,7 @@ class SnipAlgorithm(Algorithm):
     """
 
     name = "snip"
+    sets_initial_density = True  # global top-k: per-layer counts follow the scores, not target_density
 
     def __init__(self, batch: tuple[Any, torch.Tensor] | None = None, loader: Iterable[Any] | None = None,
                  num_batches: int = 1, loss_fn: LossFn | None = None, per_layer: bool = False,
