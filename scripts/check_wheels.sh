@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install sparsecore and sparse-momentum from the built wheels into a fresh venv and run them, as a user would.
+# Check that every built wheel is typed (py.typed), then install sparsecore and sparse-momentum from the built
+# wheels into a fresh venv and run them, as a user would.
 #
 #   scripts/check_wheels.sh [DIST_DIR]        (default dist/, written by scripts/build_all.sh)
 #
@@ -12,6 +13,13 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 dist="$(cd "${1:-$root/dist}" && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+
+# Every wheel is typed (PEP 561): its import package carries py.typed.
+for wheel in "$dist"/*.whl; do
+  listing="$(python3 -m zipfile -l "$wheel")"
+  grep -Eq '^[A-Za-z0-9_]+/py\.typed ' <<<"$listing" \
+    || { echo "check_wheels: $(basename "$wheel") has no py.typed" >&2; exit 1; }
+done
 
 core="$(ls "$dist"/sparsecore-*-py3-none-any.whl)"
 momentum="$(ls "$dist"/sparse_momentum-*-py3-none-any.whl)"

@@ -57,3 +57,18 @@ def test_core_exposes_the_cli_and_the_pytest_plugin() -> None:
     meta = _meta(ROOT / "packages" / "sparsecore")
     assert meta["project"]["scripts"] == {"sparsecore": "sparsecore.cli:main"}
     assert meta["project"]["entry-points"]["pytest11"] == {"sparsecore": "sparsecore.testing"}
+
+
+@pytest.mark.parametrize("pkg", PACKAGES, ids=lambda p: p.name)
+def test_package_is_typed(pkg) -> None:
+    """PEP 561: every import package carries ``py.typed`` (its wheel takes the whole folder)."""
+    for src in _meta(pkg)["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]:
+        assert (pkg / src / "py.typed").is_file(), f"{pkg.name}: {src}/py.typed is missing"
+
+
+def test_mypy_checks_every_package_from_its_src_folder() -> None:
+    """``mypy_path`` names each package's src/ folder, so ``src/<module>`` is checked as ``<module>``."""
+    mypy = _meta(ROOT)["tool"]["mypy"]
+    expected = sorted(f"packages/{pkg.name}/src" for pkg in PACKAGES)
+    assert sorted(mypy["mypy_path"]) == expected, "add the new package's src folder to [tool.mypy] mypy_path"
+    assert mypy["files"] == ["packages/*/src"] and mypy["explicit_package_bases"] is True

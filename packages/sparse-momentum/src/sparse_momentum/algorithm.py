@@ -111,6 +111,7 @@ class SparseMomentumAlgorithm(Algorithm):
     """
 
     name = "sparse-momentum"
+    sets_initial_density = True  # init="bernoulli" draws every weight; init="exact" leaves the masks to the engine
     masking_policy = MaskingPolicy(mask_weights=True, mask_gradients=False, mask_optimizer_state=False,
                                    reset_grown_state=False)
     patterns = ("unstructured", "block")
