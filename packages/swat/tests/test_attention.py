@@ -1,11 +1,10 @@
 """SWAT in nn.TransformerEncoder: what the report calls sparse is what the forward computes.
 
-``nn.MultiheadAttention`` never calls its ``out_proj`` (it reads the weight):
-that layer cannot run SWAT and stays dense, reported so (the engine leaves
-such layers out for algorithms whose sparsity lives in the forward; SWAT
-keeps any layer the engine flags ``forward_replaceable=False`` dense itself).
-``linear1``/``linear2`` run SWAT in training and, with the fast-path guard,
-in eval without grad too.
+``nn.MultiheadAttention`` reads its input projections and ``out_proj`` weight
+without calling a forward: the engine leaves those layers dense for SWAT and
+reports them so. ``linear1``/``linear2`` run SWAT in training and, with the
+engine's fast-path guard, in eval without grad too (the guard itself is
+tested in sparsecore's ``test_attention_layers.py``).
 """
 
 import copy
@@ -15,10 +14,10 @@ import pytest
 import sparsecore
 import torch
 from sparsecore_swat import SwatAlgorithm, SwatForward
-from sparsecore_swat.bypass import FastPathGuard, bypassed_forwards
 from torch import nn
 
 OUT_PROJ = ["layers.0.self_attn.out_proj", "layers.1.self_attn.out_proj"]
+IN_PROJ = ["layers.0.self_attn.in_proj_weight", "layers.1.self_attn.in_proj_weight"]
 FEED_FORWARD = ["layers.0.linear1", "layers.0.linear2", "layers.1.linear1", "layers.1.linear2"]
 
 
@@ -36,13 +35,12 @@ def _inputs():
     return x, padding
 
 
-def _swat(model, exclude=None, plugins=(), **options):
+def _swat(model, **options):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     algorithm = SwatAlgorithm(sparsify_first_layer=True, **options)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sp = sparsecore.Sparsifier(model, opt, algorithm=algorithm, density=0.3, seed=0, exclude=exclude,
-                                   plugins=list(plugins))
+        sp = sparsecore.Sparsifier(model, opt, algorithm=algorithm, density=0.3, seed=0)
     return sp, opt, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
 
 
@@ -54,10 +52,6 @@ def _masked_copy(original, sp):
         for name, layer in sp.layers.items():
             modules[name].weight.mul_(layer.mask)
     return ref
-
-
-def _pre_hooks(model):
-    return [len(layer._forward_pre_hooks) for layer in model.layers]
 
 
 @pytest.fixture
@@ -74,22 +68,16 @@ def count_swat_calls(monkeypatch):
     return calls
 
 
-def test_bypassed_forwards_finds_every_out_proj():
-    model = _encoder()
-    modules = dict(model.named_modules())
-    reasons = bypassed_forwards(model)
-    assert set(reasons) == {id(modules[name]) for name in OUT_PROJ}
-    assert "never calls out_proj" in reasons[id(modules[OUT_PROJ[1]])]
-    assert "'layers.1.self_attn'" in reasons[id(modules[OUT_PROJ[1]])]
-
-
 def test_out_proj_stays_dense_and_the_report_says_so():
     model = _encoder()
     sp, _, messages = _swat(model)
     assert list(sp.layers) == FEED_FORWARD
-    assert any(all(name in m for name in OUT_PROJ) and "stay dense" in m for m in messages)
+    assert any(all(name in m for name in OUT_PROJ + IN_PROJ) and "stay dense" in m for m in messages)
     report = sp.report()
-    assert all("MultiheadAttention" in report.dense_layers[name] for name in OUT_PROJ)
+    for name in OUT_PROJ:
+        assert report.dense_layers[name].startswith("swat makes layers sparse in their forward: ")
+        assert "never calls out_proj" in report.dense_layers[name]
+    assert all("MultiheadAttention" in report.dense_layers[name] for name in IN_PROJ)
     modules = dict(model.named_modules())
     assert all("forward" not in modules[name].__dict__ for name in OUT_PROJ)
     assert all(isinstance(modules[name].forward, SwatForward) for name in FEED_FORWARD)
@@ -107,7 +95,7 @@ def test_the_forward_computes_with_the_masks_the_report_shows(mode, count_swat_c
     sp, _, _ = _swat(model)
     ref = _masked_copy(original, sp)
     x, padding = _inputs()
-    model(x)  # first forward in training, where the engine's output-size hooks see plain tensors
+    model(x)  # one training call first, as in a run
     count_swat_calls.clear()
     kwargs = {"src_key_padding_mask": padding} if mode.endswith("padded") else {}
     for m in (model, ref, original):
@@ -119,140 +107,36 @@ def test_the_forward_computes_with_the_masks_the_report_shows(mode, count_swat_c
     assert sorted(map(id, count_swat_calls)) == sorted(id(dict(model.named_modules())[n]) for n in FEED_FORWARD)
 
 
-def test_without_the_guard_the_eval_fast_path_skips_the_swat_forwards(count_swat_calls):
-    original = _encoder()
-    model = copy.deepcopy(original)
-    sp, _, _ = _swat(model)
+def test_swat_m_budgets_cover_only_the_feed_forward_layers():
+    model = _encoder()
+    sp, opt, _ = _swat(model, variant="momentum")
     x, _ = _inputs()
-    model(x)  # the engine's one-shot output-size hooks fire and go; the guard goes on
-    assert sp.algorithm.fast_path_guard.guarded == ["layers.0", "layers.1"]
-    model.eval()
-    count_swat_calls.clear()
-    with torch.no_grad():
-        guarded = model(x)
-    assert len(count_swat_calls) == 4
-    sp.algorithm.fast_path_guard.remove()
-    assert _pre_hooks(model) == [0, 0]  # nothing else keeps the fast path off
-    count_swat_calls.clear()
-    with torch.no_grad():
-        bypassed = model(x)
-        dense = original.eval()(x)
-    assert count_swat_calls == []  # PyTorch's fast path read linear1/linear2 directly ...
-    torch.testing.assert_close(bypassed, dense)  # ... and computed the dense layers
-    assert float((guarded - dense).abs().max()) > 0.05
-
-
-def test_the_guard_is_on_only_while_the_run_is_attached():
-    model = _encoder()
-    sp, _, _ = _swat(model)
-    x, _ = _inputs()
-    assert _pre_hooks(model) == [0, 0]  # set-up leaves the encoder layers alone
-    model(x)
-    assert _pre_hooks(model) == [1, 1]
-    sp.remove()
-    model.eval()
-    with torch.no_grad():
-        model(x)  # the first call after remove() finds no SWAT forward and takes the guard off
-    assert _pre_hooks(model) == [0, 0] and sp.algorithm.fast_path_guard.guarded == []
-
-
-def test_a_refused_set_up_leaves_the_encoder_layers_untouched():
-    model = _encoder()
-
-    class Refuse:
-        @sparsecore.hookimpl
-        def on_setup(self, sparsifier):
-            raise sparsecore.ConfigurationError("refused")
-
-    with pytest.raises(sparsecore.ConfigurationError, match="refused"):
-        _swat(model, plugins=[Refuse()])
-    assert _pre_hooks(model) == [0, 0]
-    assert all("forward" not in m.__dict__ for m in model.modules())
-
-
-def test_fast_path_guard_guards_only_encoder_layers_holding_an_installed_forward():
-    model = _encoder()
-    linear2 = model.layers[1].linear2
-    replaced = nn.Linear.forward.__get__(linear2)
-    guard = FastPathGuard(model)
-    guard.watch(linear2, replaced)
-    guard.ensure()
-    assert _pre_hooks(model) == [0, 0]  # the forward is not installed yet
-    linear2.forward = replaced
-    guard.ensure()
-    assert guard.guarded == ["layers.1"] and _pre_hooks(model) == [0, 1]
-    guard.ensure()
-    assert _pre_hooks(model) == [0, 1]  # once
-    del linear2.forward
-    model.eval()(_inputs()[0])
-    assert _pre_hooks(model) == [0, 0]
-
-
-class _EngineFlag:
-    """Sets ``forward_replaceable = False`` on layers before SWAT chooses masks, as an engine may do."""
-
-    def __init__(self, *names):
-        self.names = names
-
-    @sparsecore.hookimpl
-    def init_masks(self, sparsifier, layers):
-        for name in self.names:
-            layers[name].forward_replaceable = False
-        # returns None: the algorithm chooses the masks
-
-
-def _mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
-
-
-def _flagged(model, names, **options):
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    sp = sparsecore.Sparsifier(model, opt, algorithm=SwatAlgorithm(sparsify_first_layer=True, **options),
-                               density=0.3, seed=0, plugins=[_EngineFlag(*names)])
-    return sp, opt
-
-
-def test_a_layer_flagged_not_replaceable_stays_dense_with_a_warning_and_density_one():
-    model = _mlp()
-    with pytest.warns(UserWarning, match=r"swat: layer '2' stays dense \(density 1 in the report\): "
-                                         r"the engine reports that its module's forward is never called"):
-        sp, _ = _flagged(model, ["2"])
-    assert sp.algorithm.dense_layers == {"2": "the engine reports that its module's forward is never called"}
-    assert "forward" not in model[2].__dict__ and isinstance(model[0].forward, SwatForward)
-    model(torch.randn(4, 8))
-    stats = {s.name: s for s in sp.report().layers}
-    assert stats["2"].density == 1.0 and stats["2"].forward_flops == stats["2"].dense_forward_flops
-    assert stats["0"].density == pytest.approx(0.3, abs=0.01)
-    ref = _masked_copy(_mlp(), sp)  # what the report shows is what the forward computes
-    x = torch.randn(5, 8)
-    torch.testing.assert_close(model(x), ref(x))
-
-
-def test_swat_m_budgets_leave_a_dense_layer_out():
-    model = _mlp()
-    with pytest.warns(UserWarning, match="swat: layer '2' stays dense"):
-        sp, opt = _flagged(model, ["2"], variant="momentum")
-    x = torch.randn(16, 8)
     for _ in range(3):
         opt.zero_grad()
         model(x).square().mean().backward()
         opt.step()
-    sp.epoch_end(0)
     states = sp.algorithm.states
-    assert states["2"].weight_density == 1.0 and bool(sp.layers["2"].mask.all())
-    swat = {name: layer for name, layer in sp.layers.items() if name != "2"}
-    assert [states[n].weight_density for n in swat] != [layer.target_density for layer in swat.values()]
-    budget = sum(layer.target_density * layer.capacity for layer in swat.values())
-    given = sum(states[name].weight_density * layer.capacity for name, layer in swat.items())
-    assert budget <= given <= budget + len(swat)  # SWAT-M rounds each layer's budget up
+    assert list(states) == FEED_FORWARD
+    assert [states[n].weight_density for n in FEED_FORWARD] != [sp.layers[n].target_density for n in FEED_FORWARD]
+    budget = sum(layer.target_density * layer.capacity for layer in sp.layers.values())
+    given = sum(states[name].weight_density * layer.capacity for name, layer in sp.layers.items())
+    assert budget <= given <= budget + len(FEED_FORWARD)  # SWAT-M rounds each layer's budget up
 
 
-def test_no_replaceable_layer_is_refused_and_the_model_left_untouched():
-    model = _mlp()
+def test_a_model_with_only_attention_weights_is_refused_and_left_untouched():
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    model = Attention()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(sparsecore.ConfigurationError, match=r"^swat: no sparse layer can run SWAT \('0': .*'2': "):
-        sparsecore.Sparsifier(model, opt, algorithm=SwatAlgorithm(sparsify_first_layer=True), density=0.3,
-                              plugins=[_EngineFlag("0", "2", "4")])
-    assert all("forward" not in m.__dict__ for m in model)
+    with pytest.raises(sparsecore.ConfigurationError,
+                       match=r"^no layer left for swat: \['attn.in_proj_weight', 'attn.out_proj'\] are read by "
+                             "MultiheadAttention directly"):
+        sparsecore.Sparsifier(model, opt, algorithm=SwatAlgorithm(sparsify_first_layer=True), density=0.3)
+    assert all("forward" not in m.__dict__ for m in model.modules())
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks

@@ -21,7 +21,7 @@ gradients are returned in the dtypes of the inputs (fp32 for fp32 weights).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, overload
 
 import torch
@@ -304,10 +304,6 @@ class SwatForward:
         module: an ``nn.Linear`` or ``nn.Conv1d``/``Conv2d``/``Conv3d`` (not transposed).
         state: the layer's :class:`TopKState`.
 
-    Attributes:
-        on_call: called without arguments before every call when set (the
-            plugin keeps the transformer fast-path guard on through it).
-
     Raises:
         TypeError: for any other module type.
         sparsecore.ConfigurationError: ``state`` was built for the other layer kind.
@@ -318,12 +314,9 @@ class SwatForward:
         _check_state_kind(state, self.kind)
         self.module = module
         self.state = state
-        self.on_call: Callable[[], None] | None = None
 
     def __call__(self, input: torch.Tensor) -> torch.Tensor:
         """Run the module's forward with SWAT's top-K weights and activations."""
-        if self.on_call is not None:
-            self.on_call()
         m = self.module
         if self.kind == "linear":
             assert isinstance(m, nn.Linear)  # layer_kind_of admitted it

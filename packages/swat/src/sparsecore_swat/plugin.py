@@ -13,19 +13,17 @@ and refreshed at every epoch end (and by :meth:`SwatAlgorithm.sync_masks`);
 these refreshes are not topology updates, so they add nothing to
 ``sparsifier.history`` and do not fire ``on_topology_update``.
 
-A layer whose forward its parent never calls (the ``out_proj`` of an
-``nn.MultiheadAttention``, see :mod:`sparsecore_swat.bypass`) cannot run
-SWAT: it stays dense, with a ``UserWarning`` naming it and the reason, and
-its mask (so the report) shows density 1 (engines that know such layers
-leave them out of the sparse layers themselves). Encoder layers that hold
-SWAT layers keep ``nn.TransformerEncoderLayer``'s fast path off while the run
-is attached (:class:`~sparsecore_swat.bypass.FastPathGuard`), so their
-``linear1``/``linear2`` always run SWAT.
+A weight the model reads without calling its module's forward (an
+``nn.MultiheadAttention``'s input projections and ``out_proj``) cannot run
+SWAT: the engine leaves such layers dense for algorithms that keep dense
+weights, with a ``UserWarning``, and lists them with the reason in
+``sparsifier.dense_layers``. While SWAT's forwards are installed the engine
+also keeps ``nn.TransformerEncoderLayer``'s eval fast path off in the encoder
+layers that hold them, so their ``linear1``/``linear2`` always run SWAT.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,7 +31,6 @@ import torch
 
 import sparsecore
 from sparsecore_swat.budget import momentum_budgets, momentum_shares
-from sparsecore_swat.bypass import FastPathGuard, bypassed_forwards, layer_bypass_reason
 from sparsecore_swat.functional import SwatForward, layer_kind_of
 from sparsecore_swat.options import check_choice, check_flag, check_fraction, check_period
 from sparsecore_swat.state import TopKState
@@ -75,17 +72,14 @@ class SwatAlgorithm(sparsecore.Algorithm):
             ``variant="momentum"`` with an optimizer
             that keeps no momentum (at set-up for a zero ``momentum`` option,
             otherwise at the first optimizer step that leaves no sparse layer
-            with momentum); at set-up, no sparse layer whose forward can be replaced.
+            with momentum).
 
     Attributes:
         states: layer name to its :class:`TopKState`.
-        dense_layers: layer name to the reason it stays dense (its forward
-            cannot be replaced); empty before set-up.
-        fast_path_guard: the run's :class:`~sparsecore_swat.bypass.FastPathGuard`
-            (``None`` before the first forward is replaced).
     """
 
     name = "swat"
+    sets_initial_density = True  # layers whose forward cannot be replaced stay dense; structured top-K keeps whole slices
     masking_policy = sparsecore.MaskingPolicy(mask_weights=False, mask_gradients=False,
                                               mask_optimizer_state=False, reset_grown_state=False)
 
@@ -109,9 +103,7 @@ class SwatAlgorithm(sparsecore.Algorithm):
         }
         #: layer name -> :class:`TopKState`, filled while the sparsifier is built.
         self.states: dict[str, TopKState] = {}
-        self.dense_layers: dict[str, str] = {}
         self._pending_state: dict[str, Any] | None = None
-        self.fast_path_guard: FastPathGuard | None = None
 
     # -- set-up ---------------------------------------------------------------
     def state_for(self, layer: sparsecore.SparseLayer) -> TopKState:
@@ -135,61 +127,31 @@ class SwatAlgorithm(sparsecore.Algorithm):
                    layers: Mapping[str, sparsecore.SparseLayer]) -> dict[str, torch.Tensor]:
         """Report the initial top-K selection of each layer's weights as its mask.
 
-        Layers whose forward cannot be replaced are kept dense here (all-True
-        mask, density 1), with a ``UserWarning`` each. These checks run before
-        the engine replaces any forward or hooks the optimizer, so a refused
-        run leaves the model untouched.
+        The check below runs before the engine replaces any forward or hooks
+        the optimizer, so a refused run leaves the model untouched.
 
         Raises:
-            sparsecore.ConfigurationError: no layer's forward can be replaced,
-                or SWAT-M with an optimizer whose ``momentum`` option is 0 for
-                the sparse weights.
+            sparsecore.ConfigurationError: SWAT-M with an optimizer whose
+                ``momentum`` option is 0 for the sparse weights.
         """
-        self._keep_unreplaceable_dense(sparsifier, layers)
         if self.variant == "momentum":
-            self._check_optimizer_has_momentum(sparsifier.optimizer, self._swat_layers(layers))
+            self._check_optimizer_has_momentum(sparsifier.optimizer, layers)
         return {name: self.state_for(layer).weight_mask(layer.weight) for name, layer in layers.items()}
-
-    def _keep_unreplaceable_dense(self, sparsifier: sparsecore.Sparsifier,
-                                  layers: Mapping[str, sparsecore.SparseLayer]) -> None:
-        bypassed = bypassed_forwards(sparsifier.model)
-        reasons = {name: layer_bypass_reason(layer, bypassed) for name, layer in layers.items()}
-        self.dense_layers = {name: reason for name, reason in reasons.items() if reason is not None}
-        if len(self.dense_layers) == len(layers):
-            listed = "; ".join(f"{name!r}: {reason}" for name, reason in self.dense_layers.items())
-            raise sparsecore.ConfigurationError(f"swat: no sparse layer can run SWAT ({listed})")
-        for name, reason in self.dense_layers.items():
-            self.states[name] = TopKState(1.0, 1.0, self.period, None, self._layer_kind(layers[name]))
-            warnings.warn(f"swat: layer {name!r} stays dense (density 1 in the report): {reason}; "
-                          f"leave it out of the sparse layers with exclude=[{name!r}]", UserWarning, stacklevel=2)
-
-    def _swat_layers(self, layers: Mapping[str, sparsecore.SparseLayer]) -> dict[str, sparsecore.SparseLayer]:
-        """The layers that run SWAT: all but :attr:`dense_layers`."""
-        return {name: layer for name, layer in layers.items() if name not in self.dense_layers}
 
     @sparsecore.hookimpl
     def layer_forward(self, sparsifier: sparsecore.Sparsifier,
                       layer: sparsecore.SparseLayer) -> Callable[..., Any] | None:
-        """SWAT's forward for ``Linear`` and ``Conv1d/2d/3d`` layers (``None`` for a layer kept dense).
-
-        Each forward keeps the run's fast-path guard on from its first call.
+        """SWAT's forward for ``Linear`` and ``Conv1d/2d/3d`` layers.
 
         Raises:
             sparsecore.ConfigurationError: the layer's module is of another
                 type (it would silently run dense); the set-up is refused.
         """
-        if layer.name in self.dense_layers:
-            return None
         try:
-            forward = SwatForward(layer.module, self.state_for(layer))
+            return SwatForward(layer.module, self.state_for(layer))
         except TypeError as err:
             raise sparsecore.ConfigurationError(
                 f"{err} (layer {layer.name!r}); exclude it from the sparse layers") from None
-        if self.fast_path_guard is None or self.fast_path_guard.model is not sparsifier.model:
-            self.fast_path_guard = FastPathGuard(sparsifier.model)
-        self.fast_path_guard.watch(layer.module, forward)
-        forward.on_call = self.fast_path_guard.ensure
-        return forward
 
     @sparsecore.hookimpl
     def on_setup(self, sparsifier: sparsecore.Sparsifier) -> None:
@@ -242,10 +204,9 @@ class SwatAlgorithm(sparsecore.Algorithm):
     def update_momentum_budgets(self, sparsifier: sparsecore.Sparsifier) -> dict[str, float]:
         """Set each layer's density from normalised mean ``|momentum|`` over its selected weights.
 
-        The overall budget is the engine's ``density`` over the SWAT layers
-        (``sum(target_density * numel)``; layers kept dense are left out).
-        While any layer has no momentum yet (before the optimizer's first
-        step) the budgets stay unchanged.
+        The overall budget is the engine's ``density`` over the sparse layers
+        (``sum(target_density * numel)``). While any layer has no momentum yet
+        (before the optimizer's first step) the budgets stay unchanged.
 
         Returns:
             Layer name to its new weight density (empty when nothing changed).
@@ -253,7 +214,7 @@ class SwatAlgorithm(sparsecore.Algorithm):
         return self._set_momentum_budgets(sparsifier, self._momenta(sparsifier))
 
     def _momenta(self, sparsifier: sparsecore.Sparsifier) -> dict[str, torch.Tensor | None]:
-        return {name: sparsifier.momentum(layer) for name, layer in self._swat_layers(sparsifier.layers).items()}
+        return {name: sparsifier.momentum(layer) for name, layer in sparsifier.layers.items()}
 
     @staticmethod
     def _check_optimizer_has_momentum(optimizer: torch.optim.Optimizer,
@@ -270,7 +231,7 @@ class SwatAlgorithm(sparsecore.Algorithm):
 
     def _set_momentum_budgets(self, sparsifier: sparsecore.Sparsifier,
                               momenta: Mapping[str, torch.Tensor | None]) -> dict[str, float]:
-        layers = self._swat_layers(sparsifier.layers)
+        layers = sparsifier.layers
         means: dict[str, float] = {}
         for name, layer in layers.items():
             momentum = momenta[name]
@@ -305,8 +266,6 @@ class SwatAlgorithm(sparsecore.Algorithm):
 
         Raises:
             ValueError: the checkpoint has state for layers this run does not have.
-            sparsecore.CheckpointError: the checkpoint makes sparse a layer this
-                run keeps dense (its forward cannot be replaced).
         """
         saved = state["states"]
         if not self.states:
@@ -315,11 +274,6 @@ class SwatAlgorithm(sparsecore.Algorithm):
         unknown = sorted(set(saved) - set(self.states))
         if unknown:
             raise ValueError(f"swat: checkpoint has state for unknown layers {unknown}")
-        for name in sorted(set(saved) & set(self.dense_layers)):
-            if saved[name]["weight_density"] < 1.0:
-                raise sparsecore.CheckpointError(
-                    f"swat: checkpoint runs layer {name!r} at weight density {saved[name]['weight_density']}, "
-                    f"but this run keeps it dense: {self.dense_layers[name]}")
         for name, layer_state in saved.items():
             self.states[name].load_state_dict(layer_state)
         self._pending_state = None
