@@ -1,15 +1,15 @@
 """The plugin in nn.TransformerEncoder: bypassed forwards run masked dense and are reported so.
 
-``nn.MultiheadAttention`` never calls its ``out_proj``: the plugin leaves that
-layer's forward alone (the engine keeps its weight masked, so it computes
-masked dense) and warns once per layer. ``linear1``/``linear2`` run their
-kernels in training and, with the fast-path guard, in eval without grad too.
+``nn.MultiheadAttention`` never calls its ``out_proj``: the engine never asks
+the plugin for that layer's forward (its weight stays masked, so it computes
+masked dense), and the plugin warns once per layer. ``linear1``/``linear2``
+run their kernels in training and, with the engine's fast-path guard, in eval
+without grad too (the guard itself is tested in sparsecore's
+``test_attention_layers.py``).
 """
 
 from __future__ import annotations
 
-import copy
-import types
 import warnings
 
 import pytest
@@ -19,7 +19,6 @@ from torch import nn
 sparsecore = pytest.importorskip("sparsecore")
 
 from sparse_kernels_cuda import KernelPlugin  # noqa: E402
-from sparse_kernels_cuda.bypass import bypassed_forwards  # noqa: E402
 from sparse_kernels_cuda.plugin import LayerKernel  # noqa: E402
 
 OUT_PROJ = ["layers.0.self_attn.out_proj", "layers.1.self_attn.out_proj"]
@@ -40,12 +39,11 @@ def _inputs():
     return x, padding
 
 
-def _sparsify(model, plugins, exclude=None):
+def _sparsify(model, plugins):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sp = sparsecore.Sparsifier(model, opt, algorithm="static", density=0.2, seed=3, plugins=plugins,
-                                   exclude=exclude)
+        sp = sparsecore.Sparsifier(model, opt, algorithm="static", density=0.2, seed=3, plugins=plugins)
     return sp, [str(w.message) for w in caught if str(w.message).startswith("sparse-kernels-cuda: layer")]
 
 
@@ -74,10 +72,7 @@ def test_out_proj_runs_masked_dense_with_one_warning_per_layer():
     assert set(plugin.bypassed) == set(OUT_PROJ) and set(plugin.kernels) == set(FEED_FORWARD)
     modules = dict(model.named_modules())
     assert all("forward" not in modules[name].__dict__ for name in OUT_PROJ)
-    # asked again (as an older engine may), the plugin does not repeat itself
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert plugin.layer_forward(sp, sp.layers[OUT_PROJ[0]]) is None
+    assert plugin.bypassed == {name: sp.layers[name].forward_bypass_reason for name in OUT_PROJ}
     # what the report shows for out_proj is what attention multiplies with: the masked weight
     model(_inputs()[0])
     for name in OUT_PROJ:
@@ -95,7 +90,7 @@ def test_every_feed_forward_layer_runs_its_kernel_and_matches_masked_dense(mode,
     _sparsify(model, [plugin])
     _sparsify(ref, [])  # the same masks, every layer on its own (masked dense) forward
     x, padding = _inputs()
-    model(x)  # first forward in training, where the engine's output-size hooks see plain tensors
+    model(x)  # one training call first, as in a run
     ref(x)
     count_kernel_calls.clear()
     kwargs = {"src_key_padding_mask": padding} if mode.endswith("padded") else {}
@@ -109,62 +104,11 @@ def test_every_feed_forward_layer_runs_its_kernel_and_matches_masked_dense(mode,
     assert {plugin.kernels[name].last_backend for name in FEED_FORWARD} == {expected}
 
 
-def test_without_the_guard_the_eval_fast_path_skips_the_kernels(count_kernel_calls):
-    # out_proj excluded: nothing but the guard keeps a hook inside the encoder layers
-    model = _encoder()
-    plugin = KernelPlugin(backend="csr")
-    sp, messages = _sparsify(model, [plugin], exclude="*out_proj")
-    assert messages == []
-    x, _ = _inputs()
-    model(x)
-    assert plugin.fast_path_guard.guarded == ["layers.0", "layers.1"]
-    model.eval()
-    count_kernel_calls.clear()
-    with torch.no_grad():
-        model(x)
-    assert len(count_kernel_calls) == 4
-    plugin.fast_path_guard.remove()
-    count_kernel_calls.clear()
-    with torch.no_grad():
-        model(x)
-    assert count_kernel_calls == []  # PyTorch's fast path read linear1/linear2 directly
-    sp.remove()
-
-
 def _pre_hooks(model):
     return [len(layer._forward_pre_hooks) for layer in model.layers]
 
 
-def test_the_guard_is_on_only_while_the_run_is_attached():
-    model = _encoder()
-    plugin = KernelPlugin(backend="csr")
-    sp, _ = _sparsify(model, [plugin])
-    x, _ = _inputs()
-    assert _pre_hooks(model) == [0, 0]  # set-up leaves the encoder layers alone
-    model(x)
-    assert _pre_hooks(model) == [1, 1]
-    sp.remove()
-    model.eval()
-    with torch.no_grad():
-        model(x)  # the first call after remove() finds no kernel forward and takes the guard off
-    assert _pre_hooks(model) == [0, 0] and plugin.fast_path_guard.guarded == []
-
-
-def test_a_refused_set_up_leaves_the_encoder_layers_untouched():
-    model = _encoder()
-
-    class Refuse:
-        @sparsecore.hookimpl
-        def on_setup(self, sparsifier):
-            raise sparsecore.ConfigurationError("refused")
-
-    with pytest.raises(sparsecore.ConfigurationError, match="refused"):
-        _sparsify(model, [KernelPlugin(backend="csr"), Refuse()])
-    assert _pre_hooks(model) == [0, 0]
-    assert all("forward" not in m.__dict__ for m in model.modules())
-
-
-def test_no_guard_when_the_plugin_steps_aside():
+def test_no_kernel_and_no_guard_when_the_plugin_steps_aside():
     class DenseGradients(sparsecore.Algorithm):
         name = "dense-gradients"
         masking_policy = sparsecore.MaskingPolicy(mask_gradients=False, mask_optimizer_state=False)
@@ -174,26 +118,6 @@ def test_no_guard_when_the_plugin_steps_aside():
     plugin = KernelPlugin(backend="csr")
     with pytest.warns(UserWarning, match="keep their own forward"):
         sparsecore.Sparsifier(model, opt, algorithm=DenseGradients(), density=0.2, plugins=[plugin])
-    assert plugin.kernels == {} and plugin.bypassed == {} and plugin.fast_path_guard is None
+    assert plugin.kernels == {} and plugin.bypassed == {}
     model(_inputs()[0])
     assert _pre_hooks(model) == [0, 0]
-
-
-def test_a_layer_the_engine_never_calls_layer_forward_for_is_still_reported():
-    """A newer engine sets ``forward_replaceable=False`` and skips layer_forward: on_setup warns instead."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    layers = {"0": types.SimpleNamespace(name="0", module=model[0], kind="linear", forward_replaceable=False),
-              "2": types.SimpleNamespace(name="2", module=model[2], kind="linear")}
-    engine = types.SimpleNamespace(model=model, layers=layers, policy=None)
-    plugin = KernelPlugin(backend="csr")
-    with pytest.warns(UserWarning, match=r"layer '0' runs masked dense.*forward is never called"):
-        plugin.on_setup(engine)
-    assert plugin.bypassed == {"0": "the engine reports that its module's forward is never called"}
-
-
-def test_bypassed_forwards_finds_every_out_proj():
-    model = _encoder()
-    modules = dict(model.named_modules())
-    assert set(bypassed_forwards(model)) == {id(modules[name]) for name in OUT_PROJ}
-    assert bypassed_forwards(copy.deepcopy(nn.Sequential(nn.Linear(4, 4)))) == {}

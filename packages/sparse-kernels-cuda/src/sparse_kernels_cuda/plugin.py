@@ -19,13 +19,13 @@ unless a backend is forced, under ``torch.use_deterministic_algorithms(True)``
 (no timing-dependent choice). Double backward (``create_graph=True``) through
 the CSR backend raises; use ``backend="masked-dense"`` for higher-order gradients.
 
-A layer whose forward its parent never calls (the ``out_proj`` of an
-``nn.MultiheadAttention``, see :mod:`sparse_kernels_cuda.bypass`) keeps its
-own forward and runs masked dense (the engine keeps its weight masked); the
-plugin warns once per such layer. Encoder layers holding kernel layers keep
-``nn.TransformerEncoderLayer``'s eval fast path off while the run is attached
-(:class:`~sparse_kernels_cuda.bypass.FastPathGuard`), so their
-``linear1``/``linear2`` always run the kernels.
+A layer whose forward the model never calls (the ``out_proj`` of an
+``nn.MultiheadAttention``: ``layer.forward_bypass_reason`` says why) keeps its
+own forward and runs masked dense (the engine keeps its weight masked and
+never asks ``layer_forward`` for it); the plugin warns once per such layer.
+While kernel forwards are installed the engine keeps
+``nn.TransformerEncoderLayer``'s eval fast path off in the encoder layers that
+hold them, so their ``linear1``/``linear2`` always run the kernels.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -43,7 +42,6 @@ from sparse_kernels_cuda import _grad_pool
 from sparse_kernels_cuda.backends import default_backends
 from sparse_kernels_cuda.backends.base import detect_pattern
 from sparse_kernels_cuda.backends.masked_dense import MaskedDenseBackend
-from sparse_kernels_cuda.bypass import FastPathGuard, bypassed_forwards, layer_bypass_reason
 from sparse_kernels_cuda.dispatch import DEFAULT_MAX_DENSITY, Dispatcher, DispatchKey, time_backend
 from sparse_kernels_cuda.ops import autocast_active
 
@@ -71,16 +69,11 @@ class LayerKernel:
     Args:
         layer: the engine's layer object.
         dispatcher: the run's dispatcher.
-
-    Attributes:
-        on_call: called without arguments before every call when set (the
-            plugin keeps the transformer fast-path guard on through it).
     """
 
     def __init__(self, layer: Any, dispatcher: Dispatcher) -> None:
         self.layer = layer
         self.dispatcher = dispatcher
-        self.on_call: Callable[[], None] | None = None
         self._version: int | None = None
         self._pattern: str | None = None
         self._density = 0.0
@@ -136,8 +129,6 @@ class LayerKernel:
         autocast for the input's device, so the result has exactly the dtype
         and values of the module's own forward there.
         """
-        if self.on_call is not None:
-            self.on_call()
         w = self.layer.weight
         bias = self.layer.module.bias
         if (input.dtype != w.dtype or input.device != w.device or input.is_nested
@@ -191,13 +182,10 @@ class KernelPlugin:
         self.repeats = repeats
         self.grad_pool = grad_pool
         self.kernels: dict[str, LayerKernel] = {}
-        #: layer name -> why its forward cannot be replaced (it runs masked dense)
+        #: layer name -> why its forward cannot be replaced (it runs masked dense), for the last run set up
         self.bypassed: dict[str, str] = {}
         self._dispatcher: Dispatcher | None = None
         self._warned = False
-        self._bypassed_forwards: tuple[nn.Module, dict[int, str]] | None = None
-        #: the run's fast-path guard (``None`` before the first kernel layer)
-        self.fast_path_guard: FastPathGuard | None = None
 
     def dispatcher(self, premasked: bool) -> Dispatcher:
         """The run's dispatcher (created on first use)."""
@@ -216,8 +204,7 @@ class KernelPlugin:
     def layer_forward(self, sparsifier: Any, layer: Any):
         """Return the kernel forward of a sparse ``nn.Linear``; ``None`` elsewhere.
 
-        ``None`` as well, with a ``UserWarning`` once per layer, for a layer
-        whose forward its parent never calls (it runs masked dense).
+        The engine asks only for layers whose forward the model calls.
         """
         if layer.kind != "linear" or not isinstance(layer.module, nn.Linear):
             return None
@@ -232,40 +219,28 @@ class KernelPlugin:
                 )
                 self._warned = True
             return None
-        if self._note_bypassed(sparsifier, layer):
-            return None
         _grad_pool.set_grad_pool_enabled(self.grad_pool)
         kernel = LayerKernel(layer, self.dispatcher(premasked=policy is not None))
         self.kernels[layer.name] = kernel
-        if self.fast_path_guard is None or self.fast_path_guard.model is not sparsifier.model:
-            self.fast_path_guard = FastPathGuard(sparsifier.model)
-        self.fast_path_guard.watch(layer.module, kernel)
-        kernel.on_call = self.fast_path_guard.ensure
         return kernel
-
-    def _note_bypassed(self, sparsifier: Any, layer: Any) -> bool:
-        """Whether the layer's forward cannot be replaced; warns once per such layer."""
-        model = sparsifier.model
-        if self._bypassed_forwards is None or self._bypassed_forwards[0] is not model:
-            self._bypassed_forwards = (model, bypassed_forwards(model))
-        reason = layer_bypass_reason(layer, self._bypassed_forwards[1])
-        if reason is not None and layer.name not in self.bypassed:
-            warnings.warn(f"{PLUGIN_NAME}: layer {layer.name!r} runs masked dense, not on a sparse kernel: {reason}",
-                          stacklevel=3)
-            self.bypassed[layer.name] = reason
-        return reason is not None
 
     @hookimpl
     def on_setup(self, sparsifier: Any) -> None:
-        """Note (and warn about) the Linear layers whose forward cannot be replaced.
+        """Note the run's sparse Linear layers whose forward the model never calls, with one ``UserWarning`` each.
 
-        An engine that knows a layer's forward is never called does not ask
-        :meth:`layer_forward` for it; the warning for it comes from here.
+        They run masked dense (:attr:`bypassed`; ``layer.forward_bypass_reason``
+        says why). Nothing is noted when the plugin steps aside for the whole run.
         """
-        if not _keeps_dense(getattr(sparsifier, "policy", None)):
-            for layer in sparsifier.layers.values():
-                if layer.kind == "linear" and isinstance(layer.module, nn.Linear):
-                    self._note_bypassed(sparsifier, layer)
+        self.bypassed = {}
+        if _keeps_dense(getattr(sparsifier, "policy", None)):
+            return
+        for layer in sparsifier.layers.values():
+            reason = layer.forward_bypass_reason
+            if reason is None or layer.kind != "linear":
+                continue
+            warnings.warn(f"{PLUGIN_NAME}: layer {layer.name!r} runs masked dense, not on a sparse kernel: {reason}",
+                          stacklevel=2)
+            self.bypassed[layer.name] = reason
 
     @hookimpl
     def on_topology_update(self, sparsifier: Any, report: Any) -> None:
