@@ -47,6 +47,21 @@ class Algorithm:
             ``"n:m"`` passes ``layer.pattern`` as ``block`` to every
             :mod:`sparsecore.selection` helper, so its choices follow the run's
             pattern.
+        keeps_budget: ``True`` (default): this plugin's ``redistribute``
+            answers regrow, over all layers, exactly as many weights as the
+            update removed; the engine refuses another total with a
+            :class:`~sparsecore.HookResultError`. ``False`` lets its
+            ``redistribute`` regrow a different total on purpose. Only
+            ``redistribute`` answers are checked: growth fixed by a
+            ``plan_update`` answer (sparse momentum's drift correction) is the
+            algorithm's own plan and may have any total.
+        sets_initial_density: ``False`` (default): this plugin's
+            ``init_masks`` answers hold exactly
+            ``layer.active_count(layer.target_density)`` active weights per
+            layer, or the engine refuses the run with a
+            :class:`~sparsecore.HookResultError`. ``True`` for an algorithm that
+            chooses its own initial counts (DSD starts dense, SNIP keeps a
+            global top-k, a Bernoulli draw varies per weight).
 
     Example:
         ```python
@@ -68,6 +83,8 @@ class Algorithm:
     engine_defaults: Mapping[str, Any] = MappingProxyType({})
     schedule: UpdateSchedule | None = None
     patterns: tuple[str, ...] = ("unstructured",)
+    keeps_budget: bool = True
+    sets_initial_density: bool = False
 
     def metrics(self, sparsifier: Sparsifier) -> dict[str, Any]:
         """Values a training harness records each epoch beside loss and accuracy (e.g. DSD's ``phase``).

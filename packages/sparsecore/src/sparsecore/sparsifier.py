@@ -241,7 +241,7 @@ class Sparsifier:
             self.layers[name].target_density = d
         self._seed_generator(seed)
         masks, who = self.manager.call_first("init_masks", sparsifier=self, layers=self.layers)
-        initial = AnswerChecks(self.layers).masks("init_masks", who, masks)
+        initial = AnswerChecks(self.layers, dict(self.manager.plugins())).initial_masks(who, masks)
         self._warn_empty(initial, who)
         forwards = self._collect_forwards()
 

@@ -10,6 +10,11 @@ pruning) answers :func:`~sparsecore.hookspecs.plan_update` with an
 :class:`UpdatePlan` that fixes counts or selections for every layer at once;
 anything it leaves open goes to the per-layer hooks.
 
+``redistribute`` moves the removed weights between layers: its counts must
+sum to what the update removed, unless the plugin that answered declares
+``keeps_budget = False`` (:class:`sparsecore.Algorithm`). Growth fixed by a
+``plan_update`` answer is the algorithm's own plan and is not held to it.
+
 In an N:M run (``pattern="N:M"``) the cycle keeps every group at exactly N
 active weights: the prune selection may take any active weights (``k_g`` from
 group ``g``, so every group holds at most N in between), and the grow selection
@@ -84,8 +89,45 @@ def default_prune_counts(layers: Mapping[str, SparseLayer], rate: float) -> dict
 class AnswerChecks:
     """Validation of hook answers against the run's layers; every failure names the hook and the plugin."""
 
-    def __init__(self, layers: Mapping[str, SparseLayer]) -> None:
+    def __init__(self, layers: Mapping[str, SparseLayer], plugins: Mapping[str, Any] | None = None) -> None:
+        """Checks against ``layers``; ``plugins`` (registered name -> plugin) supply the answering plugin's
+        declarations ``keeps_budget`` and ``sets_initial_density`` (the defaults when it is not listed)."""
         self.layers = layers
+        self.plugins = plugins or {}
+
+    def declares(self, who: str, attribute: str, default: bool) -> bool:
+        """The plugin ``who``'s declaration ``attribute`` (``default`` when it declares nothing)."""
+        return bool(getattr(self.plugins.get(who), attribute, default))
+
+    def initial_masks(self, who: str, masks: Any) -> dict[str, torch.Tensor]:
+        """``init_masks``'s answer: valid masks holding ``layer.active_count(layer.target_density)`` weights each.
+
+        The counts are not checked for a plugin that declares ``sets_initial_density = True``.
+        """
+        out = self.masks("init_masks", who, masks)
+        if self.declares(who, "sets_initial_density", False):
+            return out
+        for name, mask in out.items():
+            layer = self.layers[name]
+            count, expected = int(mask.count_nonzero()), layer.active_count(layer.target_density)
+            if count != expected:
+                raise HookResultError("init_masks", who, f"layer {name!r}: {count} active weights, but its target "
+                                                         f"density {layer.target_density:g} means exactly {expected} "
+                                                         "(layer.active_count(layer.target_density)); an algorithm "
+                                                         "that chooses its own initial counts declares "
+                                                         "sets_initial_density = True")
+        return out
+
+    def budget(self, who: str, regrow: Mapping[str, int], removed: Mapping[str, int]) -> None:
+        """``redistribute``'s counts regrow what the update removed, in all (unless ``who`` declares
+        ``keeps_budget = False``)."""
+        total, lost = sum(regrow.values()), sum(removed.values())
+        if total != lost and self.declares(who, "keeps_budget", True):
+            raise HookResultError("redistribute", who, f"regrows {total} weights in all ({dict(regrow)}), but the "
+                                                       f"update removed {lost} ({dict(removed)}); redistribute moves "
+                                                       f"the removed weights between layers, so the counts must sum "
+                                                       f"to {lost} (a plugin that changes the total on purpose "
+                                                       "declares keeps_budget = False)")
 
     def masks(self, hook: str, who: str, masks: Any, partial: bool = False) -> dict[str, torch.Tensor]:
         """A mapping of layer name to bool mask, one per layer (``partial``: some layers)."""
@@ -195,7 +237,7 @@ def run_update(sparsifier: Sparsifier, rate: float) -> dict[str, torch.Tensor]:
     this returns or raises.
     """
     layers, manager = sparsifier.layers, sparsifier.manager
-    checks = AnswerChecks(layers)
+    checks = AnswerChecks(layers, dict(manager.plugins()))
     update = TopologyUpdate(rate, sparsifier.step, sparsifier.epoch,
                             {name: layer.mask for name, layer in layers.items()})
     plan, who = manager.call_first("plan_update", sparsifier=sparsifier, layers=layers, update=update)
@@ -215,8 +257,9 @@ def run_update(sparsifier: Sparsifier, rate: float) -> dict[str, torch.Tensor]:
             free = {name: layer.capacity - layer.nnz for name, layer in layers.items()}
             regrow, by = manager.call_first("redistribute", sparsifier=sparsifier, layers=layers,
                                             removed=dict(update.removed), update=update)
-            grow: Mapping[str, int | torch.Tensor] = checks.counts("redistribute", by, regrow, free,
-                                                                    "its free slots (capacity - nnz)")
+            counts = checks.counts("redistribute", by, regrow, free, "its free slots (capacity - nnz)")
+            checks.budget(by, counts, update.removed)
+            grow: Mapping[str, int | torch.Tensor] = counts
             source = ("redistribute", by)
         else:
             grow, source = plan.grow, ("plan_update", who)
