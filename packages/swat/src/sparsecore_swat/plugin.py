@@ -79,7 +79,7 @@ class SwatAlgorithm(sparsecore.Algorithm):
     """
 
     name = "swat"
-    sets_initial_density = True  # layers whose forward cannot be replaced stay dense; structured top-K keeps whole slices
+    sets_initial_density = True  # structured top-K keeps whole slices, so a layer may miss its target density
     masking_policy = sparsecore.MaskingPolicy(mask_weights=False, mask_gradients=False,
                                               mask_optimizer_state=False, reset_grown_state=False)
 
