@@ -26,7 +26,7 @@ EXPECTED_FILES = [
 def test_names_derive_from_the_algorithm_name() -> None:
     names = PluginNames.from_algorithm("gradient-growth")
     assert names == PluginNames("gradient-growth", "sparsecore-gradient-growth", "sparsecore_gradient_growth",
-                                "GradientGrowth")
+                                "GradientGrowthAlgorithm")
     assert PluginNames.from_algorithm("rigl2", dist="acme-rigl").module == "acme_rigl"
 
 
@@ -101,7 +101,7 @@ def test_generated_plugin_installs_and_its_tests_pass(tmp_path: Path) -> None:
                              env=env, cwd=tmp_path)
     assert listing.returncode == 0, listing.stderr
     assert "sparsecore-gradient-growth 0.1.0" in listing.stdout
-    assert "algorithm gradient-growth: hooks before_optimizer_step, on_setup, on_step, select_grow" in listing.stdout
+    assert "algorithm gradient-growth: hooks before_optimizer_step, select_grow" in listing.stdout
 
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], capture_output=True,
                            text=True, env=env, cwd=root)

@@ -323,8 +323,8 @@ class DSDAlgorithm(Algorithm):
         return {"phase": self.phase}
 
     def __repr__(self) -> str:
-        return (f"DSD(phase={self.phase!r}, iteration={self.iteration}, lr_factor={self.lr_factor}, "
-                f"schedule={self.phase_schedule})")
+        return (f"DSDAlgorithm(phase={self.phase!r}, iteration={self.iteration}, lr_factor={self.lr_factor}, "
+                f"phase_schedule={self.phase_schedule})")
 
 
 

@@ -231,7 +231,7 @@ class SnipAlgorithm(Algorithm):
         return device_masks
 
     def __repr__(self) -> str:
-        return (f"Snip(per_layer={self.per_layer}, score_init={self.score_init!r}, num_batches={self.num_batches}, "
+        return (f"SnipAlgorithm(per_layer={self.per_layer}, score_init={self.score_init!r}, num_batches={self.num_batches}, "
                 f"keep_every_layer={self.keep_every_layer})")
 
 

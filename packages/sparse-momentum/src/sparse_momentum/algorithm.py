@@ -340,7 +340,7 @@ class SparseMomentumAlgorithm(Algorithm):
         self.adjustments = [float(a) for a in state["adjustments"]]
 
     def __repr__(self) -> str:
-        return (f"SparseMomentum(prune_rate={self.prune_rate}, eta_min={self.eta_min}, decay={self.decay!r}, "
+        return (f"SparseMomentumAlgorithm(prune_rate={self.prune_rate}, eta_min={self.eta_min}, decay={self.decay!r}, "
                 f"redistribution={self.redistribution!r}, growth={self.growth!r}, prune={self.prune!r}, "
                 f"update_every={self.update_every!r}, init={self.init!r})")
 

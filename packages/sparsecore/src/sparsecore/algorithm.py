@@ -65,16 +65,20 @@ class Algorithm:
 
     Example:
         ```python
-        class MyGrowth(sparsecore.Algorithm):
-            name = "my-growth"
-            patterns = ("unstructured", "block", "n:m")
+        class MomentumGrowth(sparsecore.Algorithm):
+            name = "momentum-growth"
+            # growth reads the momentum of inactive weights, so their gradients and state stay dense
+            masking_policy = sparsecore.MaskingPolicy(mask_gradients=False, mask_optimizer_state=False,
+                                                      reset_grown_state=False)
+            patterns = ("unstructured", "block")
 
             def __init__(self, prune_rate=0.3):
                 self.schedule = sparsecore.UpdateSchedule(prune_rate, update_every=100, owner=self.name)
 
             @sparsecore.hookimpl
-            def select_grow(self, layer, n):
-                return sparsecore.selection.largest(layer.weight.grad.abs(), ~layer.mask, n, layer.pattern)
+            def select_grow(self, sparsifier, layer, n):
+                score = sparsifier.momentum(layer).abs()
+                return sparsecore.selection.largest(score, ~layer.mask, n, layer.block)
         ```
     """
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class MaskingPolicy:
-    """What the engine masks, chosen by the active algorithm (hook ``masking_policy``).
+    """What the engine masks, chosen by the active algorithm (its ``masking_policy`` attribute).
 
     Attributes:
         mask_weights: zero inactive weights after every optimizer step. ``False``

@@ -45,7 +45,7 @@ class PluginNames:
         algorithm: the algorithm's public name (``"gradient-growth"``).
         dist: the distribution name (``"sparsecore-gradient-growth"``).
         module: the import name (``"sparsecore_gradient_growth"``).
-        class_name: the algorithm class (``"GradientGrowth"``).
+        class_name: the algorithm class (``"GradientGrowthAlgorithm"``).
     """
 
     algorithm: str
@@ -73,7 +73,7 @@ class PluginNames:
         module = dist.replace("-", "_")
         if keyword.iskeyword(module):
             raise ValueError(f"import name {module!r} is a Python keyword; choose another distribution name")
-        class_name = "".join(part.capitalize() for part in algorithm.split("-"))
+        class_name = "".join(part.capitalize() for part in algorithm.split("-")) + "Algorithm"
         return cls(algorithm, dist, module, class_name)
 
     def values(self) -> dict[str, str]:
