@@ -343,6 +343,7 @@ def test_init_masks_not_in_the_pattern_are_refused_naming_the_plugin():
 
 class DenseStart:
     name = "dense-start"
+    sets_initial_density = True
 
     @hookimpl
     def init_masks(self, layers):

@@ -156,6 +156,7 @@ class AspAlgorithm(sparsecore.Algorithm):
     name = "asp"
     patterns = ("n:m",)
     engine_defaults = MappingProxyType({"pattern": "2:4"})
+    sets_initial_density = True  # starts dense; the one pruning reaches N/M
 
     def __init__(self, dense_fraction: float = 0.5) -> None:
         self.dense_fraction = _number(self.name, "dense_fraction", dense_fraction, 0.0, 1.0, True)
