@@ -96,6 +96,7 @@ class GMPAlgorithm(Algorithm):
     name = "gmp"
     masking_policy = MaskingPolicy()
     patterns = ("unstructured", "block")
+    sets_initial_density = True  # starts dense; the schedule reaches the target density at end_step
 
     def __init__(self, initial_density: float = 1.0, start: float | None = None, end: float | None = None,
                  start_step: int | None = None, end_step: int | None = None, update_every: int = 100,
