@@ -210,8 +210,9 @@ def test_recipes_resolve_and_flags_override_them():
     cfg = config_from_args(args)
     assert (cfg.epochs, cfg.nesterov, cfg.lr, cfg.lr_step_size, cfg.recipe, cfg.options) == \
         (3, False, 0.1, 25000, "snfs-mnist", {"prune_rate": 0.3})
-    swat = config_from_args(_parse("--recipe", "swat-cifar", "--option", "period=10"))
-    assert swat.options == {"variant": "uniform", "period": 10} and swat.lr_milestones == [50, 100]
+    swat = config_from_args(_parse("--recipe", "swat-wrn-16-8", "--option", "period=10"))
+    assert swat.options == {"variant": "uniform", "period": 10, "sparsify_first_layer": False,
+                            "sparsify_last_layer": True} and swat.lr_milestones == [60, 120, 160]
     assert config_from_args(_parse()) == TrainConfig()
     with pytest.raises(sparsecore.ConfigurationError, match="unknown recipe 'nope'; available: snfs-mnist"):
         get_recipe("nope")
