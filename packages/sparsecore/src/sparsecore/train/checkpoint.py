@@ -102,6 +102,8 @@ def read_checkpoint(path: str | Path) -> LoadedCheckpoint:
         CheckpointError: no checkpoint there; the file is empty, truncated or corrupted (its sha256 differs
             from the recorded one), unreadable, or not a checkpoint of this job.
     """
+    if "\0" in str(path):
+        raise CheckpointError(f"no run folder or checkpoint file at {str(path)!r}: a path has no NUL characters")
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no run folder or checkpoint file at {path}")

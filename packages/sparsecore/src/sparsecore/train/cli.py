@@ -135,11 +135,24 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(values).validate()
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: every character ``str.isprintable`` rejects (newlines included) as its escape."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def train_command(args: argparse.Namespace) -> int:
-    """Run ``sparsecore train``; errors print one clear line and return 2."""
+    """Run ``sparsecore train``; errors print one clear line and return 2.
+
+    An error raised by the code of an installed algorithm or plugin (any exception, ``sys.exit()`` included)
+    is one line naming it and where it was raised; other unexpected errors keep their traceback.
+    """
     from sparsecore.data import DatasetIntegrityError, DatasetUnavailableError
-    from sparsecore.train.errors import TrainingInterrupted
+    from sparsecore.train.errors import TrainingInterrupted, plugin_at_fault
     from sparsecore.train.job import resume_training, run_training
+
+    def error(message: str) -> int:
+        print(f"sparsecore train: error: {one_line(message)}", file=sys.stderr)
+        return 2
 
     try:
         if getattr(args, "resume", None) is not None:
@@ -147,13 +160,19 @@ def train_command(args: argparse.Namespace) -> int:
             resume_training(args.resume, **{k: getattr(args, k) for k in given})
         else:
             run_training(config_from_args(args))
-    except (SparsecoreError, DatasetUnavailableError, DatasetIntegrityError, ValueError) as exc:
-        print(f"sparsecore train: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a file the job reads or writes outside the run folder's own error handling
-        print(f"sparsecore train: error: {os_error_line(exc)}", file=sys.stderr)
-        return 2
+    except (SparsecoreError, DatasetUnavailableError, DatasetIntegrityError) as exc:
+        return error(str(exc))
     except KeyboardInterrupt as exc:  # TrainingInterrupted says what the run folder keeps
-        print(f"\nsparsecore train: {exc if isinstance(exc, TrainingInterrupted) else 'interrupted'}", file=sys.stderr)
+        said = one_line(str(exc)) if isinstance(exc, TrainingInterrupted) else "interrupted"
+        print(f"\nsparsecore train: {said}", file=sys.stderr)
         return 130
+    except (Exception, SystemExit) as exc:
+        culprit = plugin_at_fault(exc)
+        if culprit is not None:
+            return error(culprit)
+        if isinstance(exc, OSError):  # a file the job reads or writes outside the run folder's own error handling
+            return error(os_error_line(exc))
+        if isinstance(exc, ValueError):
+            return error(str(exc))
+        raise
     return 0

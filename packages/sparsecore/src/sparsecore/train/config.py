@@ -168,6 +168,11 @@ class TrainConfig:
         if self.run_name is not None and not is_plain_folder_name(self.run_name):
             raise ConfigurationError(f"--run-name must be a single folder name inside --runs-dir (without '/' or "
                                      f"'\\', not '.' or '..'), got {self.run_name!r}")
+        for name in ("runs_dir", "data_dir"):
+            path = getattr(self, name)
+            if path is not None and "\0" in str(path):
+                raise ConfigurationError(f"--{name.replace('_', '-')} must be a path without NUL characters, "
+                                         f"got {path!r}")
         if self.stop_after is not None and self.stop_after > self.epochs:
             raise ConfigurationError(f"--stop-after {self.stop_after} is beyond --epochs {self.epochs}")
         return self

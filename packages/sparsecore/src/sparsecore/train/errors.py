@@ -1,10 +1,17 @@
-"""Errors of the training job: run folders that cannot be written or read, divergence, interruption."""
+"""Errors of the training job: run folders that cannot be written or read, divergence, interruption, and the
+plugin whose code raised an error."""
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from sparsecore.errors import SparsecoreError
+
+if TYPE_CHECKING:
+    from sparsecore.plugins import Registration
 
 
 class RunFolderError(SparsecoreError):
@@ -63,3 +70,45 @@ class TrainingInterrupted(KeyboardInterrupt):
         if self.run_dir is None:
             return "interrupted before the run folder was created; nothing was written"
         return f"interrupted; {kept_checkpoint(self.run_dir, self.checkpoint_epoch, self.epochs)}"
+
+
+def plugin_at_fault(exc: BaseException) -> str | None:
+    """Which installed algorithm or plugin raised ``exc``, as one line, or ``None`` when none of their code did.
+
+    The traceback is searched from where ``exc`` was raised outward for code of an algorithm or plugin that
+    a distribution other than sparsecore registered (or that was registered from code): a frame whose
+    ``self`` is an instance of the registered class, or that runs in the module defining the factory or in
+    the package of the module that registered it.
+
+    Example:
+        ``"plugin 'exploding' (exploding-dist 1.0) raised RuntimeError in on_step at exploding.py:12: boom"``
+    """
+    from sparsecore.plugins import registry
+
+    registrations = [*registry.algorithms.values(), *registry.plugins.values(),
+                     *(reg for group in registry.ambiguous.values() for reg in group)]
+    foreign = [reg for reg in registrations if reg.distribution != "sparsecore"]
+    for frame, line in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        reg = _registration_of(frame, foreign)
+        if reg is not None:
+            where = f"{frame.f_code.co_name} at {Path(frame.f_code.co_filename).name}:{line}"
+            origin = f"{reg.distribution} {reg.version}".strip()
+            reason = next((part.strip() for part in str(exc).splitlines() if part.strip()), "")
+            return f"{reg.kind} {reg.name!r} ({origin}) raised {type(exc).__name__} in {where}" + (
+                f": {reason}" if reason else "")
+    return None
+
+
+def _registration_of(frame: FrameType, registrations: list[Registration]) -> Registration | None:
+    """The registration whose code ``frame`` runs: its class's method first, else its module or package."""
+    self = frame.f_locals.get("self")
+    for reg in registrations:
+        if isinstance(reg.factory, type) and isinstance(self, reg.factory):
+            return reg
+    module = frame.f_globals.get("__name__", "")
+    for reg in registrations:
+        package = reg.module.partition(".")[0]
+        if module == getattr(reg.factory, "__module__", None) or (
+                package not in ("", "sparsecore") and module.partition(".")[0] == package):
+            return reg
+    return None
