@@ -230,9 +230,10 @@ def swat_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
         x: input ``(N, C_in, *spatial)``.
         weight: dense weight ``(C_out, C_in / groups, *kernel)``.
         bias: bias or ``None`` (never sparsified).
-        state: the layer's :class:`TopKState` (``layer_kind="conv"``; thresholds
-            are reused between recomputes only for unstructured weights); a
-            training call advances it.
+        state: the layer's :class:`TopKState` (``layer_kind="conv"``; with
+            ``period > 1`` the activation threshold is reused between
+            recomputes, and so is the weight threshold of unstructured
+            weights); a training call advances it.
         stride: per-dim stride.
         padding: per-dim symmetric zero padding (integers).
         dilation: per-dim dilation.
@@ -337,8 +338,11 @@ def install(module: nn.Module, weight_density: float, activation_density: float 
         module: an ``nn.Linear`` or ``nn.Conv1d``/``Conv2d``/``Conv3d``.
         weight_density: weight keep fraction.
         activation_density: activation keep fraction (``None`` = ``weight_density``).
-        period: threshold recompute period in training calls (honoured by
-            unstructured convolutions only; linear and structured layers are exact every call).
+        period: threshold recompute period in training calls of an epoch
+            (honoured by convolutions: both thresholds for unstructured
+            weights, the activation threshold for structured ones; linear
+            layers are exact every call). Call ``state.start_epoch()`` at each
+            epoch start to restart the count, as the engine's SWAT does.
         structure: ``None``, ``"channel"`` or ``"filter"``.
 
     Returns:

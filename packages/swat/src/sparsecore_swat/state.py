@@ -17,14 +17,17 @@ class TopKState:
     """What one SWAT layer keeps and when it recomputes its thresholds.
 
     The thresholds (one for the weights, one for the input activations) come
-    from an exact top-K. Only an unstructured convolution layer with
-    ``period > 1`` reuses them: it recomputes on every ``period``-th training
-    forward call (the first call included) and keeps the thresholds in
-    between, so between recomputes the *threshold* is frozen, not the
-    selection, and the kept count can drift, as in the reference
-    implementation. Linear layers and structured (``"channel"``/``"filter"``)
-    layers recompute the exact top-K on every training call whatever the
-    period, as the reference does (spec section 2.2).
+    from an exact top-K. A convolution layer with ``period > 1`` reuses them,
+    as the reference's ``batch_idx % period`` does: it recomputes on the first
+    training forward call of each epoch and on every ``period``-th call after
+    it, and keeps the thresholds in between, so between recomputes the
+    *threshold* is frozen, not the selection, and the kept count can drift.
+    The count restarts at :meth:`start_epoch` (SWAT calls it at every epoch
+    end), so with a period that does not divide the steps per epoch the last
+    recompute interval of an epoch is shorter. Structured (``"channel"`` /
+    ``"filter"``) convolutions reuse only the activation threshold: their
+    weight selection is exact on every call, as in the reference. Linear
+    layers recompute both on every call whatever the period.
 
     Args:
         weight_density: fraction of weights (or of kernel slices / filters for
@@ -32,8 +35,9 @@ class TopKState:
         activation_density: fraction of input activations kept for the weight
             gradient, in (0, 1]; ``None`` follows ``weight_density`` (also when
             that changes, as in SWAT-M).
-        period: recompute the thresholds every ``period`` training calls (>= 1);
-            only honoured by unstructured convolution layers.
+        period: recompute the thresholds every ``period`` training calls of an
+            epoch (>= 1); honoured by convolution layers (structured ones for
+            the activation threshold only).
         structure: ``None``, ``"channel"`` or ``"filter"`` (see :mod:`sparsecore_swat.topk`).
         layer_kind: ``"conv"`` or ``"linear"``: the kind of layer the state
             drives (:func:`~sparsecore_swat.swat_linear` needs ``"linear"``,
@@ -48,6 +52,9 @@ class TopKState:
             tensor), or ``None`` before the first call.
         activation_threshold: the activation threshold of the last training call, or ``None``.
         calls: training forward calls seen so far.
+        epoch_calls: training forward calls since the epoch started (the
+            reference's ``batch_idx``); a recompute is due when it is a
+            multiple of ``period``.
     """
 
     def __init__(self, weight_density: float = 1.0, activation_density: float | None = None,
@@ -61,6 +68,7 @@ class TopKState:
         self.weight_threshold: torch.Tensor | None = None
         self.activation_threshold: torch.Tensor | None = None
         self.calls = 0
+        self.epoch_calls = 0
         self._eval_cache: tuple[Any, torch.Tensor] | None = None
 
     @property
@@ -84,17 +92,40 @@ class TopKState:
         return self._weight_density >= 1.0 and self.activation_density >= 1.0
 
     @property
+    def reuses_activation_threshold(self) -> bool:
+        """Whether the activation threshold is kept between recomputes: convolutions with ``period > 1``."""
+        return self.period > 1 and self.layer_kind == "conv"
+
+    @property
+    def reuses_weight_threshold(self) -> bool:
+        """Whether the weight threshold is kept between recomputes: unstructured convolutions with ``period > 1``."""
+        return self.reuses_activation_threshold and self.structure is None
+
+    @property
     def reuses_thresholds(self) -> bool:
-        """Whether thresholds are kept between recomputes: unstructured convolutions with ``period > 1`` only."""
-        return self.period > 1 and self.layer_kind == "conv" and self.structure is None
+        """Whether any threshold is kept between recomputes (see :attr:`reuses_activation_threshold`)."""
+        return self.reuses_activation_threshold
+
+    @property
+    def weight_recompute_due(self) -> bool:
+        """Whether the next training call recomputes the weight threshold."""
+        return (not self.reuses_weight_threshold or self.epoch_calls % self.period == 0
+                or (self.weight_threshold is None and self._weight_density < 1.0))
+
+    @property
+    def activation_recompute_due(self) -> bool:
+        """Whether the next training call recomputes the activation threshold."""
+        return (not self.reuses_activation_threshold or self.epoch_calls % self.period == 0
+                or (self.activation_threshold is None and self.activation_density < 1.0))
 
     @property
     def recompute_due(self) -> bool:
-        """Whether the next training call recomputes the thresholds."""
-        return (not self.reuses_thresholds
-                or self.calls % self.period == 0
-                or (self.weight_threshold is None and self._weight_density < 1.0)
-                or (self.activation_threshold is None and self.activation_density < 1.0))
+        """Whether the next training call recomputes both thresholds."""
+        return self.weight_recompute_due and self.activation_recompute_due
+
+    def start_epoch(self) -> None:
+        """Restart the recompute count: the next training call recomputes (the reference's ``batch_idx`` is 0)."""
+        self.epoch_calls = 0
 
     def training_thresholds(self, weight: torch.Tensor, activation: torch.Tensor
                             ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -107,15 +138,16 @@ class TopKState:
         Returns:
             ``(weight_threshold, activation_threshold)``; ``None`` for a side kept dense.
         """
-        due = self.recompute_due
+        weight_due, activation_due = self.weight_recompute_due, self.activation_recompute_due
         self.calls += 1
+        self.epoch_calls += 1
         if self._weight_density >= 1.0:
             self.weight_threshold = None
-        elif due:
+        elif weight_due:
             self.weight_threshold = topk.weight_threshold(weight, self._weight_density, self.structure)
         if self.activation_density >= 1.0:
             self.activation_threshold = None
-        elif due:
+        elif activation_due:
             self.activation_threshold = topk.kth_largest(activation.detach().abs(), self.activation_density)
         return self.weight_threshold, self.activation_threshold
 
@@ -137,12 +169,12 @@ class TopKState:
         """The selection the next training forward will use for ``weight`` as it is now."""
         if self._weight_density >= 1.0:
             return torch.ones_like(weight, dtype=torch.bool)
-        if self.recompute_due or self.weight_threshold is None:
+        if self.weight_recompute_due or self.weight_threshold is None:
             return self.exact_weight_mask(weight)
         return topk.weight_mask(weight, self.weight_threshold, self.structure)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: densities, call count and thresholds."""
+        """Everything needed to resume: densities, call counts and thresholds."""
         return {
             "weight_density": self._weight_density,
             "activation_density": self._activation_density,
@@ -150,6 +182,7 @@ class TopKState:
             "structure": self.structure,
             "layer_kind": self.layer_kind,
             "calls": self.calls,
+            "epoch_calls": self.epoch_calls,
             "weight_threshold": self.weight_threshold,
             "activation_threshold": self.activation_threshold,
         }
@@ -169,6 +202,8 @@ class TopKState:
         self.period = check_period(state["period"])
         self.structure = topk.check_structure(state["structure"])
         self.calls = int(state["calls"])
+        # absent in checkpoints written while the count ran across epochs: it was then the total
+        self.epoch_calls = int(state.get("epoch_calls", self.calls))
         self.weight_threshold = state["weight_threshold"]
         self.activation_threshold = state["activation_threshold"]
         self._eval_cache = None
@@ -176,4 +211,5 @@ class TopKState:
     def __repr__(self) -> str:
         return (f"TopKState(weight_density={self._weight_density:.4f}, "
                 f"activation_density={self.activation_density:.4f}, period={self.period}, "
-                f"structure={self.structure!r}, layer_kind={self.layer_kind!r}, calls={self.calls})")
+                f"structure={self.structure!r}, layer_kind={self.layer_kind!r}, calls={self.calls}, "
+                f"epoch_calls={self.epoch_calls})")
