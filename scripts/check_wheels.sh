@@ -41,7 +41,7 @@ for dist, expected in (("sparsecore", sys.argv[1]), ("sparse-momentum", sys.argv
     found = md.version(dist)
     assert found == expected, f"{dist} {found} is installed, expected the built wheel's {expected}"
 requires = md.requires("sparse-momentum") or []
-assert any(r.replace(" ", "").startswith("sparsecore>=0.3") for r in requires), requires
+assert any(r.replace(" ", "").startswith("sparsecore>=0.4") for r in requires), requires
 PY
 
 cd "$work"

@@ -11,10 +11,17 @@ from docs_support import ROOT
 tomllib = pytest.importorskip("tomllib")
 
 PACKAGES = sorted(p.parent for p in (ROOT / "packages").glob("*/pyproject.toml"))
+#: The core release whose plugin API (``sparsecore.Algorithm``, ``UpdateSchedule``, ``plan_update``) the plugins use.
+CORE_API = "0.4"
 
 
 def _meta(pkg):
     return tomllib.loads((pkg / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def _version(pkg) -> str:
+    version_file = pkg / _meta(pkg)["tool"]["hatch"]["version"]["path"]
+    return re.search(r'^__version__ = "(\d+\.\d+\.\d+)"$', version_file.read_text(encoding="utf-8"), re.MULTILINE)[1]
 
 
 def test_all_six_packages_are_there() -> None:
@@ -38,10 +45,35 @@ def test_package_builds_with_hatchling_from_its_own_version_file(pkg) -> None:
 
 @pytest.mark.parametrize("pkg", [p for p in PACKAGES if p.name != "sparsecore"], ids=lambda p: p.name)
 def test_plugin_needs_our_core_with_a_lower_bound_only(pkg) -> None:
-    """``sparsecore>=0.3`` keeps resolvers away from the unrelated ``sparsecore`` 0.1.x on the public index."""
+    """``sparsecore>=0.4``: the core API the plugins use; a lower bound of 0.3 or more also keeps resolvers away
+    from the unrelated ``sparsecore`` 0.1.x on the public index."""
     deps = [d.replace(" ", "") for d in _meta(pkg)["project"]["dependencies"]]
     core = [d for d in deps if re.match(r"sparsecore(?![\w-])", d)]
-    assert core == ["sparsecore>=0.3"], f"{pkg.name}: core requirement is {core}, expected exactly 'sparsecore>=0.3'"
+    expected = f"sparsecore>={CORE_API}"
+    assert core == [expected], f"{pkg.name}: core requirement is {core}, expected exactly {expected!r}"
+
+
+def test_the_core_of_this_tree_satisfies_the_plugins_bound() -> None:
+    core = tuple(int(part) for part in _version(ROOT / "packages" / "sparsecore").split("."))
+    assert core[:2] >= tuple(int(part) for part in CORE_API.split(".")), core
+
+
+@pytest.mark.parametrize("pkg", PACKAGES, ids=lambda p: p.name)
+def test_changelog_describes_the_version_about_to_be_released(pkg) -> None:
+    """``CHANGELOG.md`` (Keep a Changelog): its newest section is ``[Unreleased]`` naming the version in
+    ``__about__.py``, or that version's own section once released."""
+    changelog = (pkg / "CHANGELOG.md").read_text(encoding="utf-8")
+    sections = re.findall(r"^## \[([^\]]+)\](.*?)(?=^## |\Z)", changelog, re.MULTILINE | re.DOTALL)
+    assert sections, f"{pkg.name}: CHANGELOG.md has no '## [...]' section"
+    newest, body = sections[0]
+    version = _version(pkg)
+    if newest == "Unreleased":
+        assert f"released as {version}" in body, f"{pkg.name}: [Unreleased] does not name version {version}"
+        assert re.search(r"^### (Added|Changed|Deprecated|Removed|Fixed|Security)$", body, re.MULTILINE)
+    else:
+        assert newest == version, f"{pkg.name}: newest CHANGELOG section is {newest}, the package is {version}"
+    released = [name for name, _ in sections[1:]]
+    assert version not in released, f"{pkg.name}: {version} was released already; bump __about__.py"
 
 
 @pytest.mark.parametrize("pkg", [p for p in PACKAGES if p.name != "sparsecore"], ids=lambda p: p.name)

@@ -1,3 +1,3 @@
 """Version of sparse-kernels-cuda."""
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
