@@ -97,10 +97,10 @@ def _linear_modules(model: nn.Module) -> list[tuple[str, nn.Linear, str | None]]
             why = "MultiheadAttention reads this weight directly, not through F.linear"
         elif uses.get(id(w), 0) > 1:
             why = "the weight is shared with another module"
-        elif w.device.type != "cuda":
-            why = f"the weight is on {w.device.type}; semi-structured kernels need CUDA"
         elif not is_two_four(w.detach()):
             why = "the weight is not 2:4 along in_features (more than 2 nonzeros in some group of 4)"
+        elif w.device.type != "cuda":
+            why = f"the weight is on {w.device.type}; semi-structured kernels need CUDA"
         found.append((name, module, why))
     return found
 
@@ -118,7 +118,8 @@ def to_semi_structured(model: nn.Module) -> SemiStructuredResult:
     unsupported dtype or GPU) are skipped with torch's reason.
 
     On a machine without CUDA, or a model on the CPU, nothing changes and
-    :attr:`SemiStructuredResult.reason` says why.
+    :attr:`SemiStructuredResult.reason` says why; ``skipped`` still says, per
+    layer, whether its weight is 2:4 (then only the device stops it).
 
     Example:
         ```python
@@ -131,22 +132,19 @@ def to_semi_structured(model: nn.Module) -> SemiStructuredResult:
         ExportError: not a module, or a sparsifier is still attached.
     """
     model = _refuse_attached(model, "to_semi_structured")
-    result = SemiStructuredResult(model)
     linears = _linear_modules(model)
+    result = SemiStructuredResult(model, skipped={name: why for name, _, why in linears if why is not None})
     if not torch.cuda.is_available():
         result.reason = "to_sparse_semi_structured needs CUDA, and torch sees no CUDA device; the model is unchanged"
-        result.skipped = {name: "no CUDA device" for name, _, _ in linears}
         return result
     if not any(module.weight.device.type == "cuda" for _, module, _ in linears):
         result.reason = ("the model's Linear weights are not on a CUDA device (move it with .cuda() first); "
                          "the model is unchanged")
-        result.skipped = {name: why or "not on CUDA" for name, _, why in linears}
         return result
     from torch.sparse import to_sparse_semi_structured
 
     for name, module, why in linears:
         if why is not None:
-            result.skipped[name] = why
             continue
         dense = module.weight.detach().contiguous()
         try:
