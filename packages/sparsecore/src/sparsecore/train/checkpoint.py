@@ -193,6 +193,10 @@ def _torch_load(file: Path) -> Any:
 
 
 def _check_contents(file: Path, state: Any) -> None:
+    found = state.get("format") if isinstance(state, dict) else None
+    if isinstance(found, int) and not isinstance(found, bool) and found > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{file} was written by a newer sparsecore (checkpoint format {found}; this version "
+                              f"reads format {CHECKPOINT_FORMAT}): upgrade sparsecore to resume it")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{file} is not a sparsecore train checkpoint (format {CHECKPOINT_FORMAT})")
     missing = [key for key in REQUIRED_KEYS if key not in state]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import sys
 import time
@@ -372,7 +374,8 @@ def resume_training(path: str | Path, **overrides: Any) -> RunResult:
 
     Raises:
         CheckpointError: missing, empty, truncated, corrupted (its sha256 differs from the recorded one) or
-            foreign checkpoint.
+            foreign checkpoint; one written by a newer sparsecore; the checkpoint of another run than the one
+            the folder's ``config.json`` describes (another algorithm, density, model, ...).
         ConfigurationError: an override that cannot change on resume, or nothing left to train (the run
             is complete, summary included).
         RunFolderError, TrainingDivergedError, TrainingInterrupted: as for :func:`run_training`.
@@ -383,7 +386,8 @@ def resume_training(path: str | Path, **overrides: Any) -> RunResult:
                                  f"its configuration (changeable: {', '.join(map(flag_name, RESUME_OVERRIDABLE))})")
     loaded = read_checkpoint(path)
     ckpt, run_dir = loaded.state, loaded.run_dir
-    config = TrainConfig.from_dict(ckpt["config"])
+    config = _checkpoint_config(ckpt["config"], run_dir)
+    _check_same_run(ckpt["config"], run_dir)
     config = config.replace(stop_after=None,
                             **{k: v for k, v in overrides.items() if v is not None or k == "stop_after"})
     config.validate()
@@ -398,6 +402,46 @@ def resume_training(path: str | Path, **overrides: Any) -> RunResult:
         raise ConfigurationError(f"the run in {run_dir} has already trained {ckpt['epoch']}/{config.epochs} epochs; "
                                  f"pass a larger --epochs to train further")
     return _run(config, checkpoint=ckpt, run_dir=run_dir)
+
+
+def _checkpoint_config(stored: dict[str, Any], run_dir: Path) -> TrainConfig:
+    """The configuration a checkpoint records, checked.
+
+    Raises:
+        CheckpointError: it has keys this version does not know (a newer sparsecore wrote it), or values it refuses.
+    """
+    unknown = sorted(set(stored) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise CheckpointError(f"the checkpoint in {run_dir} was written by a newer sparsecore: its config has "
+                              f"{', '.join(map(repr, unknown))}, which this version does not know; upgrade "
+                              f"sparsecore to resume it")
+    try:
+        return TrainConfig.from_dict(stored).validate()
+    except ConfigurationError as exc:
+        raise CheckpointError(f"the checkpoint in {run_dir} holds a configuration this sparsecore refuses: "
+                              f"{exc}") from None
+
+
+def _check_same_run(stored: dict[str, Any], run_dir: Path) -> None:
+    """Refuse a checkpoint whose config differs from the folder's ``config.json`` (one copied from another run).
+
+    Fields a resume may change (:data:`RESUME_OVERRIDABLE`) are not compared; a folder without a readable
+    ``config.json`` passes (resuming writes one).
+
+    Raises:
+        CheckpointError: names the first differing fields, as the checkpoint and ``config.json`` hold them.
+    """
+    try:
+        recorded = json.loads((run_dir / rundir.CONFIG_NAME).read_text())["config"]
+        names = [f.name for f in dataclasses.fields(TrainConfig) if f.name in recorded and f.name in stored]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    differing = [name for name in names if name not in RESUME_OVERRIDABLE
+                 and json.dumps(stored[name], sort_keys=True) != json.dumps(recorded[name], sort_keys=True)]
+    if differing:
+        what = ", ".join(f"{name} {stored[name]!r} (config.json: {recorded[name]!r})" for name in differing[:3])
+        raise CheckpointError(f"the checkpoint in {run_dir} is not one of the run its {rundir.CONFIG_NAME} describes: "
+                              f"its {what}{', ...' if len(differing) > 3 else ''}; resume the run folder it came from")
 
 
 def _run(config: TrainConfig, checkpoint: dict[str, Any] | None, run_dir: Path | None) -> RunResult:
@@ -542,6 +586,9 @@ def _restore(job: _Job, checkpoint: dict[str, Any], run_dir: Path | None, say: r
         if job.sparsifier is not None:
             job.sparsifier.load_state_dict(checkpoint["sparsifier"])
         _set_rng_state(checkpoint["rng"], job.data_generator)
+    except CheckpointError as exc:  # the engine's own check: another algorithm, density, layers, state format
+        raise CheckpointError(f"the checkpoint in {run_dir} does not fit the run its config describes: "
+                              f"{exc}") from None
     except SparsecoreError:
         raise
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
