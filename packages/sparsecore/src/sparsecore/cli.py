@@ -3,7 +3,8 @@
 Subcommands register themselves in :data:`COMMANDS`: ``plugins`` lists the
 installed algorithms and plugins, the hooks each implements, names that more
 than one distribution registered, and the entry points that failed to load;
-``train`` runs the main job (see :mod:`sparsecore.train`).
+``train`` runs the main job (see :mod:`sparsecore.train`); ``export`` writes a
+run's model as a compact file (see :mod:`sparsecore.export`).
 """
 
 from __future__ import annotations
@@ -86,9 +87,15 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     add_reproduce_parser(sub)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from sparsecore.export.cli import add_export_parser
+
+    add_export_parser(sub)
+
+
 #: Subcommand builders; each adds its parser and sets ``func``.
 COMMANDS: list[Callable[[argparse._SubParsersAction], object]] = [_add_plugins, _add_train, _add_reproduce,
-                                                               add_new_plugin_parser]
+                                                               _add_export, add_new_plugin_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

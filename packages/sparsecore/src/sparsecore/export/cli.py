@@ -54,7 +54,8 @@ def export_command(args: argparse.Namespace) -> int:
         print(notice, file=sys.stderr)
     saved = result.saved
     compressed = sum(layout != "dense" for layout in saved.layouts.values())
-    print(f"wrote {saved.path} ({saved.format}; {result.model} after {result.epoch} epochs; "
+    epochs = f"{result.epoch} epoch{'' if result.epoch == 1 else 's'}"
+    print(f"wrote {saved.path} ({saved.format}; {result.model} after {epochs}; "
           f"{compressed} of {len(saved.layouts)} tensors compressed)")
     print("\n".join(size_lines(saved.file_bytes, saved.dense_fp32_bytes)))
     return 0
