@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 
 from docs_support import ROOT
 
-tomllib = pytest.importorskip("tomllib")
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser from PyPI (a hatch-test dependency there)
+    import tomli as tomllib
 
 PACKAGES = sorted(p.parent for p in (ROOT / "packages").glob("*/pyproject.toml"))
 #: The core release whose plugin API (``sparsecore.Algorithm``, ``UpdateSchedule``, ``plan_update``) the plugins use.

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import sparsecore
 from sparsecore_nm import AspAlgorithm, SrSteAlgorithm, plugin
 
@@ -19,6 +20,7 @@ def test_the_entry_point_module_registers_both_algorithms():
     assert registered == [("sr-ste", SrSteAlgorithm), ("asp", AspAlgorithm)]
 
 
+@pytest.mark.slow
 def test_the_installed_distribution_is_found_through_entry_points():
     env = {**os.environ, "SPARSECORE_DISABLE_PLUGIN_AUTOLOAD": "0"}
     code = ("import sparsecore\n"

@@ -29,6 +29,7 @@ def test_the_entry_point_module_registers_rigl():
     assert registered == [("rigl", RigLAlgorithm)]
 
 
+@pytest.mark.slow
 def test_installed_distribution_is_found_through_entry_points():
     env = {**os.environ, "SPARSECORE_DISABLE_PLUGIN_AUTOLOAD": "0"}
     code = ("import sparsecore; r = sparsecore.registry.algorithm('rigl'); "

@@ -263,11 +263,19 @@ def test_bad_scoring_options_raise_configuration_errors(mlp, batch):
         build(batch=batch, distribution="erk")
 
 
-def test_snip_is_installed_under_the_sparsecore_entry_point():
+@pytest.fixture
+def autoload_on(monkeypatch):
+    """Entry-point loading on for one test, whatever the environment says; the registry reloads as it was after."""
+    monkeypatch.setenv("SPARSECORE_DISABLE_PLUGIN_AUTOLOAD", "0")
+    sparsecore.registry.reset()
+    yield
+    monkeypatch.undo()
+    sparsecore.registry.reset()
+
+
+def test_snip_is_installed_under_the_sparsecore_entry_point(autoload_on):
     eps = [ep for ep in importlib.metadata.entry_points(group="sparsecore") if ep.name == "snip"]
     assert [ep.value for ep in eps] == ["snip_baseline.plugin"]
-    if sparsecore.plugins.autoload_disabled():
-        pytest.skip("entry-point autoload is disabled in this environment")
     reg = sparsecore.registry.algorithm("snip")
     assert reg.factory is SnipAlgorithm and reg.distribution == "snip-baseline"
     assert "snip" in sparsecore.available_algorithms()

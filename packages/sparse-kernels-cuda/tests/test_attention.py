@@ -16,10 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-sparsecore = pytest.importorskip("sparsecore")
+import sparsecore
 
-from sparse_kernels_cuda import KernelPlugin  # noqa: E402
-from sparse_kernels_cuda.plugin import LayerKernel  # noqa: E402
+from sparse_kernels_cuda import KernelPlugin
+from sparse_kernels_cuda.plugin import LayerKernel
 
 OUT_PROJ = ["layers.0.self_attn.out_proj", "layers.1.self_attn.out_proj"]
 FEED_FORWARD = ["layers.0.linear1", "layers.0.linear2", "layers.1.linear1", "layers.1.linear2"]

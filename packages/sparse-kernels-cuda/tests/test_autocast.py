@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-sparsecore = pytest.importorskip("sparsecore")
+import sparsecore
 
-from sparse_kernels_cuda import KernelPlugin, n_m_mask  # noqa: E402
+from sparse_kernels_cuda import KernelPlugin, n_m_mask
 
 BF16 = torch.bfloat16
 

@@ -25,7 +25,7 @@ TOL = {torch.float32: {"rtol": 1e-4, "atol": 1e-3}, torch.float16: {"rtol": 5e-2
 @pytest.mark.parametrize("block", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_triton_block_linear(block, dtype, helpers):
-    pytest.importorskip("triton")
+    pytest.importorskip("triton", reason="triton is not installed (the 'triton' extra)")
     gen = torch.Generator().manual_seed(0)
     bm = torch.rand(1024 // block, 512 // block, generator=gen) < 0.25
     mask = expand_block_mask(bm, block).cuda()
@@ -75,7 +75,7 @@ def test_csr_on_cuda(helpers):
 
 
 def test_opcheck_block_linear_cuda():
-    pytest.importorskip("triton")
+    pytest.importorskip("triton", reason="triton is not installed (the 'triton' extra)")
     from sparse_kernels_cuda.backends import triton_block  # noqa: F401
 
     mask = expand_block_mask(torch.tensor([[True, False], [True, True]]), 32).cuda()

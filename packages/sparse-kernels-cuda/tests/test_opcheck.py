@@ -54,7 +54,7 @@ def test_csr_mm_compiles(gen):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter variant; GPU variant in test_gpu.py")
 def test_opcheck_block_linear_interpreted(gen):
-    pytest.importorskip("triton")
+    pytest.importorskip("triton", reason="triton is not installed (the 'triton' extra)")
     from sparse_kernels_cuda.backends import triton_block  # noqa: F401
 
     mask = expand_block_mask(torch.tensor([[True, False], [True, True]]), 16)

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-sparsecore = pytest.importorskip("sparsecore")
+import sparsecore
 
-from sparse_kernels_cuda import KernelPlugin  # noqa: E402
-from sparse_kernels_cuda.plugin import LayerKernel  # noqa: E402
-from sparse_kernels_cuda import plugin as plugin_module  # noqa: E402
+from sparse_kernels_cuda import KernelPlugin
+from sparse_kernels_cuda.plugin import LayerKernel
+from sparse_kernels_cuda import plugin as plugin_module
 
 
 def test_registers_by_name():

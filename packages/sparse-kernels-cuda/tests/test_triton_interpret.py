@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
     # Must be set before the kernels are created (they are created on first use).
     os.environ["TRITON_INTERPRET"] = "1"
 
-pytest.importorskip("triton")
+pytest.importorskip("triton", reason="triton is not installed (the 'triton' extra)")
 
 from sparse_kernels_cuda import BlockPlan, TritonBlockBackend, block_linear, expand_block_mask  # noqa: E402
 from sparse_kernels_cuda._triton_kernels import block_sdd  # noqa: E402

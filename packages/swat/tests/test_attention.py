@@ -68,6 +68,7 @@ def count_swat_calls(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_out_proj_stays_dense_and_the_report_says_so():
     model = _encoder()
     sp, _, messages = _swat(model)

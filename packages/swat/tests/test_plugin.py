@@ -40,9 +40,18 @@ def test_registers_swat():
     assert seen == {"swat": SwatAlgorithm}
 
 
-def test_registered_by_name_through_the_entry_point():
-    if "swat" not in sparsecore.available_algorithms():
-        pytest.skip("sparsecore-swat is not installed (entry points not loaded)")
+@pytest.fixture
+def autoload_on(monkeypatch):
+    """Entry-point loading on for one test, whatever the environment says; the registry reloads as it was after."""
+    monkeypatch.setenv("SPARSECORE_DISABLE_PLUGIN_AUTOLOAD", "0")
+    sparsecore.registry.reset()
+    yield
+    monkeypatch.undo()
+    sparsecore.registry.reset()
+
+
+def test_registered_by_name_through_the_entry_point(autoload_on):
+    assert "swat" in sparsecore.available_algorithms()
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     sp = sparsecore.Sparsifier(model, opt, algorithm="swat", density=0.2, variant="uniform", period=2)
