@@ -100,11 +100,12 @@ def plugin_at_fault(exc: BaseException) -> str | None:
 
 
 def _registration_of(frame: FrameType, registrations: list[Registration]) -> Registration | None:
-    """The registration whose code ``frame`` runs: its class's method first, else its module or package."""
+    """The registration whose code ``frame`` runs: its class's method (the most derived class) first, else its
+    module or package."""
     self = frame.f_locals.get("self")
-    for reg in registrations:
-        if isinstance(reg.factory, type) and isinstance(self, reg.factory):
-            return reg
+    classes = [reg for reg in registrations if isinstance(reg.factory, type) and isinstance(self, reg.factory)]
+    if classes:
+        return next((reg for reg in classes if type(self) is reg.factory), classes[0])
     module = frame.f_globals.get("__name__", "")
     for reg in registrations:
         package = reg.module.partition(".")[0]
