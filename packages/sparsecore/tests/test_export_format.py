@@ -6,6 +6,7 @@ import errno
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,16 +202,26 @@ def test_an_independent_reader_decodes_the_documented_layout(tmp_path):
     assert np.array_equal(raw_b["0.bias"], state["0.bias"].numpy())
 
 
-def test_an_independent_reader_decodes_the_nm_layout(tmp_path):
-    sparsifier = sparsifier_for(convnet(), density=None, pattern="2:4")
-    save_sparse(sparsifier, tmp_path / "n.safetensors", format="nm")
-    raw = safetensors.numpy.load_file(tmp_path / "n.safetensors")
-    weight = sparsifier.model.state_dict()["0.weight"].numpy()  # (out 8, in 4, 3, 3): groups run along `in`
-    values, indices = raw["0.weight.values"], raw["0.weight.indices"]
-    assert values.shape == indices.shape == (8 * 3 * 3, 2) and indices.dtype == np.uint8
-    groups = np.zeros((8 * 3 * 3, 4), np.float32)
-    np.put_along_axis(groups, indices.astype(np.int64), values, axis=1)
-    assert np.array_equal(groups.reshape(8, 3, 3, 4).transpose(0, 3, 1, 2), weight)
+DOCS_EXPORT = Path(__file__).resolve().parents[3] / "docs" / "export.md"
+
+
+def _documented_reader() -> str:
+    """The Python block of docs/export.md's "Reading it without sparsecore" section."""
+    section = DOCS_EXPORT.read_text(encoding="utf-8").split("### Reading it without sparsecore", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("fmt", ["bitmask", "csr", "nm", "dense"])
+def test_the_reader_on_the_docs_page_reads_every_layout(tmp_path, monkeypatch, fmt):
+    sparsifier = sparsifier_for(convnet(), **({"density": None, "pattern": "2:4"} if fmt == "nm" else {}))
+    save_sparse(sparsifier, tmp_path / "model.safetensors", format=fmt)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(_documented_reader(), str(DOCS_EXPORT), "exec"), namespace)
+    expected = squash(sparsifier).state_dict()
+    assert list(namespace["state"]) == list(expected)
+    for key, value in expected.items():
+        assert np.array_equal(namespace["state"][key], value.numpy()), key
 
 
 def test_tied_weights(tmp_path):

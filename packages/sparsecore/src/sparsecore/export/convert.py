@@ -190,9 +190,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         The path written.
 
     Raises:
-        ExportError: not a module, a sparsifier still attached, or onnx / onnxscript not installed.
+        ExportError: not a module, a sparsifier still attached, torch older than 2.5, or onnx / onnxscript
+            not installed.
     """
     model = _refuse_attached(model, "export_onnx")
+    if torch.__version__ < (2, 5):  # type: ignore[operator]  # TorchVersion compares with tuples
+        raise ExportError(f"ONNX export needs torch >= 2.5 (its dynamo exporter); this is torch {torch.__version__}")
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
         raise ExportError(f"ONNX export needs {' and '.join(missing)}, not installed "
