@@ -23,18 +23,36 @@ runs: the script prints what it did).
 1/fan_in, zero biases) instead of PyTorch's default (uniform, variance
 1/(3·fan_in)); its rows are labelled ``snip (variance-scaling init)``.
 
+``--official`` runs snip-public's own protocol (the recipe ``snip-official``):
+plain momentum (no Nesterov), variance-scaling weights with zero biases
+(SNIP's ``init="variance_scaling"``), masks scored on a separate
+variance-scaling draw of weights and biases (``score_init="variance_scaling"``),
+biases competing with the weights for the budget (``prune_biases=True``) and
+no layer guard; its rows are labelled ``snip (official protocol)``.
+
+Every run reports two figures. ``test_error`` is the error after the last
+epoch (what the shared table shows). ``official_error`` is snip-public's
+reported figure: the test set is evaluated after every 1,000th iteration
+(``--checkpoint-interval``), the last five evaluations are retained
+(``--checkpoints-kept``, its ``tf.train.Saver`` default) and the error is
+1 − the best retained accuracy (``snip_baseline.RetainedCheckpoints``).
+
 Each finished run appends one JSON line to ``benchmarks/results/mnist_runs.jsonl``::
 
     {"method": "snip", "model": "lenet-300-100", "density": 0.05, "seed": 0,
-     "epochs": 100, "test_error": 1.61, "wall_s": 312.4, "machine": "...", "torch": "..."}
+     "epochs": 100, "test_error": 1.61, "official_error": 1.55,
+     "checkpoints": [[50000, 0.9843], ...], "wall_s": 312.4, "machine": "...", "torch": "..."}
 
-``test_error`` is in percent, as the shared table expects; ``wall_s`` covers
-scoring, training and evaluation. After each row the table is re-rendered with
-``benchmarks/render_mnist_table.py`` if that script exists.
+Errors are in percent, as the shared table expects (``official_error`` is
+``null`` for a run shorter than one checkpoint interval); ``checkpoints``
+holds the retained ``[iteration, test accuracy]`` pairs; ``wall_s`` covers
+scoring, training and every evaluation. After each row the table is
+re-rendered with ``benchmarks/render_mnist_table.py`` if that script exists.
 
 Usage (from the repository root; CPU is shared, so be nice)::
 
     nice -n 10 python benchmarks/snip/reproduce_mnist.py --densities 0.05 0.02 --seeds 0 1 2
+    nice -n 10 python benchmarks/snip/reproduce_mnist.py --official --densities 0.05 0.02 --seeds 0 1 2
     python benchmarks/snip/reproduce_mnist.py --epochs 1 --limit-train 2000 --no-append   # smoke test
 """
 
@@ -53,6 +71,8 @@ from pathlib import Path
 import sparsecore
 import torch
 import torch.nn.functional as F
+from snip_baseline import OFFICIAL_CHECKPOINT_INTERVAL, OFFICIAL_CHECKPOINTS_KEPT, RetainedCheckpoints
+from snip_baseline import variance_scaling_init_ as variance_scaling_init
 from sparsecore.data import DataSplit, load_dataset
 from sparsecore.models import create_model
 
@@ -60,6 +80,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "mnist_runs.jsonl"
 RENDER = ROOT / "benchmarks" / "render_mnist_table.py"
 MODEL = "lenet-300-100"
+#: SNIP options of snip-public's protocol (the recipe ``snip-official``).
+OFFICIAL_OPTIONS = {"init": "variance_scaling", "score_init": "variance_scaling", "prune_biases": True,
+                    "keep_every_layer": False}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,11 +104,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", choices=["default", "vs"], default="default",
                    help="weight init: PyTorch's default, or 'vs' = TF1 variance_scaling_initializer defaults "
                         "(truncated normal, std 1/sqrt(fan_in), biases 0) as snip-public uses")
+    p.add_argument("--official", action="store_true",
+                   help="snip-public's protocol: plain momentum, variance-scaling init, a separate variance-scaling "
+                        "draw scored, biases as candidates, no layer guard (excludes --init, --score-init)")
+    p.add_argument("--checkpoint-interval", type=int, default=OFFICIAL_CHECKPOINT_INTERVAL,
+                   help="iterations between the test evaluations of the official figure")
+    p.add_argument("--checkpoints-kept", type=int, default=OFFICIAL_CHECKPOINTS_KEPT,
+                   help="latest evaluations the official figure takes the best of")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images (smoke tests)")
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON-lines file the rows are appended to")
     p.add_argument("--no-append", dest="append", action="store_false", help="print rows without writing them")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.official and (args.init != "default" or args.score_init != "actual"):
+        p.error("--official sets the initialisation and the scored draw itself; drop --init and --score-init")
+    if args.checkpoint_interval < 1 or args.checkpoints_kept < 1:
+        p.error("--checkpoint-interval and --checkpoints-kept must be positive")
+    return args
 
 
 @torch.no_grad()
@@ -97,17 +132,6 @@ def test_error(model: torch.nn.Module, split, batch_size: int = 1000) -> float:
         wrong += int((model(x).argmax(1) != y).sum())
     model.train()
     return wrong / len(split)
-
-
-def variance_scaling_init_(model: torch.nn.Module) -> None:
-    """TF1 ``variance_scaling_initializer()`` defaults: truncated normal (2 std) of variance 1/fan_in; zero biases."""
-    for module in model.modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            fan_in = module.weight[0].numel()
-            std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # corrects the truncation's variance loss
-            torch.nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
 
 
 def machine() -> str:
@@ -122,36 +146,54 @@ def run(args: argparse.Namespace, train: DataSplit, test: DataSplit, density: fl
     torch.manual_seed(seed)
     model = create_model(MODEL)
     if args.init == "vs":
-        variance_scaling_init_(model)
+        variance_scaling_init(model)  # from the global generator, seeded above
+    options = dict(OFFICIAL_OPTIONS) if args.official else {"score_init": args.score_init}
+    nesterov = args.nesterov and not args.official and args.momentum > 0
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                nesterov=args.nesterov and args.momentum > 0, weight_decay=args.weight_decay)
+                                nesterov=nesterov, weight_decay=args.weight_decay)
     steps_per_epoch = train.num_batches(args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.decay_every, gamma=args.gamma)
     scoring = train.batches(args.batch_size, generator=torch.Generator().manual_seed(10_000 + seed))
     sparsifier = sparsecore.Sparsifier(model, optimizer, algorithm="snip", density=density, seed=seed,
-                                       total_steps=total_steps, loader=scoring, num_batches=1,
-                                       score_init=args.score_init)
+                                       total_steps=total_steps, loader=scoring, num_batches=1, **options)
     result = sparsifier.algorithm.result
-    print(f"[snip d={density} seed={seed}] kept {result.kept}/{result.total} per layer {result.per_layer} "
-          f"guard added {result.guard_added or 'nothing'}", flush=True)
+    print(f"[snip d={density} seed={seed}] kept {result.kept}/{result.total} weights per layer {result.per_layer}, "
+          f"{result.bias_kept}/{result.bias_total} competing biases, guard added {result.guard_added or 'nothing'}",
+          flush=True)
+    checkpoints = RetainedCheckpoints(args.checkpoint_interval, args.checkpoints_kept)
     order = torch.Generator().manual_seed(seed)
+    step = 0
     for epoch in range(args.epochs):
         for x, y in train.batches(args.batch_size, generator=order):
             optimizer.zero_grad(set_to_none=True)
             F.nll_loss(model(x), y).backward()  # LeNet-300-100 returns log-probabilities
             optimizer.step()
             scheduler.step()
+            step += 1
+            if checkpoints.due(step):
+                checkpoints.record(step, 1.0 - test_error(model, test))
         sparsifier.epoch_end(epoch)
         if (epoch + 1) % 10 == 0 or epoch + 1 == args.epochs:
             print(f"[snip d={density} seed={seed}] epoch {epoch + 1}/{args.epochs} "
                   f"lr {scheduler.get_last_lr()[0]:.4g} {time.perf_counter() - start:.0f}s", flush=True)
     assert sparsifier.nnz == result.kept and not sparsifier.history, "the SNIP mask changed during training"
+    assert all(not model.get_parameter(key)[~kept].any() for key, kept in sparsifier.algorithm.bias_masks.items()), \
+        "a pruned bias moved during training"
     err = test_error(model, test)
-    method = "snip" if args.init == "default" else "snip (variance-scaling init)"
+    official = checkpoints.error if checkpoints.kept else None
+    print(f"[snip d={density} seed={seed}] final-epoch test error {100 * err:.2f} %, official "
+          f"(1 - best of the last {len(checkpoints.kept)} checkpoints) "
+          f"{'n/a' if official is None else f'{100 * official:.2f} %'}", flush=True)
+    if args.official:
+        method = "snip (official protocol)"
+    else:
+        method = "snip" if args.init == "default" else "snip (variance-scaling init)"
     return {"method": method, "model": MODEL, "density": density, "seed": seed, "epochs": args.epochs,
-            "test_error": round(100 * err, 4), "wall_s": round(time.perf_counter() - start, 1),
-            "machine": machine(), "torch": torch.__version__}
+            "test_error": round(100 * err, 4),
+            "official_error": None if official is None else round(100 * official, 4),
+            "checkpoints": [[s, round(a, 6)] for s, a in checkpoints.kept],
+            "wall_s": round(time.perf_counter() - start, 1), "machine": machine(), "torch": torch.__version__}
 
 
 def main(argv: list[str] | None = None) -> int:

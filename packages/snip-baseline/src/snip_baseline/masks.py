@@ -7,7 +7,7 @@ give the same mask.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -50,20 +50,22 @@ def _split(keep: torch.Tensor, names: list[str], sizes: list[int],
     return {n: part.view(scores[n].shape) for n, part in zip(names, torch.split(keep, sizes), strict=True)}
 
 
-def global_top_k(scores: Mapping[str, torch.Tensor], k: int,
-                 guard: bool = False) -> tuple[dict[str, torch.Tensor], GuardReport]:
+def global_top_k(scores: Mapping[str, torch.Tensor], k: int, guard: bool = False,
+                 guarded: Collection[str] | None = None) -> tuple[dict[str, torch.Tensor], GuardReport]:
     """Keep exactly the ``k`` highest scores over all tensors together.
 
     Ties are broken by position (earlier tensor, then lower flat index, wins).
     With ``guard=True`` the result then goes through the layer guard: every
-    tensor the top-k left empty keeps its own highest-scored entry, and as many
-    of the lowest-ranked kept entries elsewhere are dropped (never the last
-    entry of a tensor), so exactly ``k`` entries stay kept.
+    guarded tensor the top-k left empty keeps its own highest-scored entry,
+    and as many of the lowest-ranked kept entries elsewhere are dropped (never
+    the last entry of a guarded tensor), so exactly ``k`` entries stay kept.
 
     Args:
         scores: name to score tensor (model order).
         k: how many entries to keep, ``0 <= k <= total``.
         guard: apply the layer guard.
+        guarded: the names the guard protects (``None``: every tensor), e.g.
+            the weights when biases compete for the same ``k``.
 
     Returns:
         ``(masks, report)``: name to bool mask shaped like its scores, and the
@@ -72,27 +74,29 @@ def global_top_k(scores: Mapping[str, torch.Tensor], k: int,
 
     Raises:
         ValueError: ``k`` is out of range, or ``guard`` is on and ``k`` is
-            smaller than the number of tensors.
+            smaller than the number of guarded tensors.
     """
     names, sizes, flat = _flatten(scores)
+    protected = set(names) if guarded is None else set(guarded) & set(names)
     if not 0 <= k <= flat.numel():
         raise ValueError(f"cannot keep {k} of {flat.numel()} weights")
-    if guard and k < len(names):
-        raise ValueError(f"keeping one weight in each of {len(names)} layers needs at least {len(names)} kept "
-                         f"weights, but only {k} are kept; raise the density or pass keep_every_layer=False")
+    if guard and k < len(protected):
+        raise ValueError(f"keeping one weight in each of {len(protected)} layers needs at least {len(protected)} "
+                         f"kept weights, but only {k} are kept; raise the density or pass keep_every_layer=False")
     order = torch.argsort(flat, descending=True, stable=True)
     kept = order[:k]
     keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     keep[kept] = True
     threshold = float(flat[kept[-1]]) if k else float("nan")
-    added, removed = _guard(keep, kept, flat, names, sizes) if guard else ({}, {})
+    added, removed = _guard(keep, kept, flat, names, sizes, protected) if guard else ({}, {})
     return _split(keep, names, sizes, scores), GuardReport(threshold, added, removed)
 
 
 def _guard(keep: torch.Tensor, kept: torch.Tensor, flat: torch.Tensor, names: list[str],
-           sizes: list[int]) -> tuple[dict[str, int], dict[str, int]]:
+           sizes: list[int], protected: set[str]) -> tuple[dict[str, int], dict[str, int]]:
     """Apply the layer guard to the flat ``keep`` mask in place; ``kept`` is the kept positions by rank.
 
+    Only the ``protected`` tensors get an entry back and keep their last one.
     Returns the additions (name to flat index) and removals (name to count).
     """
     offsets = [0]
@@ -103,20 +107,20 @@ def _guard(keep: torch.Tensor, kept: torch.Tensor, flat: torch.Tensor, names: li
     counts = torch.bincount(owner[kept], minlength=len(sizes)).tolist()
     added: dict[str, int] = {}
     for i, name in enumerate(names):
-        if counts[i] == 0:
+        if counts[i] == 0 and name in protected:
             local = int(torch.argmax(flat[offsets[i]:offsets[i] + sizes[i]]))  # first maximum on ties
             keep[offsets[i] + local] = True
             counts[i] = 1
             added[name] = local
     removed: dict[str, int] = {}
     debt = len(added)
-    # Walk the kept set from its lowest rank upwards; a layer with one kept weight left is skipped,
-    # so at most one skip per layer happens and the walk is O(debt + number of layers).
+    # Walk the kept set from its lowest rank upwards; a protected layer with one kept weight left is
+    # skipped, so at most one skip per layer happens and the walk is O(debt + number of layers).
     rank = kept.numel() - 1
     while debt:
         pos = int(kept[rank])
         i = int(owner[pos])
-        if counts[i] > 1:
+        if counts[i] > 1 or names[i] not in protected:
             keep[pos] = False
             counts[i] -= 1
             removed[names[i]] = removed.get(names[i], 0) + 1

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["connection_sensitivity", "eval_mode", "fresh_copy", "normalize"]
+from snip_baseline.init import variance_scaling_init_
+
+__all__ = ["connection_sensitivity", "eval_mode", "fresh_copy", "normalize", "variance_scaling_copy"]
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 
@@ -165,3 +167,21 @@ def fresh_copy(model: nn.Module, names: Sequence[str], generator: torch.Generato
             nn.init.xavier_normal_(draw, generator=generator)
             weight.copy_(draw)
     return clone
+
+
+def variance_scaling_copy(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """A deep copy of ``model`` drawn as snip-public draws the parameters it scores (``weights_bp``).
+
+    Every linear and convolution layer's weight *and* bias are drawn by
+    :func:`snip_baseline.init.variance_scaling_` (``initializer_w_bp`` and
+    ``initializer_b_bp`` are both ``"vs"`` by default), layer by layer in
+    model order, from ``generator``; everything else is copied as it is.
+
+    Args:
+        model: the model to copy (left untouched).
+        generator: a CPU :class:`torch.Generator`.
+
+    Returns:
+        The copy.
+    """
+    return variance_scaling_init_(copy.deepcopy(model), generator, biases="variance_scaling")
