@@ -158,3 +158,34 @@ def test_output_in_a_missing_folder(run_copy, capsys):
     target = run_copy / "missing" / "out.safetensors"
     assert _error(capsys, str(run_copy), "--output", str(target)) == \
         f"cannot write {target}: {target.parent} is not a directory"
+
+
+def test_run_masks_carry_an_nm_pattern_to_the_nm_layout(tmp_path):
+    from sparsecore import Sparsifier
+    from sparsecore.export.format import save_state
+    from sparsecore.export.run import run_masks
+
+    model = create_model("lenet-300-100")
+    sparsifier = Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), algorithm="static", pattern="2:4",
+                            seed=0)
+    state = sparsifier.state_dict()
+    rebuilt = create_model("lenet-300-100")
+    rebuilt.load_state_dict(model.state_dict())
+    masks, patterns = run_masks(rebuilt, state)
+    assert list(masks) == list(WEIGHTS) and {str(p) for p in patterns.values()} == {"2:4"}
+    saved = save_state(rebuilt.state_dict(), masks, patterns, tmp_path / "nm.safetensors", "nm")
+    assert [saved.layouts[k] for k in WEIGHTS] == ["nm", "nm", "nm"]
+    stored = load_masks(tmp_path / "nm.safetensors")
+    assert all(torch.equal(stored[f"{name}.weight"], layer.mask) for name, layer in sparsifier.layers.items())
+
+
+def test_run_masks_refuse_masks_that_do_not_fit():
+    from sparsecore.export import ExportError
+    from sparsecore.export.run import run_masks
+
+    model = create_model("lenet-300-100")
+    with pytest.raises(ExportError, match="the checkpoint has a mask for layer 'fc9', which the model does not have"):
+        run_masks(model, {"masks": {"fc9": torch.ones(2, 2, dtype=torch.bool)}})
+    with pytest.raises(ExportError, match=r"the checkpoint's mask of layer 'fc3' is not a bool tensor of shape \(10, 100\)"):
+        run_masks(model, {"masks": {"fc3": torch.ones(100, 10, dtype=torch.bool)}})
+    assert run_masks(model, None) == ({}, {})
