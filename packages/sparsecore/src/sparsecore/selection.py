@@ -281,8 +281,8 @@ _PAIRWISE_MAX_M = 8
 def _group_ranks(s: torch.Tensor, c: torch.Tensor | None, largest: bool) -> torch.Tensor:
     """Rank of every candidate within its group: candidates that come first (better score, or equal score at a
     lower position) counted column by column; values at non-candidates are meaningless."""
-    every = c is None or bool(c.all())
-    cols, cand = s.unbind(1), (None if every else c.unbind(1))
+    cols = s.unbind(1)
+    cand = None if c is None or bool(c.all()) else c.unbind(1)
     ranks = []
     for j in range(s.shape[1]):
         rank = torch.zeros(s.shape[0], dtype=torch.uint8, device=s.device)
@@ -293,7 +293,7 @@ def _group_ranks(s: torch.Tensor, c: torch.Tensor | None, largest: bool) -> torc
                 ahead = cols[k] >= cols[j] if k < j else cols[k] > cols[j]
             else:
                 ahead = cols[k] <= cols[j] if k < j else cols[k] < cols[j]
-            rank += ahead if every else ahead & cand[k]
+            rank += ahead if cand is None else ahead & cand[k]
         ranks.append(rank)
     return torch.stack(ranks, dim=1)
 
