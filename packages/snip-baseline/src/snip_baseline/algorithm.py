@@ -317,9 +317,8 @@ class SnipAlgorithm(Algorithm):
                                                        guarded=list(layers))
             except ValueError as exc:
                 raise ConfigurationError(f"snip: {exc}") from None
-        # Every check of SNIP's own has passed: from here on the model changes (see the class docs).
-        if staged is not None:
-            self._copy_init(staged, sparsifier.model)
+        # The model changes only once the engine has committed the run (on_attach): set-up is a transaction.
+        self._staged = staged
         self._set_bias_masks(biases, {key: chosen[key] for key in biases})
         device_masks = {name: chosen[name].to(layers[name].weight.device) for name in layers}
         per_layer = {name: int(m.sum()) for name, m in device_masks.items()}
@@ -350,10 +349,21 @@ class SnipAlgorithm(Algorithm):
                         module.bias.copy_(drawn[name].bias)
 
     def _set_bias_masks(self, biases: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> None:
-        """Remember the bias masks and zero the pruned biases."""
+        """Remember the bias masks (the pruned biases are zeroed in :meth:`on_attach`)."""
         self._biases = dict(biases)
         self.bias_masks = {key: masks[key].to(biases[key].device) for key in biases}
         self._pruned_biases = {key: ~mask for key, mask in self.bias_masks.items()}
+
+    @sparsecore.hookimpl
+    def on_attach(self, sparsifier: sparsecore.Sparsifier) -> None:
+        """The run is committed: apply ``init="variance_scaling"`` and zero the pruned biases.
+
+        The engine re-applies the weight masks right after this hook, so the
+        redrawn weights are masked like the ones they replace.
+        """
+        staged, self._staged = getattr(self, "_staged", None), None
+        if staged is not None:
+            self._copy_init(staged, sparsifier.model)
         with torch.no_grad():
             for key, bias in self._biases.items():
                 bias.masked_fill_(self._pruned_biases[key], 0)

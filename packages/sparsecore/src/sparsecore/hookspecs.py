@@ -320,6 +320,27 @@ def on_setup(sparsifier: Sparsifier) -> None:
 
 
 @hookspec
+def on_attach(sparsifier: Sparsifier) -> None:
+    """The engine is attached: masks applied, forwards replaced, optimizer hooks installed.
+
+    Called once, at the very end of :class:`~sparsecore.Sparsifier`
+    construction, after every plugin accepted the run in :func:`on_setup`.
+    This is the place for a plugin that must change the model at the start of
+    the run (SNIP's re-initialisation of the weights, its pruned biases):
+    set-up being a transaction, no earlier hook may. The engine re-applies the
+    weight masks afterwards. If an implementation raises, the engine detaches
+    itself (:meth:`Sparsifier.remove`) and re-raises; the initial masks stay
+    applied.
+
+    Args:
+        sparsifier: the engine.
+
+    Returns:
+        Nothing. Broadcast.
+    """
+
+
+@hookspec
 def before_optimizer_step(sparsifier: Sparsifier, step: int) -> None:
     """Gradients are complete and unscaled; the optimizer is about to update.
 

@@ -265,6 +265,15 @@ class Sparsifier:
         self._attached = True
         self._commit_masks(initial, reason="init", rate=None, notify=False)
 
+        # -- 6. plugins that change the model at the start of the run do it now ---
+        try:
+            self.manager.hook.on_attach(sparsifier=self)
+        except BaseException:
+            self.remove()  # the masks stay applied; the engine leaves nothing installed
+            raise
+        if self.policy.mask_weights:
+            self._masks.apply_to_weights()
+
     # ------------------------------------------------------------------
     # set-up helpers (none of them changes the model or the optimizer)
     # ------------------------------------------------------------------
