@@ -372,6 +372,8 @@ def test_trained_model_is_the_plain_dense_architecture():
 
 @pytest.mark.parametrize("options, match", [
     ({"phases": (0.5, 0.5, 0.0), "phase_epochs": (1, 1, 1)}, "not both"),
+    ({"phases": 7}, "phases must be a list of phase lengths, got 7"),
+    ({"phase_epochs": "3"}, "phase_epochs must be a list"),
     ({"iterations": []}, "non-empty"),
     ({"iterations": [0.5, 1.5]}, "iterations"),
     ({"redense_lr_scale": 0}, "redense_lr_scale"),
