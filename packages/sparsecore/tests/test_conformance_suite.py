@@ -29,6 +29,7 @@ ALL_TESTS = {
     "test_checkpoint_round_trip_is_bit_exact",
     "test_same_seed_gives_the_same_masks",
     "test_block_pattern_is_honoured_or_refused",
+    "test_nm_pattern_is_honoured_or_refused",
     "test_total_steps_requirement",
 }
 
@@ -107,6 +108,13 @@ class BlockBlind(StepSet):
         return selection.random_choice(~layer.mask, n, sparsifier.generator)
 
 
+class NMBlind(BlockBlind):
+    """Lists "n:m" in its patterns but grows anywhere in the layer."""
+
+    name = "nm-blind"
+    patterns = ("unstructured", "n:m")
+
+
 class DenseWeights(StepSet):
     """Keeps inactive weights and their state alive (nothing masked)."""
 
@@ -146,6 +154,11 @@ class TestBlockBlind(AlgorithmConformance):
     needs_total_steps = True
 
 
+class TestNMBlind(AlgorithmConformance):
+    algorithm = NMBlind
+    needs_total_steps = True
+
+
 class TestDenseWeights(AlgorithmConformance):
     algorithm = DenseWeights
     needs_total_steps = True
@@ -164,10 +177,12 @@ EXPECTED_FAILURES = {
     "TestCorrect": set(),
     "TestUnmaskedMomentum": {"test_grown_weights_start_at_zero"},
     "TestShrinking": {"test_nonzeros_stay_exact_through_training", "test_updates_keep_the_budget",
-                      "test_grown_weights_start_at_zero", "test_block_pattern_is_honoured_or_refused"},
+                      "test_grown_weights_start_at_zero", "test_block_pattern_is_honoured_or_refused",
+                      "test_nm_pattern_is_honoured_or_refused"},
     "TestPrivateGenerator": {"test_checkpoint_round_trip_is_bit_exact"},
     "TestGlobalRandom": {"test_same_seed_gives_the_same_masks", "test_checkpoint_round_trip_is_bit_exact"},
     "TestBlockBlind": {"test_block_pattern_is_honoured_or_refused"},
+    "TestNMBlind": {"test_nm_pattern_is_honoured_or_refused"},
     "TestDenseWeights": {"test_grown_weights_start_at_zero", *(t for t in ALL_TESTS if "revived" in t)},
     "TestStaticMisdeclared": {"test_topology_changes_as_declared", "test_block_pattern_is_honoured_or_refused",
                               "test_total_steps_requirement"},

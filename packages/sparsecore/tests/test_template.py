@@ -107,4 +107,4 @@ def test_generated_plugin_installs_and_its_tests_pass(tmp_path: Path) -> None:
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], capture_output=True,
                            text=True, env={**env, "SPARSECORE_DISABLE_PLUGIN_AUTOLOAD": "1"}, cwd=root)
     assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
-    assert "19 passed" in tests.stdout  # 12 of them the conformance suite
+    assert "20 passed" in tests.stdout  # 13 of them the conformance suite

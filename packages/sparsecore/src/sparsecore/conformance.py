@@ -32,8 +32,9 @@ The contracts checked:
 * a checkpoint (model, optimizer and sparsifier state dicts, through
   ``torch.save`` / ``torch.load(weights_only=True)``) resumes bit-exactly;
 * the same seed gives the same masks;
-* ``block=`` is honoured when the algorithm lists ``"block"`` in its
-  ``patterns`` and refused with a clear error otherwise;
+* ``block=`` and ``pattern="N:M"`` are honoured when the algorithm lists
+  ``"block"`` / ``"n:m"`` in its ``patterns`` and refused with a clear error
+  otherwise;
 * a run without ``total_steps`` works, or is refused with an error naming
   ``total_steps``, as declared.
 """
@@ -51,6 +52,7 @@ from torch import nn
 from sparsecore import selection
 from sparsecore.errors import ConfigurationError
 from sparsecore.hookspecs import hookimpl
+from sparsecore.selection import NMPattern
 from sparsecore.sparsifier import Sparsifier
 from sparsecore.testing import make_tiny_model, train_steps
 
@@ -89,6 +91,8 @@ class AlgorithmConformance:
             round-trip test (mid-epoch by default).
         block: the block shape of the block-sparse run (it must divide every
             sparse layer of :meth:`make_model`).
+        nm_pattern: the pattern of the N:M run (every sparse layer's input
+            dimension must divide by M); its density is N/M.
         update_rate: the prune rate of the extra update the budget test asks for.
         initial_at_target_density: the initial masks hold exactly
             ``layer.active_count(layer.target_density)`` weights per layer.
@@ -131,6 +135,7 @@ class AlgorithmConformance:
     epochs: ClassVar[int] = 4
     checkpoint_after: ClassVar[int] = 4
     block: ClassVar[tuple[int, int]] = (4, 4)
+    nm_pattern: ClassVar[str] = "2:4"
     update_rate: ClassVar[float] = 0.3
     initial_at_target_density: ClassVar[bool] = True
     nnz_scope: ClassVar[str] = "layer"
@@ -436,9 +441,7 @@ class AlgorithmConformance:
 
     def test_block_pattern_is_honoured_or_refused(self) -> None:
         """``block=`` works in whole blocks when ``"block"`` is in the algorithm's patterns, else a clear error."""
-        sparsifier = self.build()
-        patterns = tuple(getattr(sparsifier.algorithm, "patterns", ("unstructured",)))
-        sparsifier.remove()
+        patterns = self._patterns()
         listed = "block" in patterns
         if self.supports_block is not None:
             assert self.supports_block == listed, (f"{self.registered_name()}: supports_block = {self.supports_block}"
@@ -459,6 +462,39 @@ class AlgorithmConformance:
 
         observe_blocks(sparsifier, "after set-up")
         self.train(sparsifier, self.total_steps, observe_blocks)
+
+    def test_nm_pattern_is_honoured_or_refused(self) -> None:
+        """``pattern="N:M"`` keeps N active weights per group when ``"n:m"`` is in the patterns, else a clear error.
+
+        A layer may also be wholly dense (an algorithm that trains dense before
+        pruning once), as the engine accepts.
+        """
+        nm = NMPattern.parse(self.nm_pattern)
+        if "n:m" not in self._patterns():
+            with pytest.raises(ConfigurationError, match=r"does not support N:M runs.*drop pattern="):
+                self.build(pattern=self.nm_pattern, density=None, distribution=None)
+            return
+        sparsifier = self.build(pattern=self.nm_pattern, density=None, distribution=None)
+        initial = {name: layer.nnz for name, layer in sparsifier.layers.items()}
+        observe, _ = self._observer(initial, nnz=True)
+
+        def observe_groups(s: Sparsifier, when: str) -> None:
+            observe(s, when)
+            for name, layer in s.layers.items():
+                wrong = int((nm.group_counts(layer.mask) != nm.n).sum())
+                assert not wrong or bool(layer.mask.all()), (
+                    f"{self.registered_name()} {when}: layer {name!r}: {wrong} groups do not hold exactly {nm.n} "
+                    f"active weights ({nm} run)")
+
+        observe_groups(sparsifier, "after set-up")
+        self.train(sparsifier, self.total_steps, observe_groups)
+
+    def _patterns(self) -> tuple[str, ...]:
+        """The ``patterns`` the algorithm's plugin object declares (read from a run built for it)."""
+        sparsifier = self.build()
+        patterns = tuple(getattr(sparsifier.algorithm, "patterns", ("unstructured",)))
+        sparsifier.remove()
+        return patterns
 
     def test_total_steps_requirement(self) -> None:
         """A run without ``total_steps`` trains, or is refused naming ``total_steps`` when the algorithm needs it."""
