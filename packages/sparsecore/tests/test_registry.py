@@ -26,6 +26,8 @@ INNER_ARGS = ("-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:xdist")
 class Halver:
     """Prunes normally; grows nothing back (test algorithm)."""
 
+    keeps_budget = False  # regrows less than it removes, on purpose
+
     @hookimpl
     def redistribute(self, removed):
         return {k: 0 for k in removed}

@@ -22,6 +22,7 @@ class RandomRedistribute:
     """Spreads the removed total over layers at random, within each layer's free slots."""
 
     name = "random-redistribute"
+    keeps_budget = False  # a layer's free slots may cap its share, so the total can come out lower
 
     def __init__(self, seed):
         self.gen = torch.Generator().manual_seed(seed)
