@@ -116,12 +116,27 @@ class SrSteAlgorithm(sparsecore.Algorithm):
         self._flips = self._flip_steps = 0
 
     def metrics(self, sparsifier) -> dict[str, Any]:
-        """``flip_rate``: mask entries that changed per step over all sparse weights, averaged over the last epoch.
+        """``flip_rate``: mask entries that changed per step over all sparse weights, averaged over the epoch.
 
         SR-STE's paper tracks it as the stability of the sparse architecture;
-        it falls as training converges. Empty before the first epoch ends.
+        it falls as training converges. A harness reads it after an epoch's
+        steps and before ``epoch_end``, so the epoch in progress counts; empty
+        before the first step.
         """
+        if self._flip_steps:
+            return {"flip_rate": self._flips / (self._flip_steps * self._weights)}
         return {} if self._flip_rate is None else {"flip_rate": self._flip_rate}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The flip counters of the epoch in progress and the last epoch's flip rate (for exact resume)."""
+        return {"flips": self._flips, "flip_steps": self._flip_steps, "weights": self._weights,
+                "flip_rate": self._flip_rate}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self._flips, self._flip_steps = int(state["flips"]), int(state["flip_steps"])
+        self._weights = int(state["weights"])
+        self._flip_rate = None if state["flip_rate"] is None else float(state["flip_rate"])
 
 
 class AspAlgorithm(sparsecore.Algorithm):
