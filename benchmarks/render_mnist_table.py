@@ -138,6 +138,12 @@ def render(rows: list[dict]) -> str:
     lines.append("- Machines of the rows: " + ("; ".join(machines) if machines else "none yet") + ".")
     lines.append("- Rows with fewer than 100 epochs are shorter runs than the paper's and not comparable to it.")
     lines.append("- \"not run\": no run of that row was made (CPU time was the limit); it is not a result.")
+    lines.append("- The LeNet-300-100 sparse-momentum rows were re-run with this release (sparsecore 0.4, seeds 0-2), "
+                 "identical run for run to the code before the engine redesign ([engine_redesign_ab.md]"
+                 "(engine_redesign_ab.md)). The earlier rows, made with a 0.3 version of the plugin that still ran a "
+                 "topology update after the final epoch, are kept in `mnist_runs_0.3.jsonl` (5 %: 1.51 ± 0.11 over "
+                 "5 seeds; 2 %: 1.85 ± 0.06; 1 %: 2.30 ± 0.07). The redistribution=none rows are from that version "
+                 "too.")
     lines.append("- \"wall per run\": mean wall-clock time of the row's runs, each on one torch thread of a shared "
                  "2-core machine with other runs beside it; a cost indication, not a speed measurement.")
     lines.append("")
