@@ -203,3 +203,19 @@ def test_bad_total_steps_or_block_is_a_configuration_error(total_steps, block):
         sparsecore.Sparsifier(model, optimizer, algorithm="set", density=0.5, total_steps=total_steps,
                               block=block if block is not None else (0, 1))
     assert digest(model, optimizer) == before
+
+
+def test_modules_left_dense_by_type_are_reported_with_a_warning():
+    model = nn.ModuleDict({"embed": nn.Embedding(10, 8), "rnn": nn.LSTM(8, 8), "up": nn.ConvTranspose2d(2, 2, 3),
+                           "head": nn.Linear(8, 4)})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match=r"stay dense:.*'embed': embeddings stay dense by default.*'rnn': recurrent"):
+        sp = sparsecore.Sparsifier(model, optimizer, algorithm="static", density=0.5)
+    assert list(sp.layers) == ["head"]
+    assert set(sp.dense_layers) == {"embed", "rnn", "up"}
+    assert "opt in with layer_types" in sp.report().dense_layers["up"]
+    assert "`rnn` stays dense" in sp.report().table()
+    sp.remove()
+    opted = sparsecore.Sparsifier(model, optimizer, algorithm="static", density=0.5,
+                                  layer_types=[nn.Linear, nn.Embedding, nn.ConvTranspose2d])
+    assert list(opted.layers) == ["embed", "up", "head"] and opted.layers["embed"].kind == "embedding"

@@ -232,6 +232,10 @@ class Sparsifier:
 
         # -- 3. layers, densities, randomness, initial masks ------------------
         self.layers, self.dense_layers = select_layers(self.model, optimizer, cfg, self.density)
+        if self.dense_layers:  # modules a user may expect sparse (embeddings, recurrent weights): say so once
+            warnings.warn("these modules stay dense: " + "; ".join(f"{name!r}: {reason}" for name, reason
+                                                                      in self.dense_layers.items()),
+                          UserWarning, stacklevel=2)
         self._keep_forward_sparsity_honest()
         self._refuse_meta_weights()
         self.block = self._set_blocks(block)
