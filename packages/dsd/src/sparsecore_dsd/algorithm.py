@@ -113,9 +113,9 @@ class DSDAlgorithm(Algorithm):
         self.iterations: list[float] | None = iterations
         self.num_iterations = len(iterations) if iterations is not None else 1
         self.names = phase_names(self.num_iterations)
-        for what, value in (("phases", phases), ("phase_epochs", phase_epochs)):
-            if value is not None and (isinstance(value, (str, bytes)) or not isinstance(value, Sequence)):
-                raise ConfigurationError(f"dsd: {what} must be a list of phase lengths, got {value!r}")
+        for what, lengths in (("phases", phases), ("phase_epochs", phase_epochs)):
+            if lengths is not None and (isinstance(lengths, (str, bytes)) or not isinstance(lengths, Sequence)):
+                raise ConfigurationError(f"dsd: {what} must be a list of phase lengths, got {lengths!r}")
         self._phases = None if phases is None else list(phases)
         self._phase_epochs = None if phase_epochs is None else list(phase_epochs)
         self.redense_lr_scale = float(redense_lr_scale)
