@@ -57,3 +57,22 @@ for file in config.json metrics.jsonl checkpoint.pt summary.md; do
   [ -s "$run/$file" ] || { echo "check_wheels: the run folder lacks $file" >&2; exit 1; }
 done
 echo "check_wheels: sparsecore train ran in $((SECONDS - start)) s; run folder $(basename "$run") complete"
+
+# The new algorithm distributions: installing each wheel makes its algorithms available by name.
+"$work/venv/bin/python" -m pip install --quiet --no-deps \
+  "$(ls "$dist"/sparsecore_rigl-*-py3-none-any.whl)" "$(ls "$dist"/sparsecore_gmp-*-py3-none-any.whl)" \
+  "$(ls "$dist"/sparsecore_nm-*-py3-none-any.whl)"
+"$work/venv/bin/python" - <<'PY'
+import sparsecore
+import torch
+
+found = sparsecore.available_algorithms()
+for name in ("rigl", "gmp", "sr-ste", "asp"):
+    assert name in found, f"{name} is not available after installing its wheel: {found}"
+model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+for name, density in (("rigl", 0.5), ("gmp", 0.5), ("sr-ste", 0.5)):
+    sp = sparsecore.Sparsifier(model, opt, algorithm=name, density=density, total_steps=10)
+    sp.remove()
+print("check_wheels: rigl, gmp, sr-ste and asp are available from their wheels")
+PY
