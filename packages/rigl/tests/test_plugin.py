@@ -121,11 +121,11 @@ def test_uniform_with_dense_first_layer_as_the_papers_uniform_runs(rigl):
     assert {layer.target_density for layer in sparsifier.layers.values()} == {0.1}
 
 
-@pytest.mark.xfail(strict=True, reason="the engine has no defaults that depend on the distribution yet, so "
-                                       "distribution='uniform' alone cannot make the first layer dense")
 def test_uniform_keeps_the_first_layer_dense_by_default(rigl):
     sparsifier = rigl(density=0.1, distribution="uniform")
     assert list(sparsifier.layers) == ["2", "4"]
+    sparsifier.remove()
+    assert list(rigl(density=0.1, distribution="uniform", dense_first_layer=False).layers) == ["0", "2", "4"]
 
 
 # ----------------------------------------------------------------------

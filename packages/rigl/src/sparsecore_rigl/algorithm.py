@@ -56,8 +56,9 @@ class RigLAlgorithm(Algorithm):
     by position.
 
     By default the densities follow ERK with every layer sparse (the paper's
-    best setting). The paper's uniform runs keep the first layer dense: pass
-    ``distribution="uniform", dense_first_layer=True`` to the sparsifier.
+    best setting). The paper's uniform runs keep the first layer dense, and so
+    does ``distribution="uniform"`` here (``distribution_defaults``; pass
+    ``dense_first_layer=False`` to make it sparse).
 
     Example:
         ```python
@@ -85,6 +86,8 @@ class RigLAlgorithm(Algorithm):
     masking_policy = MaskingPolicy(mask_weights=True, mask_gradients=True, mask_optimizer_state=True,
                                    reset_grown_state=True)
     engine_defaults = MappingProxyType({"distribution": "erk"})
+    #: The paper's uniform runs keep the first layer dense; its ERK runs make every layer sparse.
+    distribution_defaults = MappingProxyType({"uniform": MappingProxyType({"dense_first_layer": True})})
     patterns = ("unstructured", "block")
 
     def __init__(self, prune_rate: float = 0.3, decay: str = "cosine", update_every: int = 100,

@@ -38,6 +38,12 @@ class Algorithm:
             ``{"density": 0.7}``, SWAT's ``{"dense_first_layer": True}``,
             SR-STE's ``{"pattern": "2:4"}``; a user's ``block=`` overrides a
             default ``pattern``).
+        distribution_defaults: per distribution name, engine options that apply
+            when that distribution is in force and the user left them unset
+            (they win over ``engine_defaults``): RigL's
+            ``{"uniform": {"dense_first_layer": True}}``, as its uniform runs
+            keep the first layer dense. Keys: ``dense_first_layer``,
+            ``dense_last_layer``, ``include``, ``exclude``, ``layer_types``.
         schedule: an :class:`~sparsecore.schedules.UpdateSchedule` the engine
             drives (topology updates after steps or epochs), or ``None`` for an
             algorithm whose topology does not change on a schedule.
@@ -85,6 +91,7 @@ class Algorithm:
     name: ClassVar[str] = ""
     masking_policy: MaskingPolicy = MaskingPolicy()
     engine_defaults: Mapping[str, Any] = MappingProxyType({})
+    distribution_defaults: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
     schedule: UpdateSchedule | None = None
     patterns: tuple[str, ...] = ("unstructured",)
     keeps_budget: bool = True

@@ -227,6 +227,9 @@ class Sparsifier:
                  "layer_types": layer_types}
         cfg: dict[str, Any] = {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
         self.distribution = cfg["distribution"] or "uniform"
+        for key, value in self._distribution_defaults().items():  # e.g. RigL: uniform keeps the first layer dense
+            if given[key] is None:
+                cfg[key] = value
         self.policy = self._algorithm_policy()
         self.schedule = self._algorithm_schedule()
 
@@ -344,6 +347,20 @@ class Sparsifier:
             raise ConfigurationError(f"algorithm {self.algorithm_name!r}: engine_defaults sets unknown option(s) "
                                      f"{unknown}; known: {list(ENGINE_DEFAULT_KEYS)}")
         return defaults
+
+    def _distribution_defaults(self) -> Mapping[str, Any]:
+        """The algorithm's ``distribution_defaults`` for this run's distribution (by name), checked."""
+        table = getattr(self.algorithm, "distribution_defaults", None) or {}
+        if not isinstance(table, Mapping) or not all(isinstance(v, Mapping) for v in table.values()):
+            raise ConfigurationError(f"algorithm {self.algorithm_name!r}: distribution_defaults must map a "
+                                     "distribution name to a mapping of engine options")
+        chosen = table.get(self.distribution, {}) if isinstance(self.distribution, str) else {}
+        allowed = ("dense_first_layer", "dense_last_layer", "include", "exclude", "layer_types")
+        unknown = sorted(set(chosen) - set(allowed))
+        if unknown:
+            raise ConfigurationError(f"algorithm {self.algorithm_name!r}: distribution_defaults sets {unknown}; "
+                                     f"allowed: {list(allowed)}")
+        return chosen
 
     def _algorithm_policy(self) -> MaskingPolicy:
         policy = getattr(self.algorithm, "masking_policy", None)
