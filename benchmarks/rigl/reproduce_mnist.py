@@ -61,7 +61,7 @@ harness = _load("sparse_momentum_reproduce_mnist", ROOT / "benchmarks" / "sparse
 #: method name in the table -> (algorithm, options for the Sparsifier: algorithm options and engine keywords)
 METHODS = {
     "rigl": ("rigl", {}),
-    "rigl (uniform)": ("rigl", {"distribution": "uniform"}),
+    "rigl (uniform)": ("rigl", {"distribution": "uniform", "dense_first_layer": False}),
     "set (rigl schedule)": ("set", {"distribution": "erk", "update_every": 100, "update_end": 0.75}),
 }
 METHOD_ALIASES = {"uniform": "rigl (uniform)", "rigl-uniform": "rigl (uniform)", "set": "set (rigl schedule)"}
