@@ -99,7 +99,7 @@ def test_defaults_are_the_papers():
     assert algorithm.schedule.config() == {"prune_rate": 0.3, "decay": "cosine", "eta_min": 0.0,
                                            "update_every": 100, "update_end": 0.75}
     assert algorithm.masking_policy == sparsecore.MaskingPolicy(True, True, True, True)
-    assert algorithm.patterns == ("unstructured", "block")
+    assert algorithm.patterns == ("unstructured", "block", "n:m")
 
 
 # ----------------------------------------------------------------------
@@ -176,3 +176,13 @@ def test_no_warning_with_the_modules_own_forward():
             train_steps(sparsifier, 6)
     finally:
         sparsifier.remove()
+
+
+def test_n_m_runs_keep_exactly_n_active_in_every_group_after_each_update(rigl):
+    sparsifier = rigl(pattern="2:4", density=None, update_every=2)
+    layer_groups = {name: layer.shape[0] for name, layer in sparsifier.layers.items()}
+    train_steps(sparsifier, 12)
+    assert len(sparsifier.history) >= 3 and sum(u.grown for r in sparsifier.history for u in r.layers.values()) > 0
+    for name, layer in sparsifier.layers.items():
+        groups = layer.mask.reshape(layer_groups[name], -1, 4).sum(-1)
+        assert bool((groups == 2).all()), name

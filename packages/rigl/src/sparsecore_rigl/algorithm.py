@@ -88,7 +88,7 @@ class RigLAlgorithm(Algorithm):
     engine_defaults = MappingProxyType({"distribution": "erk"})
     #: The paper's uniform runs keep the first layer dense; its ERK runs make every layer sparse.
     distribution_defaults = MappingProxyType({"uniform": MappingProxyType({"dense_first_layer": True})})
-    patterns = ("unstructured", "block")
+    patterns = ("unstructured", "block", "n:m")
 
     def __init__(self, prune_rate: float = 0.3, decay: str = "cosine", update_every: int = 100,
                  update_end: float = 0.75) -> None:
@@ -189,7 +189,7 @@ class RigLAlgorithm(Algorithm):
                 f"rigl: no dense gradient of step {sparsifier.step} for layer {layer.name!r}; RigL grows by the dense "
                 f"gradient it keeps on the schedule's update steps (every {self.update_every} steps), so its "
                 "updates must come from the schedule, not from calling update_topology by hand")
-        return selection.largest(score, ~layer.mask, n, layer.block)
+        return selection.largest(score, ~layer.mask, n, layer.pattern)
 
     @hookimpl
     def on_topology_update(self, report) -> None:
