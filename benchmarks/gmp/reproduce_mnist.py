@@ -25,7 +25,7 @@ renders).
 Example::
 
     nice -n 10 python benchmarks/gmp/reproduce_mnist.py --densities 0.05 --seeds 0 1 2
-    python benchmarks/gmp/reproduce_mnist.py --epochs 1 --limit-train 2000 --seeds 0 --out /tmp/gmp.jsonl   # smoke
+    python benchmarks/gmp/reproduce_mnist.py --epochs 1 --limit-train 2000 --seeds 0 --out gmp-smoke.jsonl   # smoke
 """
 
 from __future__ import annotations

@@ -112,7 +112,8 @@ def run(method: str, pattern: str, seed: int, epochs: int, data, args) -> dict:
             "test_error": round(error, 4), "final_density": round(sparsifier.nnz / sum(
                 layer.capacity for layer in sparsifier.layers.values()), 6), "every_group_exact": exact,
             "wall_s": round(wall, 1), "machine": machine(), "torch": torch.__version__,
-            "command": " ".join(["python", "benchmarks/nm/reproduce_mnist.py", *sys.argv[1:]])}
+            "command": " ".join(["python", "benchmarks/nm/reproduce_mnist.py",
+                                 *(arg.replace(f"{ROOT}/", "") for arg in sys.argv[1:])])}
 
 
 def summary(values: list[float]) -> str:

@@ -27,7 +27,7 @@ the script can be restarted. Render the table with ``benchmarks/rigl/render_tabl
 Example::
 
     nice -n 10 python benchmarks/rigl/reproduce_mnist.py --densities 0.05 --seeds 0 1 2
-    python benchmarks/rigl/reproduce_mnist.py --epochs 1 --limit-train 2000 --out /tmp/smoke.jsonl  # smoke test
+    python benchmarks/rigl/reproduce_mnist.py --epochs 1 --limit-train 2000 --out rigl-smoke.jsonl  # smoke test
 """
 
 from __future__ import annotations

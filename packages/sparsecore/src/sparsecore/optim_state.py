@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 ADAM_EPS = 1e-8
@@ -55,17 +57,29 @@ def clear_state(optimizer: torch.optim.Optimizer) -> None:
                 optimizer.state[p] = fresh
 
 
-def require_momentum(optimizer: torch.optim.Optimizer, who: str, why: str) -> None:
+def require_momentum(optimizer: torch.optim.Optimizer, who: str, why: str,
+                     params: Iterable[torch.Tensor] | None = None,
+                     hint: str = "use SGD with momentum > 0 or an Adam-family optimizer") -> None:
     """Refuse an optimizer without momentum (SGD with ``momentum=0``) for an algorithm that reads it.
 
     Adam-family optimizers (``betas``) always have a first moment.
+
+    Args:
+        optimizer: the run's optimizer.
+        who: the algorithm, as the message names it.
+        why: what needs the momentum.
+        params: only the param groups holding one of these are checked (default: every group).
+        hint: what to do instead.
 
     Raises:
         ConfigurationError: naming ``who`` and ``why``.
     """
     from sparsecore.errors import ConfigurationError
 
+    wanted = None if params is None else {id(p) for p in params}
     for group in optimizer.param_groups:
+        if wanted is not None and not any(id(p) in wanted for p in group["params"]):
+            continue
         if "momentum" in group and "betas" not in group and not group["momentum"]:
-            raise ConfigurationError(f"{who}: the optimizer has momentum 0, but {why}; use SGD with momentum > 0 "
-                                     "or an Adam-family optimizer")
+            raise ConfigurationError(f"{who}: the optimizer has momentum 0 ({type(optimizer).__name__} "
+                                     f"momentum={group['momentum']!r}), but {why}; {hint}")

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 import sparsecore
+from sparsecore.optim_state import require_momentum
 from sparsecore_swat.budget import momentum_budgets, momentum_shares
 from sparsecore_swat.functional import SwatForward, layer_kind_of
 from sparsecore_swat.options import check_choice, check_flag, check_fraction, check_period
@@ -224,15 +225,9 @@ class SwatAlgorithm(sparsecore.Algorithm):
     @staticmethod
     def _check_optimizer_has_momentum(optimizer: torch.optim.Optimizer,
                                       layers: Mapping[str, sparsecore.SparseLayer]) -> None:
-        # A "momentum" option without Adam's "betas" (SGD, RMSprop) set to 0 keeps no momentum buffer.
-        sparse_ids = {id(layer.weight) for layer in layers.values()}
-        for group in optimizer.param_groups:
-            if not any(id(p) in sparse_ids for p in group["params"]):
-                continue
-            if "momentum" in group and "betas" not in group and not group["momentum"]:
-                raise sparsecore.ConfigurationError(
-                    f"swat: variant='momentum' (SWAT-M) sets the layer budgets from the optimizer's momentum, but "
-                    f"{type(optimizer).__name__} has momentum={group['momentum']!r}; {_MOMENTUM_HINT}")
+        require_momentum(optimizer, "swat: variant='momentum' (SWAT-M)",
+                         "it sets the layer budgets from the optimizer's momentum",
+                         params=[layer.weight for layer in layers.values()], hint=_MOMENTUM_HINT)
 
     def _set_momentum_budgets(self, sparsifier: sparsecore.Sparsifier,
                               momenta: Mapping[str, torch.Tensor | None]) -> dict[str, float]:
