@@ -38,10 +38,25 @@ def patterns(key: str, value: Any) -> tuple[str, ...]:
     return found
 
 
+#: The kind names of the built-in layer types; a type of another library never takes one of them.
+_BUILTIN_KINDS = frozenset(DEFAULT_LAYER_TYPES.values()) | frozenset(OPT_IN_LAYER_TYPES.values())
+
+
 def _kind(module: nn.Module, types: Sequence[type[nn.Module]]) -> str:
+    """The layer's kind: the built-in name of its type, else the type's lower-case name.
+
+    A type whose lower-case name is a built-in kind is prefixed with its top-level
+    package (transformers' ``Conv1D`` is ``"transformers.conv1d"``: a linear layer
+    with an ``[in, out]`` weight, not a convolution, whose output positions are
+    counted like a Linear's).
+    """
     for t in types:
         if isinstance(module, t):
-            return DEFAULT_LAYER_TYPES.get(t) or OPT_IN_LAYER_TYPES.get(t) or t.__name__.lower()
+            known = DEFAULT_LAYER_TYPES.get(t) or OPT_IN_LAYER_TYPES.get(t)
+            if known:
+                return known
+            name = t.__name__.lower()
+            return f"{t.__module__.split('.')[0]}.{name}" if name in _BUILTIN_KINDS else name
     raise AssertionError("module of no selected type")
 
 
