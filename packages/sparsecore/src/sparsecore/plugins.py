@@ -592,7 +592,11 @@ def available_plugins() -> list[str]:
 
 
 def instantiate(reg: Registration, options: Mapping[str, Any]) -> Any:
-    """Call a registration's factory with ``options``; unknown options raise a clear error."""
+    """Call a registration's factory with ``options``; unknown options raise a clear error.
+
+    Raises:
+        ConfigurationError: an option the factory does not accept, naming the algorithm or plugin and the option.
+    """
     try:
         sig = inspect.signature(reg.factory)
     except (TypeError, ValueError):
@@ -604,6 +608,74 @@ def instantiate(reg: Registration, options: Mapping[str, Any]) -> Any:
             takes = f"accepted: {accepted}" if accepted else "it takes no options"
             raise ConfigurationError(f"{reg.kind} {reg.name!r} does not accept option(s) {unknown}; {takes}")
     return reg.factory(**options)
+
+
+def plugin_entries(plugins: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """The ``plugins=`` argument of a run as ``(name or object, options)`` pairs, in order.
+
+    Accepted forms: one name or object; an iterable whose items are names,
+    objects or ``(name, {option: value})`` pairs; or a mapping
+    ``{name: {option: value}}`` (``None`` for no options). Options go to the
+    registered factory of the named plugin (:func:`instantiate` checks them).
+
+    Example:
+        ``plugins=[("sparse-kernels-cuda", {"backend": "csr"}), MyLogger()]`` or
+        ``plugins={"sparse-kernels-cuda": {"backend": "csr"}}``.
+
+    Raises:
+        ConfigurationError: options that are not a mapping with string keys, or a pair whose first item is
+            not a name (a plugin object takes no options: configure it directly).
+    """
+    if isinstance(plugins, Mapping):
+        items: list[Any] = [(name, options) for name, options in plugins.items()]
+    elif isinstance(plugins, str) or not isinstance(plugins, Iterable):
+        items = [plugins]  # one plugin name or object
+    else:
+        items = list(plugins)
+    entries: list[tuple[Any, dict[str, Any]]] = []
+    for item in items:
+        if not isinstance(item, tuple):
+            entries.append((item, {}))
+            continue
+        if len(item) != 2 or not isinstance(item[0], str):
+            raise ConfigurationError(f"a plugin with options is a (name, {{option: value}}) pair, got {item!r}; a "
+                                     "plugin object takes no options (configure it before passing it)")
+        name, options = item
+        if options is None:
+            options = {}
+        if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+            raise ConfigurationError(f"the options of plugin {name!r} must be a mapping of option name to value, "
+                                     f"got {options!r}")
+        entries.append((name, dict(options)))
+    return entries
+
+
+def distribution_of(plugin: Any, name: str | None = None) -> tuple[str, str] | None:
+    """The distribution (name, version) that provides a plugin object, or ``None`` when unknown.
+
+    A plugin built from a registration (looked up by ``name``, or by its class
+    being a registered factory) is its registration's distribution; any other
+    object is attributed to the installed distribution that holds its module.
+    """
+    registry.load()
+    regs = [*registry.algorithms.values(), *registry.plugins.values(),
+            *(r for group in registry.ambiguous.values() for r in group)]
+    by_class = [r for r in regs if isinstance(r.factory, type) and type(plugin) is r.factory]
+    by_name = [r for r in regs if name is not None and _name_key(r.name) == _name_key(name)]
+    for reg in (*by_class, *by_name):
+        if reg.distribution != "<code>":
+            return reg.distribution, reg.version
+    module = type(plugin).__module__ if not inspect.ismodule(plugin) else plugin.__name__
+    top = module.split(".")[0]
+    try:
+        from importlib.metadata import packages_distributions, version
+
+        dists = packages_distributions().get(top, [])
+        if dists:
+            return dists[0], version(dists[0])
+    except Exception:  # broken metadata: the provenance is only informative
+        return None
+    return None
 
 
 def plugin_display_name(plugin: Any) -> str:

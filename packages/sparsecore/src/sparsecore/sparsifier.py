@@ -18,7 +18,7 @@ from sparsecore.forwards import ReplacedForwards
 from sparsecore.layer_selection import attention_readers, select_layers
 from sparsecore.layers import SparseLayer
 from sparsecore.masking import FusedMasks
-from sparsecore.plugins import RunManager, instantiate, plugin_display_name, registry
+from sparsecore.plugins import RunManager, instantiate, plugin_display_name, plugin_entries, registry
 from sparsecore.policy import MaskingPolicy
 from sparsecore.reporting import DensityReport, LayerUpdate, TopologyReport, default_train_flops, layer_stats
 from sparsecore.schedules import UpdateSchedule
@@ -105,8 +105,11 @@ class Sparsifier:
             algorithm's ``engine_defaults`` say otherwise.
         total_steps: optimizer steps in the whole run, for schedules that span
             training (``len(loader) * epochs``).
-        plugins: extra plugins for this run: objects, or names of registered
-            non-algorithm plugins. They take precedence over the algorithm.
+        plugins: extra plugins for this run: objects, names of registered
+            non-algorithm plugins, or ``(name, {option: value})`` pairs; or a
+            mapping ``{name: {option: value}}``. Options go to the plugin's
+            factory (an unknown one is a :class:`ConfigurationError` naming the
+            plugin and the option). They take precedence over the algorithm.
         dense_first_layer: keep the first prunable layer dense (``True``), or
             only when it is a convolution (``"conv"``, DSD's default).
         dense_last_layer: keep the last prunable layer dense.
@@ -179,7 +182,7 @@ class Sparsifier:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, algorithm: str | Any = "set",
                  density: float | None = None, distribution: str | Mapping[str, float] | Callable | None = None,
-                 total_steps: int | None = None, plugins: Sequence[Any] = (), *,
+                 total_steps: int | None = None, plugins: Sequence[Any] | Mapping[str, Any] = (), *,
                  dense_first_layer: bool | str | None = None, dense_last_layer: bool | None = None,
                  include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
                  layer_types: Sequence[type[nn.Module]] | None = None, seed: int | None = None,
@@ -299,7 +302,8 @@ class Sparsifier:
                 f"layer(s) {meta} have weights on the meta device (no data yet); materialise the model first "
                 "(e.g. model.to_empty(device='cpu') and initialise it) and build the optimizer and Sparsifier after")
 
-    def _build_plugins(self, algorithm: str | Any, plugins: Sequence[Any], options: Mapping[str, Any]) -> None:
+    def _build_plugins(self, algorithm: str | Any, plugins: Sequence[Any] | Mapping[str, Any],
+                       options: Mapping[str, Any]) -> None:
         if isinstance(algorithm, str):
             reg = registry.algorithm(algorithm)
             self.algorithm_name = reg.name
@@ -313,16 +317,14 @@ class Sparsifier:
                                          f"{algorithm.__name__}()")
             self.algorithm_name = plugin_display_name(algorithm)
             self.algorithm = algorithm
-        if isinstance(plugins, str) or not isinstance(plugins, Iterable):
-            plugins = [plugins]  # one plugin name or object
-        extra = [self._resolve_plugin(p) for p in plugins]
+        extra = [self._resolve_plugin(p, plugin_options) for p, plugin_options in plugin_entries(plugins)]
         self.manager = RunManager(self.algorithm, self.algorithm_name, extra)
         self.plugins = [p for _, p in extra]
 
-    def _resolve_plugin(self, plugin: Any) -> tuple[str, Any]:
+    def _resolve_plugin(self, plugin: Any, options: Mapping[str, Any]) -> tuple[str, Any]:
         if isinstance(plugin, str):
             reg = registry.plugin(plugin)
-            return reg.name, instantiate(reg, {})
+            return reg.name, instantiate(reg, options)
         if isinstance(plugin, type):
             raise ConfigurationError(
                 f"plugin {plugin.__name__} was passed as a class; pass an instance: {plugin.__name__}()")

@@ -7,8 +7,16 @@ import math
 import sys
 from typing import Any
 
-from sparsecore.errors import SparsecoreError
-from sparsecore.train.config import LR_SCHEDULES, OPTIMIZERS, TrainConfig, parse_options
+from sparsecore.errors import ConfigurationError, SparsecoreError
+from sparsecore.train.config import (
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    TrainConfig,
+    flag_name,
+    parse_options,
+    parse_plugin_options,
+)
+from sparsecore.train.config_files import dump_config, file_format, load_config_file
 from sparsecore.train.recipes import RECIPES, get_recipe
 
 S = argparse.SUPPRESS
@@ -18,6 +26,9 @@ EPILOG = """examples:
   sparsecore train --dense                          the same recipe without sparsity
   sparsecore train --algorithm set --density 0.02 --epochs 10 --option prune_rate=0.5
   sparsecore train --recipe snfs-mnist              the sparse momentum paper's MNIST recipe
+  sparsecore train --config my-run.toml --epochs 3  a config file, one value overridden
+  sparsecore train --recipe snfs-mnist --print-config > my-run.toml    a recipe as a file to edit
+  sparsecore train --plugins sparse-kernels-cuda --plugin-option sparse-kernels-cuda.backend=csr
   sparsecore train --resume runs/<folder>           continue a stopped run exactly
 recipes: """ + ", ".join(RECIPES)
 
@@ -55,11 +66,18 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "train", help="train a reference model sparse (or dense) and leave a run folder with metrics and plots",
         description="Train a reference model with a sparse training algorithm; writes "
                     "runs/<timestamp>-<algorithm>-<model>/ (config.json, metrics.jsonl, checkpoint.pt, summary.md, "
-                    "plots). Flags override the --recipe values; unset flags keep the defaults.",
+                    "plots). Values come from the defaults, then --recipe, then --config FILE, then the flags "
+                    "given.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=S)
     d = TrainConfig()
     g = p.add_argument_group("what to train")
     g.add_argument("--recipe", metavar="NAME", help=f"a paper recipe: {', '.join(RECIPES)}")
+    g.add_argument("--config", metavar="FILE", dest="config_file",
+                   help="a TOML or YAML config file (keys: the long flags' names; [options] and "
+                        "[plugin_options.NAME] tables); flags given override its values")
+    g.add_argument("--print-config", nargs="?", const="", metavar="FORMAT", choices=("", "toml", "yaml"),
+                   help="print the resolved config as a config file (toml, or yaml; default: --config's format, "
+                        "else toml) and exit")
     g.add_argument("--algorithm", metavar="NAME",
                    help="registered algorithm (see `sparsecore plugins`); default sparse-momentum, or set when "
                         "sparse-momentum is not installed")
@@ -70,6 +88,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     g.add_argument("--option", action="append", metavar="KEY=VALUE", dest="option_items",
                    help="algorithm option, repeatable; values parse as int/float/bool/JSON (e.g. prune_rate=0.5)")
     g.add_argument("--plugins", nargs="+", metavar="NAME", help="extra non-algorithm plugins by name")
+    g.add_argument("--plugin-option", action="append", metavar="NAME.KEY=VALUE", dest="plugin_option_items",
+                   help="option of a plugin named in --plugins, repeatable; values parse as for --option "
+                        "(e.g. sparse-kernels-cuda.backend=csr)")
     g.add_argument("--dense", action="store_true", help="train the same recipe without sparsity (baseline)")
     g.add_argument("--model", metavar="NAME", help=f"reference model (default {d.model})")
     g.add_argument("--dataset", metavar="NAME", help=f"mnist, fashion-mnist, cifar10, cifar100, imagenet, random "
@@ -109,30 +130,84 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     return p
 
 
+#: Parsed arguments that are not config fields.
+NOT_CONFIG = ("func", "command", "resume", "option_items", "plugin_option_items", "recipe", "config_file",
+              "print_config")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Build the config from parsed flags: defaults, then the recipe, then explicit flags.
+    """Build the config from parsed flags: defaults, then the recipe, then the config file, then explicit flags.
+
+    Algorithm options merge key by key in the same order (``--dense`` drops the recipe's); plugin options merge
+    per plugin and key; ``--plugins`` replaces the file's list.
 
     Raises:
-        ConfigurationError: unknown recipe, bad option syntax or value.
+        ConfigurationError: unknown recipe, bad option syntax or value, or a config file that cannot be read,
+            holds an unknown key or a bad value (the message names the file and the key).
     """
-    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "resume", "option_items", "recipe")}
+    given = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+    path = getattr(args, "config_file", None)
+    from_file = load_config_file(path) if path is not None else {}
+    recipe = getattr(args, "recipe", None) or from_file.get("recipe")
     values: dict[str, Any] = {}
-    recipe = getattr(args, "recipe", None)
     if recipe is not None:
         values.update(get_recipe(recipe).values)
+    recipe_options = dict(values.pop("options", {}))
+    own_options = dict(from_file.get("options", {}))
+    own_options.update(parse_options(getattr(args, "option_items", None) or []))
+    plugin_options = _merge_plugin_options(values.pop("plugin_options", {}), from_file.get("plugin_options", {}),
+                                           parse_plugin_options(getattr(args, "plugin_option_items", None) or []))
+    values.update({k: v for k, v in from_file.items() if k not in ("options", "plugin_options")})
+    if recipe is not None:
         values["recipe"] = recipe
-    options = dict(values.get("options", {}))
-    options.update(parse_options(getattr(args, "option_items", None) or []))
     if "plugins" in given:
         given["plugins"] = [n for item in given["plugins"] for n in item.split(",") if n]
     values.update(given)
+    options = own_options if values.get("dense") else {**recipe_options, **own_options}
     if options:
-        values["options"] = options
-    if values.get("dense"):
-        values.pop("options", None)
-        if "option_items" in vars(args):
-            values["options"] = parse_options(args.option_items)  # validate() rejects them with a clear message
-    return TrainConfig.from_dict(values).validate()
+        values["options"] = options  # validate() rejects algorithm options of a --dense run with a clear message
+    if plugin_options:
+        values["plugin_options"] = plugin_options
+    try:
+        return TrainConfig.from_dict(values).validate()
+    except ConfigurationError as exc:
+        raise _in_file(exc, path, from_file, given) from None
+
+
+def _merge_plugin_options(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for name, options in layer.items():
+            merged.setdefault(name, {}).update(options)
+    return merged
+
+
+def _in_file(exc: ConfigurationError, path: str | None, from_file: dict[str, Any],
+             given: dict[str, Any]) -> ConfigurationError:
+    """The error of a value the config file set, naming the file and key; other errors unchanged."""
+    if path is None:
+        return exc
+    message = str(exc)
+    for key in from_file:
+        flag = flag_name(key)
+        if key not in given and message.startswith(flag) and not message[len(flag):len(flag) + 1].isalnum() \
+                and message[len(flag):len(flag) + 1] != "-":
+            return ConfigurationError(f"config file {path}: key {key!r}: {message[len(flag):].lstrip()}")
+    return exc
+
+
+def print_config(args: argparse.Namespace) -> int:
+    """``--print-config``: the resolved config as a config file on stdout; errors as one line, status 2."""
+    try:
+        if getattr(args, "resume", None) is not None:
+            raise ConfigurationError("--print-config describes a new run; a run folder's config is in its "
+                                     "config.json")
+        fmt = args.print_config or (file_format(args.config_file) if getattr(args, "config_file", None) else "toml")
+        sys.stdout.write(dump_config(config_from_args(args), fmt))
+    except SparsecoreError as exc:
+        print(f"sparsecore train: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def one_line(text: str) -> str:
@@ -154,8 +229,13 @@ def train_command(args: argparse.Namespace) -> int:
         print(f"sparsecore train: error: {one_line(message)}", file=sys.stderr)
         return 2
 
+    if getattr(args, "print_config", None) is not None:
+        return print_config(args)
     try:
         if getattr(args, "resume", None) is not None:
+            if getattr(args, "config_file", None) is not None:
+                raise ConfigurationError("--config describes a new run; a resumed run keeps its configuration "
+                                         "(drop --config)")
             given = {k for k in vars(args) if k not in ("func", "command", "resume")}
             resume_training(args.resume, **{k: getattr(args, k) for k in given})
         else:

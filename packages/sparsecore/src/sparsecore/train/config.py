@@ -56,6 +56,8 @@ class TrainConfig:
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
         plugins: extra (non-algorithm) plugin names for this run.
         options: algorithm options, passed to the algorithm's factory.
+        plugin_options: plugin name -> its options, passed to that plugin's factory
+            (every name must be one of ``plugins``).
         dense: train without a sparsifier (the dense baseline of the same recipe).
         recipe: name of the recipe the values came from, if any (informational).
         data_dir: torchvision data directory (``None``: the offline sources).
@@ -93,6 +95,7 @@ class TrainConfig:
     device: str = "auto"
     plugins: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     dense: bool = False
     recipe: str | None = None
     data_dir: str | None = None
@@ -162,6 +165,7 @@ class TrainConfig:
                     f"--lr-milestones must be increasing positive epochs, got {self.lr_milestones!r}")
         if self.device not in DEVICES:
             raise ConfigurationError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        self._validate_plugins()
         if self.dense and self.options:
             raise ConfigurationError(
                 f"--dense trains without an algorithm; drop the algorithm options {sorted(self.options)}")
@@ -177,10 +181,36 @@ class TrainConfig:
             raise ConfigurationError(f"--stop-after {self.stop_after} is beyond --epochs {self.epochs}")
         return self
 
+    def _validate_plugins(self) -> None:
+        if not isinstance(self.plugins, list) or not all(isinstance(p, str) and p for p in self.plugins):
+            raise ConfigurationError(f"--plugins must be a list of plugin names, got {self.plugins!r}")
+        if not isinstance(self.options, dict) or not all(isinstance(k, str) for k in self.options):
+            raise ConfigurationError(f"--option values must be a mapping of option name to value, got {self.options!r}")
+        if not isinstance(self.plugin_options, dict):
+            raise ConfigurationError("--plugin-option values must be a mapping of plugin name to its options, "
+                                     f"got {self.plugin_options!r}")
+        active = {p.casefold() for p in self.plugins}
+        for name, options in self.plugin_options.items():
+            if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+                raise ConfigurationError(f"--plugin-option: the options of plugin {name!r} must be a mapping of "
+                                         f"option name to value, got {options!r}")
+            if str(name).casefold() not in active:
+                raise ConfigurationError(f"--plugin-option {name}.{next(iter(options), 'KEY')}=...: plugin {name!r} "
+                                         f"is not active in this run; add it with --plugins {name} "
+                                         f"(active: {', '.join(self.plugins) or 'none'})")
+
+    def plugin_specs(self) -> list[Any]:
+        """The run's plugins as :class:`~sparsecore.Sparsifier` takes them: names, or ``(name, options)`` pairs."""
+        options = {name.casefold(): values for name, values in self.plugin_options.items()}
+        return [(name, dict(options[name.casefold()])) if name.casefold() in options else name
+                for name in self.plugins]
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (what ``config.json`` holds)."""
         data = dataclasses.asdict(self)
         data["options"] = {k: v for k, v in self.options.items() if _is_json(v)}
+        data["plugin_options"] = {name: {k: v for k, v in values.items() if _is_json(v)}
+                                  for name, values in self.plugin_options.items()}
         return data
 
     @classmethod
@@ -215,7 +245,8 @@ def _is_finite(value: float) -> bool:
 
 def flag_name(field_name: str) -> str:
     """The command-line flag of a config field (``weight_decay`` -> ``--weight-decay``, ``plots`` -> ``--no-plots``)."""
-    special = {"plots": "--no-plots", "option_items": "--option", "options": "--option"}
+    special = {"plots": "--no-plots", "option_items": "--option", "options": "--option",
+               "plugin_options": "--plugin-option", "plugin_option_items": "--plugin-option"}
     return special.get(field_name, "--" + field_name.replace("_", "-"))
 
 
@@ -275,4 +306,33 @@ def parse_options(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
         if key in out:
             raise ConfigurationError(f"--option {key} is given twice")
         out[key] = parse_value(value)
+    return out
+
+
+def parse_plugin_options(items: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Parse repeated ``NAME.KEY=VALUE`` plugin options into ``{plugin name: {key: value}}``.
+
+    ``NAME`` is the plugin's registered name (everything before the last ``.``
+    of the part before ``=``); values parse as with :func:`parse_value`, and
+    dashes in keys become underscores.
+
+    Examples:
+        >>> parse_plugin_options(["sparse-kernels-cuda.backend=csr", "tb.log-every=10"])
+        {'sparse-kernels-cuda': {'backend': 'csr'}, 'tb': {'log_every': 10}}
+
+    Raises:
+        ConfigurationError: an item not of the form ``NAME.KEY=VALUE``, or a key given twice for one plugin.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        name, dot, key = target.strip().rpartition(".")
+        key = key.strip().replace("-", "_")
+        if not sep or not dot or not name.strip() or not key:
+            raise ConfigurationError(f"--plugin-option expects NAME.KEY=VALUE (e.g. sparse-kernels-cuda.backend=csr), "
+                                     f"got {item!r}")
+        options = out.setdefault(name.strip(), {})
+        if key in options:
+            raise ConfigurationError(f"--plugin-option {name.strip()}.{key} is given twice")
+        options[key] = parse_value(value)
     return out

@@ -560,7 +560,7 @@ def _build_job(config: TrainConfig, algorithm: str, notices: list[str], info: An
     if not config.dense:
         sparsifier = Sparsifier(model, optimizer, algorithm=algorithm, density=config.density,
                                 distribution=config.distribution, total_steps=steps_per_epoch * config.epochs,
-                                plugins=list(config.plugins), seed=config.seed,
+                                plugins=config.plugin_specs(), seed=config.seed,
                                 data=TrainBatches(dataset.train, config.batch_size, config.seed + 1),
                                 algorithm_options=dict(config.options))
     resolved = config.replace(algorithm=None if config.dense else algorithm)
