@@ -50,7 +50,7 @@ def attached_sparsifier(obj: nn.Module | torch.optim.Optimizer) -> Sparsifier | 
     return _ATTACHED.get(obj)
 
 
-def _output_positions(kind: str, output: Any, attention: nn.Module | None) -> int | None:
+def _output_positions(kind: str, output: Any, attention: nn.Module | None, seq_first: bool = False) -> int | None:
     """Output positions per sample in a forward's output, or ``None`` where it does not show them.
 
     Args:
@@ -59,6 +59,9 @@ def _output_positions(kind: str, output: Any, attention: nn.Module | None) -> in
         attention: the ``MultiheadAttention`` whose output ``(attn_output, attn_weights)`` is
             measured (``None``: the layer's own output). ``attn_output`` is
             ``(L, N, E)``, ``(N, L, E)`` when ``batch_first``, or unbatched ``(L, E)``.
+        seq_first: a Linear inside a module with ``batch_first=False`` (e.g. a
+            ``TransformerEncoderLayer``): its 3-d output is ``(L, N, E)``, so the
+            positions are ``L``, not ``N``.
     """
     if attention is not None:
         output = output[0] if isinstance(output, tuple) and output else None
@@ -72,7 +75,33 @@ def _output_positions(kind: str, output: Any, attention: nn.Module | None) -> in
         return None
     if output.dim() < 2:
         return None
-    return math.prod(output.shape[2:]) if kind.startswith("conv") else math.prod(output.shape[1:-1])
+    if kind.startswith("conv"):
+        return math.prod(output.shape[2:])
+    if seq_first and output.dim() == 3:
+        return output.shape[0]
+    return math.prod(output.shape[1:-1])
+
+
+def _seq_first_modules(model: nn.Module) -> set[str]:
+    """Qualified names of the modules that see sequence-first ``(L, N, E)`` activations.
+
+    Those inside a module that declares ``batch_first=False``, and those inside
+    the parent of a sequence-first ``MultiheadAttention`` (the convention of
+    ``TransformerEncoderLayer``/``TransformerDecoderLayer``, which keep
+    ``batch_first`` on their ``self_attn`` only).
+    """
+    names = [name for name, _ in model.named_modules()]
+    scopes = set()
+    for name, module in model.named_modules():
+        if getattr(module, "batch_first", None) is False:
+            scopes.add(name)
+            if isinstance(module, nn.MultiheadAttention):
+                scopes.add(name.rpartition(".")[0])
+    inside: set[str] = set()
+    for scope in scopes:
+        prefix = f"{scope}." if scope else ""
+        inside.update(sub for sub in names if sub.startswith(prefix) and sub != scope)
+    return inside
 
 
 class Sparsifier:
@@ -511,10 +540,11 @@ class Sparsifier:
         calls ``out_proj``.
         """
         readers = attention_readers(self.model)
+        seq_first = _seq_first_modules(self.model)
 
         def make(layer: SparseLayer, attention: nn.Module | None) -> Callable[..., None]:
             def hook(module: nn.Module, args: Any, output: Any) -> None:
-                positions = _output_positions(layer.kind, output, attention)
+                positions = _output_positions(layer.kind, output, attention, layer.name in seq_first)
                 if positions is None:  # a nested tensor (padded eval batch): a later forward records it
                     return
                 layer.output_positions = positions

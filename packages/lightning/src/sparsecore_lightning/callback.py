@@ -1,0 +1,264 @@
+"""The Lightning callback that runs a sparsecore :class:`~sparsecore.Sparsifier` inside ``Trainer.fit``."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from sparsecore import CheckpointError, ConfigurationError, Sparsifier
+from sparsecore_lightning.closure import ClosureFirstStep
+
+#: Key of the sparsifier's state inside the callback's checkpoint entry.
+STATE_KEY = "sparsifier"
+#: Sparsifier arguments the callback supplies itself.
+_SUPPLIED = ("model", "optimizer")
+
+
+class SparsityCallback(Callback):
+    """Keeps a LightningModule sparse through ``Trainer.fit`` with a sparsecore algorithm.
+
+    Example:
+        ```python
+        trainer = pl.Trainer(max_epochs=10, callbacks=[SparsityCallback("set", density=0.1)])
+        trainer.fit(module, train_loader)
+        ```
+
+    What it does in ``fit``:
+
+    * ``on_fit_start`` (the first hook where the optimizer exists) builds the
+      :class:`~sparsecore.Sparsifier` on the LightningModule and the trainer's
+      single torch optimizer, with ``total_steps`` from
+      ``trainer.estimated_stepping_batches`` (unless given). From then on the
+      engine keeps the masks applied through the optimizer's step hooks, and
+      step-scheduled updates run from there (counted in optimizer steps, so
+      ``accumulate_grad_batches`` counts one step per accumulated batch). The
+      optimizer's step is wrapped so that Lightning's closure (forward,
+      backward, clipping) runs before the engine's step pre-hook, which then
+      sees the step's gradients as in a plain loop
+      (:class:`~sparsecore_lightning.closure.ClosureFirstStep`).
+    * ``on_train_epoch_end`` calls :meth:`Sparsifier.epoch_end
+      <sparsecore.Sparsifier.epoch_end>` (epoch-scheduled updates), before
+      ``ModelCheckpoint`` saves, and logs the overall density and the last
+      update's pruned and grown counts through ``pl_module.log``.
+    * Checkpoints: the sparsifier's state (masks, step, schedule position,
+      random generator, algorithm state) is the callback's ``state_dict``, so
+      it travels inside every Lightning checkpoint. ``trainer.fit(...,
+      ckpt_path=...)`` hands it back before the optimizer exists; it is
+      applied once the sparsifier is built, so a resumed run continues exactly
+      as an uninterrupted one would.
+    * Under ``ddp`` / ``ddp_spawn`` every rank builds its sparsifier with the
+      same seed (broadcast from rank 0) and the engine broadcasts every new
+      mask from rank 0, so masks are identical on every rank.
+    * At the end of ``fit`` the engine stays attached, so ``validate``, ``test``
+      and ``predict`` see the sparse model (also for algorithms whose sparsity
+      lives in a replaced forward); only the step wrapper is taken off. A later
+      ``fit`` with this callback continues from the current masks and state.
+      :meth:`remove` detaches the engine for good; the masks stay applied to
+      the weights.
+
+    Args:
+        algorithm: a registered algorithm name (``sparsecore.available_algorithms()``)
+            or an algorithm object.
+        density: fraction of weights kept over the sparse layers; ``None``: the
+            algorithm's default.
+        log: log ``sparsity/density``, ``sparsity/pruned`` and ``sparsity/grown``
+            (and the algorithm's numeric :meth:`~sparsecore.Sparsifier.algorithm_metrics`
+            as ``sparsity/<name>``) at each training epoch end.
+        **sparsifier_kwargs: any other :class:`~sparsecore.Sparsifier` argument
+            (``distribution``, ``seed``, ``total_steps``, ``exclude``, algorithm
+            options such as ``prune_rate``, ...).
+
+    Attributes:
+        sparsifier: the run's :class:`~sparsecore.Sparsifier` once ``fit`` has
+            started (``None`` before; under ``ddp_spawn`` it lives in the worker
+            processes only).
+
+    Raises:
+        ConfigurationError: ``model`` or ``optimizer`` among the keyword
+            arguments (the callback takes them from the trainer); at
+            ``fit``: not exactly one optimizer, or a second SparsityCallback
+            on the trainer.
+        CheckpointError: at ``fit``: the checkpoint's sparsifier state does not
+            fit this run (another algorithm, density, layers, ...).
+    """
+
+    def __init__(self, algorithm: str | Any = "set", density: float | None = None, *, log: bool = True,
+                 **sparsifier_kwargs: Any) -> None:
+        supplied = sorted(set(sparsifier_kwargs) & set(_SUPPLIED))
+        if supplied:
+            raise ConfigurationError(f"SparsityCallback: {supplied} come from the Trainer (the LightningModule and "
+                                     "its configured optimizer); do not pass them")
+        self.algorithm = algorithm
+        self.density = density
+        self.log = log
+        self.sparsifier_kwargs = dict(sparsifier_kwargs)
+        self.sparsifier: Sparsifier | None = None
+        self._pending_state: dict[str, Any] | None = None
+        self._restored_epoch: int | None = None
+        self._step_wrapper: ClosureFirstStep | None = None
+
+    # ------------------------------------------------------------------
+    # building the sparsifier
+    # ------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Refuse a second SparsityCallback on the same trainer (a model holds one sparsifier)."""
+        count = sum(isinstance(cb, SparsityCallback) for cb in trainer.callbacks)
+        if count > 1:
+            raise ConfigurationError(f"the Trainer has {count} SparsityCallbacks; a model takes one sparsifier, "
+                                     "so pass a single SparsityCallback")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Build the sparsifier on the module and the trainer's optimizer; apply a checkpoint's state if one came."""
+        optimizer = self._single_optimizer(trainer)
+        state = self._pending_state
+        if state is None and self.sparsifier is not None:  # a later fit continues this callback's run
+            state = self.sparsifier.state_dict()
+        if self.sparsifier is not None:
+            self.sparsifier.remove()
+        self.sparsifier = None
+        kwargs = dict(self.sparsifier_kwargs)
+        kwargs.setdefault("total_steps", self._total_steps(trainer))
+        restored = None if state is None else _parameter_snapshot(pl_module)
+        sparsifier = Sparsifier(pl_module, optimizer, self.algorithm, self.density, **kwargs)
+        if state is not None and restored is not None:
+            try:
+                _restore_parameters(pl_module, restored)  # set-up masked the weights with fresh initial masks
+                sparsifier.load_state_dict(state)
+            except BaseException:
+                sparsifier.remove()
+                _restore_parameters(pl_module, restored)
+                raise
+        self.sparsifier = sparsifier
+        self._restored_epoch = None if state is None else _epoch_of(state)
+        self._pending_state = None
+        self._step_wrapper = ClosureFirstStep(optimizer)
+
+    @staticmethod
+    def _single_optimizer(trainer: pl.Trainer) -> torch.optim.Optimizer:
+        optimizers = trainer.optimizers
+        if len(optimizers) != 1:
+            raise ConfigurationError(f"SparsityCallback needs exactly one optimizer from configure_optimizers, "
+                                     f"the trainer has {len(optimizers)}")
+        optimizer = optimizers[0]
+        optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer wraps the torch one
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigurationError(f"SparsityCallback needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        return optimizer
+
+    @staticmethod
+    def _total_steps(trainer: pl.Trainer) -> int | None:
+        """Optimizer steps of the whole fit (``None`` for an unbounded one)."""
+        steps = trainer.estimated_stepping_batches
+        if isinstance(steps, float) and not math.isfinite(steps):
+            return None
+        steps = int(steps)
+        return steps if steps > 0 else None
+
+    # ------------------------------------------------------------------
+    # the training loop
+    # ------------------------------------------------------------------
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """After a resume, run the epoch end a checkpoint saved before ``on_train_epoch_end`` never saw."""
+        if self._restored_epoch is None or self.sparsifier is None:
+            return
+        previous = trainer.current_epoch - 1
+        if previous > self._restored_epoch:
+            self.sparsifier.epoch_end(previous)
+        self._restored_epoch = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Tell the engine the epoch ended (epoch-scheduled updates run here), then log."""
+        sparsifier = self._require_sparsifier()
+        sparsifier.epoch_end(trainer.current_epoch)
+        if self.log:
+            for name, value in self.metrics().items():
+                pl_module.log(f"sparsity/{name}", value, on_step=False, on_epoch=True, sync_dist=True,
+                              reduce_fx="max")
+
+    def metrics(self) -> dict[str, float]:
+        """What the callback logs: ``density`` (nonzeros over all sparse layers), the last update's ``pruned`` and
+        ``grown`` counts (0 before the first update), and the algorithm's numeric metrics.
+
+        Raises:
+            ConfigurationError: ``fit`` has not built the sparsifier yet.
+        """
+        sparsifier = self._require_sparsifier()
+        capacity = sum(layer.capacity for layer in sparsifier.layers.values())
+        last = next((r for r in reversed(sparsifier.history) if r.reason == "update"), None)
+        values: dict[str, float] = {
+            "density": sparsifier.nnz / capacity,
+            "pruned": float(sum(u.pruned for u in last.layers.values())) if last else 0.0,
+            "grown": float(sum(u.grown for u in last.layers.values())) if last else 0.0,
+        }
+        for name, value in sparsifier.algorithm_metrics().items():
+            if isinstance(value, numbers.Real) and name not in values:
+                values[name] = float(value)
+        return values
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Give the optimizer its own step back; the sparsifier stays attached (see the class notes)."""
+        if self._step_wrapper is not None:
+            self._step_wrapper.remove()
+            self._step_wrapper = None
+
+    def remove(self) -> None:
+        """Detach the engine from the model and optimizer (:meth:`Sparsifier.remove <sparsecore.Sparsifier.remove>`).
+
+        The masks stay applied to the weights. The sparsifier stays readable
+        as :attr:`sparsifier` (masks, ``report()``, ``state_dict()``).
+        """
+        if self._step_wrapper is not None:
+            self._step_wrapper.remove()
+            self._step_wrapper = None
+        if self.sparsifier is not None:
+            self.sparsifier.remove()
+
+    def _require_sparsifier(self) -> Sparsifier:
+        if self.sparsifier is None:
+            raise ConfigurationError("SparsityCallback: no sparsifier yet; it is built when Trainer.fit starts")
+        return self.sparsifier
+
+    # ------------------------------------------------------------------
+    # checkpoints
+    # ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The sparsifier's state, stored in Lightning checkpoints (empty before ``fit`` built the sparsifier)."""
+        if self.sparsifier is not None:
+            return {STATE_KEY: self.sparsifier.state_dict()}
+        if self._pending_state is not None:
+            return {STATE_KEY: self._pending_state}
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep a checkpoint's sparsifier state until ``on_fit_start`` has built the sparsifier.
+
+        Raises:
+            CheckpointError: the entry holds no sparsifier state.
+        """
+        if not isinstance(state_dict, Mapping) or not isinstance(state_dict.get(STATE_KEY), Mapping):
+            raise CheckpointError(f"the checkpoint's {self.state_key!r} entry holds no sparsifier state "
+                                  f"(expected a mapping with key {STATE_KEY!r})")
+        self._pending_state = dict(state_dict[STATE_KEY])
+
+
+def _epoch_of(state: Mapping[str, Any]) -> int:
+    """The last epoch a sparsifier state has seen the end of (-1 for none)."""
+    epoch = state.get("epoch")
+    return -1 if epoch is None else int(epoch)
+
+
+def _parameter_snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every parameter, to undo what building a sparsifier does to restored weights."""
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def _restore_parameters(module: torch.nn.Module, snapshot: Mapping[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(snapshot[name])
