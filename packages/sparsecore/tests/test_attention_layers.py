@@ -167,8 +167,8 @@ def test_report_flops_after_one_forward(algorithm, batch_first):
     out_proj = sp.layers[OUT_PROJ[0]]
     assert stats[OUT_PROJ[0]].forward_flops == 2 * out_proj.nnz * SEQ
     assert stats[OUT_PROJ[0]].dense_forward_flops == 2 * out_proj.capacity * SEQ
-    if batch_first:
-        assert all(sp.layers[name].output_positions == SEQ for name in FEED_FORWARD)
+    # the feed-forward Linears see (L, N, E) in a seq-first encoder: positions are L, not the batch size
+    assert all(sp.layers[name].output_positions == SEQ for name in FEED_FORWARD)
     assert report.train_flops == sum(s.forward_flops + s.backward_flops for s in report.layers)
 
 
