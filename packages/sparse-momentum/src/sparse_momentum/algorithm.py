@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from sparse_momentum.redistribution import adjust_prune_rates, growth_redistribution, layer_shares
+from sparse_momentum.redistribution import adjust_prune_rates, apply_layer_floor, growth_redistribution, layer_shares
 from sparsecore import Algorithm, ConfigurationError, MaskingPolicy, UpdatePlan, UpdateSchedule, hookimpl, selection
 from sparsecore.optim_state import require_momentum
 
@@ -103,6 +103,15 @@ class SparseMomentumAlgorithm(Algorithm):
             ``round(d * n)`` active weights per layer, default) or
             ``"bernoulli"`` (each weight active with probability ``d``, as the
             reference).
+        layer_floor: a deviation from the paper and the reference code, off
+            (``0``) by default: redistribution never leaves a layer with fewer
+            than ``layer_floor`` × its initial active weights
+            (``round(target_density * n_l)``). After the regrowth is fixed,
+            layers that would end below their floor get the shortfall from
+            the regrowth of the layers above theirs (total unchanged; see
+            :func:`~sparse_momentum.redistribution.apply_layer_floor`). A
+            number in ``[0, 1]``; not with ``growth="momentum_neuron"`` or
+            block-sparse runs.
 
     Raises:
         ConfigurationError: an unknown mode or an out-of-range number; at
@@ -119,13 +128,18 @@ class SparseMomentumAlgorithm(Algorithm):
 
     def __init__(self, prune_rate: float = 0.5, eta_min: float = 0.005, decay: str = "cosine",
                  redistribution: str = "momentum", growth: str = "momentum", prune: str = "magnitude",
-                 update_every: int | str = "epoch", init: str = "exact") -> None:
+                 update_every: int | str = "epoch", init: str = "exact", layer_floor: float = 0.0) -> None:
         redistribution = _ALIASES.get(redistribution, redistribution)
         for option, value, allowed in (("redistribution", redistribution, REDISTRIBUTION_MODES),
                                        ("growth", growth, GROWTH_MODES), ("prune", prune, PRUNE_MODES),
                                        ("init", init, INIT_MODES)):
             if value not in allowed:
                 raise ConfigurationError(f"sparse-momentum: unknown {option} {value!r}; choose one of {list(allowed)}")
+        if isinstance(layer_floor, bool) or not isinstance(layer_floor, (int, float)) or not 0 <= layer_floor <= 1:
+            raise ConfigurationError(f"sparse-momentum: layer_floor must be a number in [0, 1], got {layer_floor!r}")
+        if layer_floor and growth == "momentum_neuron":
+            raise ConfigurationError("sparse-momentum: layer_floor works with growth='momentum' or 'random', not "
+                                     "'momentum_neuron' (its per-neuron picks do not follow a count)")
         self.schedule = UpdateSchedule(prune_rate, decay, eta_min, update_every, owner=self.name)
         self.prune_rate = self.schedule.prune_rate
         self.eta_min = self.schedule.eta_min
@@ -135,6 +149,7 @@ class SparseMomentumAlgorithm(Algorithm):
         self.growth = growth
         self.prune = prune
         self.init = init
+        self.layer_floor = float(layer_floor)
         #: Target number of active weights, ``sum(target_density * numel)`` (set at setup).
         self.baseline_nonzero: float | None = None
         #: Drift correction added to the weights regrown in the next cycle.
@@ -174,6 +189,9 @@ class SparseMomentumAlgorithm(Algorithm):
         if self.growth == "momentum_neuron" and sparsifier.block is not None:
             raise ConfigurationError("sparse-momentum: growth='momentum_neuron' chooses single weights per neuron; "
                                      "block-sparse runs need growth='momentum' or 'random'")
+        if self.layer_floor and sparsifier.block is not None:
+            raise ConfigurationError("sparse-momentum: layer_floor counts single weights; block-sparse runs need "
+                                     "layer_floor=0")
         if self._needs_momentum():
             require_momentum(sparsifier.optimizer, "sparse-momentum",
                              "growth/redistribution by momentum need it (or choose growth='random' and "
@@ -267,6 +285,8 @@ class SparseMomentumAlgorithm(Algorithm):
         for name, layer in layers.items():
             free = cycle.zeros[name] + counts[name]
             grow[name] = max(0, min(free, _whole_blocks(math.floor, regrowth[name], layer.block_size)))
+        if self.layer_floor:
+            grow = self._floored(layers, cycle, counts, grow)
         if self.growth == "momentum_neuron":
             for name, layer in layers.items():
                 chosen = prune[name] if torch.is_tensor(prune[name]) else \
@@ -274,6 +294,14 @@ class SparseMomentumAlgorithm(Algorithm):
                 prune[name] = chosen
                 grow[name] = self._neuron_growth(sparsifier, layer, layer.mask & ~chosen, grow[name])
         return UpdatePlan(prune=prune, grow=grow)
+
+    def _floored(self, layers, cycle: _Cycle, counts: dict[str, int], grow: dict[str, Any]) -> dict[str, Any]:
+        """``grow`` moved by :func:`apply_layer_floor` towards the layers that would end below their floor."""
+        floors = {name: math.ceil(self.layer_floor * round(layer.target_density * layer.capacity))
+                  for name, layer in layers.items()}
+        free = {name: cycle.zeros[name] + counts[name] for name in layers}
+        after = {name: cycle.nnz[name] - counts[name] + grow[name] for name in layers}
+        return apply_layer_floor(grow, after, free, floors)
 
     def _neuron_growth(self, sparsifier, layer, mask: torch.Tensor, n: int) -> torch.Tensor:
         """The reference's ``momentum_neuron_growth``: budget per output neuron by its mean |momentum|.
@@ -342,7 +370,7 @@ class SparseMomentumAlgorithm(Algorithm):
     def __repr__(self) -> str:
         return (f"SparseMomentumAlgorithm(prune_rate={self.prune_rate}, eta_min={self.eta_min}, decay={self.decay!r}, "
                 f"redistribution={self.redistribution!r}, growth={self.growth!r}, prune={self.prune!r}, "
-                f"update_every={self.update_every!r}, init={self.init!r})")
+                f"update_every={self.update_every!r}, init={self.init!r}, layer_floor={self.layer_floor})")
 
 
 #: The name under which earlier releases exported the class.

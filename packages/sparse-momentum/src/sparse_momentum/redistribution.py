@@ -101,3 +101,61 @@ def growth_redistribution(shares: Mapping[str, float], nnz: Mapping[str, int], z
     initial = {name: float(math.ceil(share * (total_removed + adjusted_growth))) for name, share in shares.items()}
     limits = {name: cap * (zeros[name] + math.ceil(prune_rates[name] * nnz[name])) for name in shares}
     return spread_overflow(initial, limits, max_iterations=max_iterations)
+
+
+def apportion(total: int, weights: Mapping[str, int]) -> dict[str, int]:
+    """Split ``total`` into integer parts proportional to ``weights``, none above its weight.
+
+    Parts are ``floor(total * w / W)``; what is left goes one each to the
+    largest fractional parts (ties in the mapping's order).
+
+    Raises:
+        ValueError: ``total`` is negative or exceeds the sum of the weights.
+    """
+    capacity = sum(weights.values())
+    if total < 0 or total > capacity:
+        raise ValueError(f"cannot apportion {total} over weights summing to {capacity}")
+    if total == 0:
+        return dict.fromkeys(weights, 0)
+    exact = {name: total * w / capacity for name, w in weights.items()}
+    parts = {name: min(weights[name], math.floor(value)) for name, value in exact.items()}
+    order = sorted(weights, key=lambda name: parts[name] - exact[name])  # largest remainder first (stable)
+    left = total - sum(parts.values())
+    for name in order:
+        if left == 0:
+            break
+        if parts[name] < weights[name]:
+            parts[name] += 1
+            left -= 1
+    return parts
+
+
+def apply_layer_floor(grow: Mapping[str, int], after: Mapping[str, int], free: Mapping[str, int],
+                      floors: Mapping[str, int]) -> dict[str, int]:
+    """Move regrowth to the layers that would end an update below their floor, keeping the total.
+
+    A layer whose active weights after the update, ``after_l`` (pruning and
+    regrowth counted), fall short of ``floors_l`` asks for the shortfall, at
+    most its free slots not yet regrown (``free_l - grow_l``). The layers above
+    their floors give back regrowth in proportion to how much each can spare,
+    ``min(grow_l, after_l - floors_l)``. When they cannot spare it all, the
+    asking layers receive what there is in proportion to their shortfall. The
+    total regrowth is unchanged.
+
+    Args:
+        grow: layer name to its regrowth.
+        after: layer name to its active weights after pruning and regrowth.
+        free: layer name to its inactive weights after pruning.
+        floors: layer name to the fewest active weights it should keep.
+
+    Returns:
+        Layer name to its new regrowth.
+    """
+    need = {name: max(0, min(floors[name] - after[name], free[name] - grow[name])) for name in grow}
+    spare = {name: 0 if need[name] else max(0, min(grow[name], after[name] - floors[name])) for name in grow}
+    moved = min(sum(need.values()), sum(spare.values()))
+    if moved == 0:
+        return dict(grow)
+    given = apportion(moved, need)
+    taken = apportion(moved, spare)
+    return {name: grow[name] + given[name] - taken[name] for name in grow}

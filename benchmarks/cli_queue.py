@@ -1,0 +1,180 @@
+"""A resumable queue of ``sparsecore train`` runs, shared by the benchmark scripts that drive the CLI.
+
+A :class:`Job` is one run folder under a runs directory, named by the job. Running a
+job trains it up to a target number of epochs: a fresh folder starts the run with
+``--run-name``; a folder holding a checkpoint continues it with ``--resume`` (on the
+CPU, with the same thread count, a resumed run is the uninterrupted one bit for bit);
+a folder whose ``metrics.jsonl`` already reaches the target is left alone. Targets below
+the run's ``--epochs`` stop it early (``--stop-after``), so a queue can first take every
+job to a few epochs (an early measurement) and later extend each one to the end.
+
+:func:`run_queue` works through the jobs in order, ``parallel`` processes at a time,
+each with one torch thread, and calls ``on_progress`` after every finished invocation,
+so the caller records results as they land. :func:`read_run` turns a run folder into a
+result row.
+
+The working tree of a shared repository changes under a long queue. :func:`code_snapshot`
+extracts one commit's ``packages/`` to a folder and returns the ``PYTHONPATH`` that makes
+the training processes import that code instead of the editable installs; the queue
+scripts take it as ``--code COMMIT``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ``sparsecore train`` run.
+
+    Attributes:
+        name: the run folder's name (unique within the runs directory).
+        flags: ``sparsecore train`` flags that define the run (recipe, algorithm, seed, options, ...),
+            without ``--runs-dir``, ``--run-name``, ``--threads``, ``--resume`` or ``--stop-after``.
+        epochs: the run's full length (its ``--epochs``).
+        labels: free-form fields copied into the job's result rows (arm, seed, density, ...).
+    """
+
+    name: str
+    flags: tuple[str, ...]
+    epochs: int
+    labels: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+def resolve_commit(commit: str, root: Path) -> str:
+    """The full sha of ``commit`` in the repository at ``root`` (``subprocess.CalledProcessError`` if unknown)."""
+    return subprocess.run(["git", "-C", str(root), "rev-parse", "--verify", f"{commit}^{{commit}}"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def code_snapshot(commit: str, root: Path, dest: Path) -> str:
+    """Extract ``packages/`` of ``commit`` (of the repository at ``root``) under ``dest/<sha>``; its PYTHONPATH.
+
+    An existing snapshot of the same commit is reused. Raises ``subprocess.CalledProcessError`` for an
+    unknown commit.
+    """
+    sha = resolve_commit(commit, root)
+    folder = dest / sha
+    if not (folder / "packages").is_dir():
+        archive = subprocess.run(["git", "-C", str(root), "archive", sha, "packages"], check=True,
+                                 capture_output=True).stdout
+        folder.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(folder, filter="data")
+    return os.pathsep.join(str(src) for src in sorted((folder / "packages").glob("*/src")))
+
+
+def epochs_done(folder: Path) -> int:
+    """Epochs recorded in ``folder/metrics.jsonl`` (0 when the run has not started)."""
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+
+def command(job: Job, runs_dir: Path, target: int, threads: int = 1) -> list[str] | None:
+    """The command that takes ``job`` to ``target`` epochs, or ``None`` when it is already there."""
+    folder = runs_dir / job.name
+    done = epochs_done(folder)
+    target = min(target, job.epochs)
+    finished = done >= job.epochs and (folder / "summary.md").is_file()
+    if done >= target and (target < job.epochs or finished):
+        return None
+    base = [sys.executable, "-m", "sparsecore.cli", "train", "--threads", str(threads), "--no-plots", "--quiet"]
+    stop = [] if target >= job.epochs else ["--stop-after", str(target - done)]
+    if (folder / "checkpoint.pt").is_file():
+        return [*base, "--resume", str(folder), *stop]
+    return [*base, *job.flags, "--epochs", str(job.epochs), "--runs-dir", str(runs_dir), "--run-name", job.name,
+            *stop]
+
+
+def read_run(folder: Path, labels: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A result row for the run in ``folder``: its configuration, per-epoch test accuracy and final figures.
+
+    Errors are in percent. ``completed`` says whether the run reached its ``epochs``.
+    """
+    stored = json.loads((folder / "config.json").read_text())
+    config, environment = stored["config"], stored.get("environment", {})
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    last = records[-1] if records else {}
+    return {
+        "run": folder.name, **(labels or {}),
+        "algorithm": config.get("algorithm"), "dense": config.get("dense"), "model": config.get("model"),
+        "dataset": config.get("dataset"), "density": config.get("density"), "seed": config.get("seed"),
+        "epochs": config.get("epochs"), "epochs_done": len(records),
+        "completed": len(records) >= int(config.get("epochs", 0)) and (folder / "summary.md").is_file(),
+        "test_error": round(100 * (1 - last["test_acc"]), 4) if records else None,
+        "best_test_error": round(100 * (1 - max(r["test_acc"] for r in records)), 4) if records else None,
+        "test_acc_per_epoch": [r["test_acc"] for r in records],
+        "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in records), 1),
+        "options": config.get("options"), "recipe": config.get("recipe"),
+        "sparsecore": environment.get("sparsecore"), "torch": environment.get("torch"),
+    }
+
+
+def run_queue(jobs: Sequence[Job], runs_dir: Path, target: Callable[[Job], int], parallel: int = 1,
+              on_progress: Callable[[Job, int], None] | None = None, log: Callable[[str], None] = print,
+              pythonpath: str | None = None) -> list[str]:
+    """Take every job to ``target(job)`` epochs, ``parallel`` runs at a time, in the order given.
+
+    Returns the names of the jobs whose invocation failed (their logs are ``runs_dir/<name>.log``).
+    ``on_progress(job, returncode)`` is called after each invocation ends. ``pythonpath`` (from
+    :func:`code_snapshot`) is put first on the training processes' ``PYTHONPATH``.
+    """
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    pending = [(job, cmd) for job in jobs if (cmd := command(job, runs_dir, target(job))) is not None]
+    running: list[tuple[Job, subprocess.Popen[bytes], Any]] = []
+    failed: list[str] = []
+    while pending or running:
+        while pending and len(running) < parallel:
+            job, cmd = pending.pop(0)
+            log(f"[{time.strftime('%H:%M:%S')}] start {job.name} -> {target(job)} epochs")
+            out = open(runs_dir / f"{job.name}.log", "ab")  # noqa: SIM115 - closed when the process ends
+            running.append((job, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env), out))
+        time.sleep(2)
+        for item in list(running):
+            job, proc, out = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            out.close()
+            log(f"[{time.strftime('%H:%M:%S')}] {'done' if proc.returncode == 0 else 'FAILED'} {job.name} "
+                f"({epochs_done(runs_dir / job.name)}/{job.epochs} epochs)")
+            if proc.returncode != 0:
+                failed.append(job.name)
+            if on_progress is not None:
+                on_progress(job, proc.returncode)
+    return failed
+
+
+def append_finished(jobs: Sequence[Job], runs_dir: Path, results: Path) -> int:
+    """Append a row for every completed job not yet in ``results`` (a JSON-lines file); returns how many."""
+    seen = set()
+    if results.is_file():
+        seen = {json.loads(line)["run"] for line in results.read_text().splitlines() if line.strip()}
+    added = 0
+    for job in jobs:
+        folder = runs_dir / job.name
+        if job.name in seen or not (folder / "config.json").is_file():
+            continue
+        row = read_run(folder, job.labels)
+        if row["completed"]:
+            results.parent.mkdir(parents=True, exist_ok=True)
+            with open(results, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            added += 1
+    return added

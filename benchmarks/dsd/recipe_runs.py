@@ -1,0 +1,137 @@
+"""DSD through ``sparsecore train --recipe dsd-mnist``, beside dense controls of the same length.
+
+Arms (each ``sparsecore train`` with one torch thread, seeds as given):
+
+* ``dsd``: ``--recipe dsd-mnist`` as it stands: LeNet-300-100 on MNIST, 60 epochs in
+  dense / sparse / re-dense thirds, 70 % of the weights kept in the sparse phase in
+  every layer (DSD's ``dense_first_layer="conv"`` prunes an MLP's first Linear),
+  re-dense at 0.1 × lr; SGD lr 0.1 momentum 0.9 (no Nesterov), wd 5e-4, batch 100.
+* ``dense``: the same recipe with ``--dense`` (constant lr 0.1 for 60 epochs).
+* ``dense-llr``: ``--dense --lr-schedule multistep --lr-milestones 40 --lr-gamma 0.1``:
+  the learning rate DSD's re-dense phase gets, without the sparse phase.
+
+Run folders go to ``--runs-dir`` (default ``/work/runs/dsd``); an interrupted queue
+continues where it stopped when run again. Every finished run is appended to
+``benchmarks/results/dsd_recipe.jsonl`` and ``benchmarks/results/dsd_recipe.md`` is
+re-rendered (final-epoch test accuracy, mean ± sample std; accuracy at the end of each
+phase; the per-layer density of the sparse phase).
+
+Usage (from the repository root)::
+
+    nice -n 10 python benchmarks/dsd/recipe_runs.py --seeds 0 1 2 --code HEAD
+    python benchmarks/dsd/recipe_runs.py --render-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_queue import Job, append_finished, code_snapshot, run_queue  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results" / "dsd_recipe.jsonl"
+EPOCHS = 60
+PHASE_ENDS = (20, 40, 60)
+ARM_FLAGS = {
+    "dsd": ("--recipe", "dsd-mnist"),
+    "dense": ("--recipe", "dsd-mnist", "--dense"),
+    "dense-llr": ("--recipe", "dsd-mnist", "--dense", "--lr-schedule", "multistep", "--lr-milestones", "40",
+                  "--lr-gamma", "0.1"),
+}
+
+
+def jobs(seeds: list[int], arms: list[str]) -> list[Job]:
+    """One job per (arm, seed), arm-major so that the DSD rows land first."""
+    return [Job(f"dsd-mnist-{arm}-s{seed}", (*ARM_FLAGS[arm], "--seed", str(seed)), EPOCHS,
+                {"arm": arm, "recipe": "dsd-mnist"}) for arm in arms for seed in seeds]
+
+
+def _mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.fmean(values):.2f} ± {std:.2f}"
+
+
+def render(rows: list[dict], runs_dir: Path) -> str:
+    """The Markdown page of the finished runs."""
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        "# DSD through `sparsecore train --recipe dsd-mnist`",
+        "",
+        "Command: `nice -n 10 python benchmarks/dsd/recipe_runs.py --seeds 0 1 2` (each run is "
+        "`sparsecore train --recipe dsd-mnist [arm flags] --seed S --threads 1`).  ",
+        f"Machine: shared 2-core CPU ({cpu}), one torch thread per run, CPU only.  ",
+        "Recipe `dsd-mnist`: LeNet-300-100 on MNIST (all 60,000 training images), 60 epochs in dense / sparse / "
+        "re-dense thirds (20 each), 70 % of the weights kept in the sparse phase in every layer (fc1 included: "
+        "DSD keeps only a first *conv* dense), re-dense at 0.1 × lr, optimizer state reset at each phase change; "
+        "SGD lr 0.1, momentum 0.9 (no Nesterov), weight decay 5e-4, batch 100, no lr schedule. `dense`: the same "
+        "with `--dense`. `dense-llr`: `--dense` with lr × 0.1 from epoch 40 on (the re-dense rate without the "
+        "sparse phase). Metric: test accuracy after the final epoch (no best-epoch selection), mean ± sample std "
+        "over the seeds (n per row).",
+        "",
+        "| arm | seeds | test accuracy (%) | test error (%) | DSD − arm (pp), per seed | acc. end of dense / sparse / "
+        "re-dense (%) |",
+        "|---|---|---|---|---|---|",
+    ]
+    by_arm = {arm: {r["seed"]: r for r in rows if r["arm"] == arm} for arm in ARM_FLAGS}
+    for arm, runs in by_arm.items():
+        if not runs:
+            continue
+        accs = [100 * r["test_acc_per_epoch"][-1] for r in runs.values()]
+        common = sorted(set(runs) & set(by_arm["dsd"])) if arm != "dsd" else []
+        diff = ", ".join(f"{100 * (by_arm['dsd'][s]['test_acc_per_epoch'][-1] - runs[s]['test_acc_per_epoch'][-1]):+.2f}"
+                         for s in common) or "–"
+        ends = " / ".join(f"{statistics.fmean(100 * r['test_acc_per_epoch'][e - 1] for r in runs.values()):.2f}"
+                          for e in PHASE_ENDS)
+        lines.append(f"| {arm} | {', '.join(map(str, sorted(runs)))} | {_mean_std(accs)} | "
+                     f"{_mean_std([100 - a for a in accs])} | {diff} | {ends} |")
+    dsd_runs = sorted(by_arm["dsd"].values(), key=lambda r: r["seed"])
+    if dsd_runs:
+        folder = runs_dir / dsd_runs[0]["run"]
+        metrics = folder / "metrics.jsonl"
+        if metrics.is_file():
+            records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            sparse = records[PHASE_ENDS[0]]  # first epoch of the sparse phase
+            lines += ["", f"Per-layer density in the sparse phase (seed {dsd_runs[0]['seed']}, epoch "
+                          f"{sparse['epoch']}): " + ", ".join(f"{k} {v:.4f}" for k, v in sparse['layer_densities'].items())
+                      + f"; overall {sparse['density']:.4f}."]
+    lines += ["", "Raw rows (per-epoch test accuracy): `benchmarks/results/dsd_recipe.jsonl`.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run (or continue) the queue, recording each finished run, then render the page."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--arms", nargs="+", default=list(ARM_FLAGS), choices=list(ARM_FLAGS))
+    p.add_argument("--runs-dir", type=Path, default=Path("/work/runs/dsd"))
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time (one torch thread each)")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--code", default=None, metavar="COMMIT",
+                   help="train with the packages of this commit (extracted under RUNS_DIR/../code), not the working tree")
+    p.add_argument("--render-only", action="store_true")
+    args = p.parse_args(argv)
+    queue = jobs(args.seeds, args.arms)
+
+    def record(*_: object) -> None:
+        append_finished(queue, args.runs_dir, args.results)
+        rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()] \
+            if args.results.is_file() else []
+        args.results.with_suffix(".md").write_text(render(rows, args.runs_dir))
+
+    if not args.render_only:
+        pythonpath = code_snapshot(args.code, ROOT, args.runs_dir.parent / "code") if args.code else None
+        failed = run_queue(queue, args.runs_dir, lambda job: job.epochs, args.parallel, record, pythonpath=pythonpath)
+        if failed:
+            print(f"failed: {', '.join(failed)} (logs in {args.runs_dir})", file=sys.stderr)
+    record()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

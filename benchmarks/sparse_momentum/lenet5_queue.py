@@ -1,0 +1,209 @@
+"""LeNet-5-Caffe on MNIST at 5 % with the ``snfs-lenet5`` recipe: a resumable queue of 100-epoch runs.
+
+Arms (each ``sparsecore train --recipe snfs-lenet5 [flags] --seed S --threads 1``, 100 epochs):
+
+* ``sparse-momentum``: the faithful plugin defaults, seeds 0-9;
+* ``sparse-momentum (layer_floor=0.5)``: the robustness option (a deviation, see the plugin README), seeds 0-9;
+* ``sparse-momentum (redistribution=none)``, ``static`` and ``dense``: seeds 0-2.
+
+Two stages, both resumable (run folders ``RUNS_DIR/<arm>-s<seed>``, checkpoints every epoch):
+
+* ``--stage early``: every sparse-momentum run to ``--early-epochs`` (3): the second topology update
+  follows epoch 2, where the faithful runs collapse. A run whose test accuracy after epoch 3 is
+  below 50 % (chance is ~10 %) counts as collapsed early; this is a measurement of the early
+  collapse rate, not of the final error.
+* ``--stage full``: every run to 100 epochs, in an order that makes each finished run a result:
+  the robust arm first, then faithful runs that did not collapse early, then the baselines, then
+  the faithful runs that collapsed (to see whether any recovers).
+
+Every invocation that ends appends the finished runs to ``benchmarks/results/lenet5_runs.jsonl``
+and re-renders ``benchmarks/results/lenet5_runs.md`` (also with ``--render-only``), which shows
+the early-collapse table from the run folders and the 100-epoch table from the finished rows.
+The training code is a snapshot of one commit (``--code``, remembered in ``RUNS_DIR/CODE``), so a
+later session resumes the same code whatever the working tree holds.
+
+Usage (from the repository root)::
+
+    nice -n 10 python benchmarks/sparse_momentum/lenet5_queue.py --stage early --code <commit>
+    nice -n 10 python benchmarks/sparse_momentum/lenet5_queue.py --stage full        # resumes with RUNS_DIR/CODE
+    python benchmarks/sparse_momentum/lenet5_queue.py --render-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_queue import Job, append_finished, code_snapshot, epochs_done, resolve_commit, run_queue  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results" / "lenet5_runs.jsonl"
+EPOCHS = 100
+COLLAPSE_BELOW = 0.5
+FAITHFUL = "sparse-momentum"
+ROBUST = "sparse-momentum (layer_floor=0.5)"
+#: arm -> (flags added to the recipe's, seeds)
+ARMS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
+    FAITHFUL: ((), tuple(range(10))),
+    ROBUST: (("--option", "layer_floor=0.5"), tuple(range(10))),
+    "sparse-momentum (redistribution=none)": (("--option", "redistribution=none"), (0, 1, 2)),
+    "static": (("--algorithm", "static"), (0, 1, 2)),
+    "dense": (("--dense",), (0, 1, 2)),
+}
+SLUGS = {FAITHFUL: "sm", ROBUST: "sm-floor05", "sparse-momentum (redistribution=none)": "sm-none",
+         "static": "static", "dense": "dense"}
+PUBLISHED = "0.69 ± 0.02 % (sparse momentum, Dettmers & Zettlemoyer 2019, Table 1)"
+
+
+def all_jobs() -> list[Job]:
+    """Every run of every arm."""
+    return [Job(f"{SLUGS[arm]}-s{seed}", ("--recipe", "snfs-lenet5", *flags, "--seed", str(seed)), EPOCHS,
+                {"arm": arm, "recipe": "snfs-lenet5"})
+            for arm, (flags, seeds) in ARMS.items() for seed in seeds]
+
+
+def accuracies(folder: Path) -> list[float]:
+    """Test accuracy after each recorded epoch of a run folder."""
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line)["test_acc"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def early_collapse(folder: Path, early_epochs: int) -> bool | None:
+    """Whether the run's accuracy after ``early_epochs`` is below :data:`COLLAPSE_BELOW` (None: not there yet)."""
+    acc = accuracies(folder)
+    return None if len(acc) < early_epochs else acc[early_epochs - 1] < COLLAPSE_BELOW
+
+
+def full_order(jobs: list[Job], runs_dir: Path, early_epochs: int) -> list[Job]:
+    """The order of the full stage: robust, surviving faithful, baselines, collapsed faithful."""
+    def rank(job: Job) -> int:
+        arm = job.labels["arm"]
+        if arm == ROBUST:
+            return 0
+        if arm == FAITHFUL:
+            return 3 if early_collapse(runs_dir / job.name, early_epochs) else 1
+        return 2
+    return sorted(jobs, key=lambda job: (rank(job), int(job.name.rsplit("-s", 1)[1])))
+
+
+def _stats(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return (f"median {statistics.median(values):.2f}, mean {statistics.fmean(values):.2f} ± "
+            f"{statistics.stdev(values):.2f}")
+
+
+def render(jobs: list[Job], runs_dir: Path, rows: list[dict], early_epochs: int, code: str | None) -> str:
+    """The Markdown page: early-collapse table from the run folders, 100-epoch table from the rows."""
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        "# LeNet-5-Caffe on MNIST at 5 %: sparse momentum, its robustness option and baselines",
+        "",
+        "Command: `nice -n 10 python benchmarks/sparse_momentum/lenet5_queue.py --stage early|full` (each run is "
+        "`sparsecore train --recipe snfs-lenet5 [arm flags] --seed S --threads 1`)" +
+        (f"; code of commit `{code[:12]}`" if code else "") + ".  ",
+        f"Machine: shared 2-core CPU ({cpu}), one torch thread per run, CPU only.  ",
+        "Recipe `snfs-lenet5`: LeNet-5-Caffe, MNIST (all 60,000 training images), uniform 5 % on every layer, "
+        "SGD lr 0.1, Nesterov momentum 0.9, weight decay 5e-4, batch 100, lr ×0.1 every 25,000 iterations, "
+        "100 epochs; sparse momentum: prune rate 0.5 cosine-decayed to 0.005, an update after every epoch but "
+        "the last. `layer_floor=0.5` (a deviation from the paper, off by default): redistribution never leaves a "
+        f"layer with fewer than half its initial weights. Published: {PUBLISHED}.",
+        "",
+        f"## Early collapse (test accuracy after epoch {early_epochs})",
+        "",
+        f"A run counts as collapsed when its test accuracy (10,000 images) after epoch {early_epochs} is below "
+        f"{100 * COLLAPSE_BELOW:.0f} % (chance ~10 %): the second topology update follows epoch 2. This measures "
+        "the early collapse rate only; a run that survives it may still collapse later.",
+        "",
+        f"| arm | seeds measured | collapsed early | accuracy after epoch {early_epochs} per seed (%) |",
+        "|---|---|---|---|",
+    ]
+    for arm in ARMS:
+        measured = {}
+        for job in jobs:
+            if job.labels["arm"] == arm:
+                acc = accuracies(runs_dir / job.name)
+                if len(acc) >= early_epochs:
+                    measured[int(job.name.rsplit("-s", 1)[1])] = acc[early_epochs - 1]
+        if measured:
+            collapsed = sum(a < COLLAPSE_BELOW for a in measured.values())
+            per = ", ".join(f"s{s} {100 * a:.1f}" for s, a in sorted(measured.items()))
+            lines.append(f"| {arm} | {len(measured)} | {collapsed} of {len(measured)} | {per} |")
+    lines += ["", f"## {EPOCHS} epochs (test error after the final epoch)", "",
+              "Collapsed: final test error above 50 %. Statistics are over the runs that did not collapse.", "",
+              "| arm | finished seeds | collapsed | test error of the others (%) | ≤ 0.75 % | per seed (%) |",
+              "|---|---|---|---|---|---|"]
+    for arm in ARMS:
+        done = sorted((r for r in rows if r.get("arm") == arm and r["epochs_done"] >= EPOCHS), key=lambda r: r["seed"])
+        if not done:
+            continue
+        errors = {r["seed"]: r["test_error"] for r in done}
+        ok = [e for e in errors.values() if e <= 100 * (1 - COLLAPSE_BELOW)]
+        per = ", ".join(f"s{s} {e:.2f}" for s, e in errors.items())
+        lines.append(f"| {arm} | {len(done)} | {len(done) - len(ok)} | {_stats(ok)} | "
+                     f"{sum(e <= 0.75 for e in ok)} of {len(done)} | {per} |")
+    running = [job.name for job in jobs if 0 < epochs_done(runs_dir / job.name) < EPOCHS]
+    if running:
+        lines += ["", "Unfinished runs (epochs done): " + ", ".join(
+            f"{name} ({epochs_done(runs_dir / name)})" for name in running) + "."]
+    lines += ["", "Raw rows (per-epoch test accuracy): `benchmarks/results/lenet5_runs.jsonl`.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a stage of the queue (or only render), recording each finished run."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stage", choices=["early", "full"], default="early")
+    p.add_argument("--early-epochs", type=int, default=3)
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--runs-dir", type=Path, default=Path("/work/runs/lenet5"))
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time (one torch thread each)")
+    p.add_argument("--code", default=None, metavar="COMMIT",
+                   help="train with the packages of this commit (default: the one in RUNS_DIR/CODE)")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--render-only", action="store_true")
+    args = p.parse_args(argv)
+    jobs = [job for job in all_jobs() if job.labels["arm"] in args.arms]
+    code_file = args.runs_dir / "CODE"
+    code = resolve_commit(args.code, ROOT) if args.code else \
+        (code_file.read_text().strip() if code_file.is_file() else None)
+
+    def record(*_: object) -> None:
+        append_finished(jobs, args.runs_dir, args.results)
+        rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()] \
+            if args.results.is_file() else []
+        args.results.with_suffix(".md").write_text(render(all_jobs(), args.runs_dir, rows, args.early_epochs, code))
+
+    if not args.render_only:
+        if code is None:
+            p.error("give --code COMMIT the first time (the queue remembers it in RUNS_DIR/CODE)")
+        args.runs_dir.mkdir(parents=True, exist_ok=True)
+        if code_file.is_file() and code_file.read_text().strip() != code:
+            p.error(f"{args.runs_dir} holds runs of commit {code_file.read_text().strip()}; resume them with that "
+                    "code (drop --code) or pass another --runs-dir")
+        code_file.write_text(code + "\n")
+        pythonpath = code_snapshot(code, ROOT, args.runs_dir.parent / "code")
+        if args.stage == "early":
+            queue = [job for job in jobs if job.labels["arm"] in (FAITHFUL, ROBUST)]
+            target = args.early_epochs
+        else:
+            queue = full_order(jobs, args.runs_dir, args.early_epochs)
+            target = EPOCHS
+        failed = run_queue(queue, args.runs_dir, lambda job: target, args.parallel, record, pythonpath=pythonpath)
+        if failed:
+            print(f"failed: {', '.join(failed)} (logs in {args.runs_dir})", file=sys.stderr)
+    record()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
