@@ -56,6 +56,48 @@ def test_rendered_package_is_complete_and_has_no_placeholders_left() -> None:
             compile(text, path, "exec")
 
 
+OBSERVER_FILES = [
+    "README.md",
+    "pyproject.toml",
+    "src/sparsecore_update_log/__about__.py",
+    "src/sparsecore_update_log/__init__.py",
+    "src/sparsecore_update_log/plugin.py",
+    "tests/test_plugin.py",
+]
+
+
+def test_observer_kind_renders_a_plugin_package() -> None:
+    names = PluginNames.from_algorithm("update-log", kind="observer")
+    assert names.class_name == "UpdateLogObserver"
+    files = render_plugin(names)
+    assert sorted(files) == OBSERVER_FILES
+    for path, text in files.items():
+        assert "{{" not in text and "}}" not in text, path
+        if path.endswith(".py"):
+            compile(text, path, "exec")
+    assert '[project.entry-points.sparsecore]\nupdate-log = "sparsecore_update_log.plugin"' in files["pyproject.toml"]
+    plugin = files["src/sparsecore_update_log/plugin.py"]
+    assert "def sparsecore_register_plugins(register)" in plugin and "sparsecore_register_algorithms" not in plugin
+    with pytest.raises(ValueError, match="unknown plugin kind 'logger'; choose algorithm or observer"):
+        PluginNames.from_algorithm("update-log", kind="logger")
+
+
+def test_cli_kind_observer_writes_the_observer_package(tmp_path: Path, capsys) -> None:
+    assert cli.main(["new-plugin", "update-log", "--kind", "observer", "--dir", str(tmp_path)]) == 0
+    root = tmp_path / "sparsecore-update-log"
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == OBSERVER_FILES
+    assert cli.main(["new-plugin", "gradient-growth", "--dir", str(tmp_path)]) == 0  # the default kind
+    assert (tmp_path / "sparsecore-gradient-growth" / "src" / "sparsecore_gradient_growth" / "plugin.py").is_file()
+
+
+def test_help_describes_both_kinds(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "new-plugin write a new plugin package: an algorithm (default) or an observer" in out
+    assert "one hook" not in out
+
+
 def test_cli_writes_the_package_and_refuses_a_non_empty_target(tmp_path: Path, capsys) -> None:
     assert cli.main(["new-plugin", "gradient-growth", "--dir", str(tmp_path)]) == 0
     root = tmp_path / "sparsecore-gradient-growth"
@@ -107,4 +149,25 @@ def test_generated_plugin_installs_and_its_tests_pass(tmp_path: Path) -> None:
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], capture_output=True,
                            text=True, env={**env, "SPARSECORE_DISABLE_PLUGIN_AUTOLOAD": "1"}, cwd=root)
     assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
-    assert "20 passed" in tests.stdout  # 13 of them the conformance suite
+    assert "23 passed" in tests.stdout  # 13 of them the conformance suite
+
+
+@pytest.mark.slow
+def test_generated_observer_installs_and_its_tests_pass(tmp_path: Path) -> None:
+    installer = _installer()
+    if installer is None:
+        pytest.skip("no installer: neither pip with hatchling nor uv is available in this environment")
+    root = write_plugin("update-log", tmp_path / "src", kind="observer")
+    site = tmp_path / "site"
+    done = subprocess.run([*installer, "--target", str(site), str(root)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    env = _clean_env(site)
+    listing = subprocess.run([sys.executable, "-m", "sparsecore", "plugins"], capture_output=True, text=True,
+                             env=env, cwd=tmp_path)
+    assert "sparsecore-update-log 0.1.0" in listing.stdout
+    assert "plugin update-log: hooks on_topology_update" in listing.stdout
+    for autoload_off in ("0", "1"):
+        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], capture_output=True,
+                               text=True, env={**env, "SPARSECORE_DISABLE_PLUGIN_AUTOLOAD": autoload_off}, cwd=root)
+        assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
+        assert "9 passed" in tests.stdout

@@ -1,15 +1,25 @@
 """Project templates, and the ``sparsecore new-plugin`` subcommand that renders them.
 
-``templates/plugin/`` holds a complete third-party algorithm package: a
-hatchling ``pyproject.toml`` with the ``sparsecore`` entry point, a plugin
-module implementing a gradient-magnitude ``select_grow`` (RigL-style), a README
-and tests that pass once the package is installed. Files end in ``.tmpl`` (so
-neither pytest nor the build backend treats them as code) and use
-``{{ name }}`` placeholders; a path part ``__module__`` becomes the import name.
+Two kinds of package (:data:`KINDS`), each a complete third-party
+distribution with a hatchling ``pyproject.toml`` declaring the ``sparsecore``
+entry point, a README and tests that pass once it is installed (with plugin
+autoload on or off):
+
+* ``templates/plugin/`` (kind ``algorithm``, the default): an algorithm
+  whose ``select_grow`` picks the largest dense gradients (RigL-style), tested
+  with the conformance suite;
+* ``templates/observer/`` (kind ``observer``): a non-algorithm plugin that
+  records the pruned and grown counts of every topology update, activated by
+  name with options.
+
+Files end in ``.tmpl`` (so neither pytest nor the build backend treats them
+as code) and use ``{{ key }}`` placeholders; a path part ``__module__``
+becomes the import name.
 
 Example:
     ```bash
     sparsecore new-plugin gradient-growth --dir ~/src
+    sparsecore new-plugin update-log --kind observer --dir ~/src
     cd ~/src/sparsecore-gradient-growth && pip install -e ".[test]" && pytest
     ```
 """
@@ -35,6 +45,8 @@ TEMPLATE_SUFFIX = ".tmpl"
 _PLACEHOLDER = re.compile(r"\{\{ (\w+) \}\}")
 _ALGORITHM_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _DIST_NAME = re.compile(r"^[a-z][a-z0-9]*([-_][a-z0-9]+)*$")
+#: Kind of package -> (template folder, suffix of the class name).
+KINDS = {"algorithm": ("plugin", "Algorithm"), "observer": ("observer", "Observer")}
 
 
 @dataclass(frozen=True)
@@ -42,27 +54,31 @@ class PluginNames:
     """The names a new plugin package is written with.
 
     Attributes:
-        algorithm: the algorithm's public name (``"gradient-growth"``).
+        algorithm: the plugin's public name (``"gradient-growth"``), for either kind.
         dist: the distribution name (``"sparsecore-gradient-growth"``).
         module: the import name (``"sparsecore_gradient_growth"``).
-        class_name: the algorithm class (``"GradientGrowthAlgorithm"``).
+        class_name: the plugin class (``"GradientGrowthAlgorithm"``, ``"UpdateLogObserver"``).
+        kind: ``"algorithm"`` or ``"observer"`` (:data:`KINDS`).
     """
 
     algorithm: str
     dist: str
     module: str
     class_name: str
+    kind: str = "algorithm"
 
     @classmethod
-    def from_algorithm(cls, algorithm: str, dist: str | None = None) -> PluginNames:
-        """Derive every name from the algorithm name (and an optional distribution name).
+    def from_algorithm(cls, algorithm: str, dist: str | None = None, kind: str = "algorithm") -> PluginNames:
+        """Derive every name from the plugin's name (and an optional distribution name).
 
-        The distribution defaults to ``sparsecore-<algorithm>``: a prefix keeps
+        The distribution defaults to ``sparsecore-<name>``: a prefix keeps
         the package clear of unrelated same-named projects on the public index.
 
         Raises:
-            ValueError: a name that is not lowercase letters, digits and single hyphens.
+            ValueError: a name that is not lowercase letters, digits and single hyphens, or an unknown kind.
         """
+        if kind not in KINDS:
+            raise ValueError(f"unknown plugin kind {kind!r}; choose {' or '.join(KINDS)}")
         if not _ALGORITHM_NAME.match(algorithm):
             raise ValueError(f"plugin name {algorithm!r} must be lowercase letters and digits separated by single "
                              "hyphens, starting with a letter (e.g. 'gradient-growth')")
@@ -73,12 +89,13 @@ class PluginNames:
         module = dist.replace("-", "_")
         if keyword.iskeyword(module):
             raise ValueError(f"import name {module!r} is a Python keyword; choose another distribution name")
-        class_name = "".join(part.capitalize() for part in algorithm.split("-")) + "Algorithm"
-        return cls(algorithm, dist, module, class_name)
+        class_name = "".join(part.capitalize() for part in algorithm.split("-")) + KINDS[kind][1]
+        return cls(algorithm, dist, module, class_name, kind)
 
     def values(self) -> dict[str, str]:
-        """Placeholder values for the templates."""
-        return {"algorithm": self.algorithm, "dist": self.dist, "module": self.module, "class_name": self.class_name}
+        """Placeholder values for the templates (``name`` and ``algorithm`` both hold the plugin's name)."""
+        return {"algorithm": self.algorithm, "name": self.algorithm, "dist": self.dist, "module": self.module,
+                "class_name": self.class_name}
 
 
 def template_root(name: str = "plugin") -> Traversable:
@@ -115,29 +132,31 @@ def _walk(node: Traversable, prefix: tuple[str, ...] = ()):
 
 
 def render_plugin(names: PluginNames) -> dict[str, str]:
-    """The files of a new plugin package: relative path -> content."""
+    """The files of a new plugin package of ``names.kind``: relative path -> content."""
     values = names.values()
     files = {}
-    for parts, source in _walk(template_root("plugin")):
+    for parts, source in _walk(template_root(KINDS[names.kind][0])):
         parts = tuple(names.module if p == "__module__" else p for p in parts)
         path = "/".join(parts)[: -len(TEMPLATE_SUFFIX)]
         files[path] = render_text(source.read_text(encoding="utf-8"), values)
     return files
 
 
-def write_plugin(algorithm: str, directory: str | Path = ".", dist: str | None = None) -> Path:
+def write_plugin(algorithm: str, directory: str | Path = ".", dist: str | None = None,
+                 kind: str = "algorithm") -> Path:
     """Write a new plugin package into ``directory/<dist>`` and return that path.
 
     Args:
-        algorithm: the algorithm's public name.
+        algorithm: the plugin's public name.
         directory: the parent directory (created if missing).
         dist: the distribution name (default ``sparsecore-<algorithm>``).
+        kind: ``"algorithm"`` (default) or ``"observer"`` (:data:`KINDS`).
 
     Raises:
-        ValueError: a bad name.
+        ValueError: a bad name or kind.
         FileExistsError: the target directory exists and is not empty.
     """
-    names = PluginNames.from_algorithm(algorithm, dist)
+    names = PluginNames.from_algorithm(algorithm, dist, kind)
     target = Path(directory) / names.dist
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"{target} exists and is not empty; choose another --dir or name")
@@ -150,7 +169,7 @@ def write_plugin(algorithm: str, directory: str | Path = ".", dist: str | None =
 
 def _new_plugin_command(args: argparse.Namespace) -> int:
     try:
-        target = write_plugin(args.name, args.dir, args.dist)
+        target = write_plugin(args.name, args.dir, args.dist, args.kind)
     except (ValueError, FileExistsError) as exc:
         print(f"sparsecore new-plugin: error: {exc}", file=sys.stderr)
         return 2
@@ -161,11 +180,17 @@ def _new_plugin_command(args: argparse.Namespace) -> int:
 def add_new_plugin_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``new-plugin`` subcommand to the ``sparsecore`` parser."""
     p = subparsers.add_parser(
-        "new-plugin", help="write a new algorithm plugin package (entry point, one hook, passing tests)",
-        description="Write a package for a new sparse-training algorithm: pyproject.toml with the `sparsecore` "
-                    "entry point, a RigL-style plugin whose select_grow picks the largest dense gradients, a "
-                    "README, and tests that pass once it is installed.")
-    p.add_argument("name", help="the algorithm's name, e.g. gradient-growth")
+        "new-plugin", help="write a new plugin package: an algorithm (default) or an observer, with its entry "
+                           "point and passing tests",
+        description="Write a package for a new plugin: pyproject.toml with the `sparsecore` entry point, the "
+                    "plugin, a README, and tests that pass once it is installed. --kind algorithm (default): a "
+                    "RigL-style algorithm (an update schedule; hooks before_optimizer_step and select_grow, the "
+                    "largest dense gradients) tested with the conformance suite. --kind observer: a plugin that "
+                    "is not an algorithm (hook on_topology_update: records pruned/grown counts per update), "
+                    "activated by name with options.")
+    p.add_argument("name", help="the plugin's name, e.g. gradient-growth")
+    p.add_argument("--kind", choices=tuple(KINDS), default="algorithm",
+                   help="algorithm (default) or observer (a non-algorithm plugin)")
     p.add_argument("--dir", default=".", help="parent directory of the new package (default: current directory)")
     p.add_argument("--dist", default=None, help="distribution name (default: sparsecore-NAME)")
     p.set_defaults(func=_new_plugin_command)
