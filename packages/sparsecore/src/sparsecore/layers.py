@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sparsecore import distributed
 from sparsecore.selection import NMPattern
 
 #: Module types made sparse by default, with the short kind name each gets. A
@@ -53,7 +54,10 @@ class SparseLayer:
         module: the ``nn.Module`` that owns the weight.
         param_name: the weight's attribute name on ``module`` (``"weight"``).
         weight: the weight parameter.
-        mask: bool tensor shaped like ``weight``; ``True`` = active.
+        mask: bool tensor shaped like ``weight``; ``True`` = active. For an
+            FSDP2-sharded weight (a ``DTensor``) it is a ``DTensor`` sharded
+            like the weight, except during ``init_masks`` and a topology
+            update, when every hook sees the whole mask.
         target_density: the density the distribution assigned to this layer.
         index: position of the layer in model order (0 = first sparse layer).
         kind: ``"linear"``, ``"conv1d"``, ``"conv2d"``, ``"conv3d"``,
@@ -107,8 +111,8 @@ class SparseLayer:
 
     @property
     def nnz(self) -> int:
-        """Number of active weights."""
-        return int(torch.count_nonzero(self.mask))
+        """Number of active weights (summed over the shards of an FSDP2 mask: then a collective)."""
+        return distributed.count_nonzero(self.mask)
 
     @property
     def density(self) -> float:

@@ -30,6 +30,10 @@ pattern the run has:
 
   Any other request raises ``ValueError``. Fill takes precedence where both
   rules apply; both answers are then valid prune selections.
+
+Scores and candidates may be ``DTensor``s (an FSDP2-sharded weight, its
+gradient or optimizer state): they are gathered whole first (a collective, so
+every rank makes the same call) and the answer is a plain tensor.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from sparsecore.distributed import full_tensor
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,7 @@ def largest(score: torch.Tensor, candidates: torch.Tensor, n: int, block: Block 
 
 
 def _pick(score: torch.Tensor, candidates: torch.Tensor, n: int, largest: bool, block: Block) -> torch.Tensor:
+    score, candidates = full_tensor(score), full_tensor(candidates)
     if isinstance(block, NMPattern):
         quotas = nm_quotas(candidates, n, block)
         if quotas is not None:
@@ -221,6 +228,7 @@ def top_per_group(score: torch.Tensor, pattern: NMPattern, largest: bool = True)
     Ties go to the lower index. The same as ``largest(score, all-True, pattern.active_count(shape), pattern)``,
     without counting candidates (SR-STE recomputes it every step).
     """
+    score = full_tensor(score)
     quotas = torch.full((pattern.groups_in(score.shape),), pattern.n, dtype=torch.int16, device=score.device)
     return _pick_per_group(score, None, quotas, largest, pattern)
 
@@ -310,6 +318,7 @@ def _group_ranks_sorted(s: torch.Tensor, c: torch.Tensor | None, largest: bool) 
 
 def random_choice(candidates: torch.Tensor, n: int, generator: torch.Generator, block: Block = None) -> torch.Tensor:
     """Bool mask of ``n`` candidates drawn uniformly without replacement from ``generator``."""
+    candidates = full_tensor(candidates)
     if isinstance(block, NMPattern):
         quotas = nm_quotas(candidates, n, block)
         if quotas is not None:
@@ -383,6 +392,8 @@ def global_largest(scores: Mapping[str, torch.Tensor], candidates: Mapping[str, 
 def _global_pick(scores: Mapping[str, torch.Tensor], candidates: Mapping[str, torch.Tensor], n: int, largest: bool,
                  block: Block) -> dict[str, torch.Tensor]:
     names = list(scores)
+    scores = {k: full_tensor(scores[k]) for k in names}
+    candidates = {k: full_tensor(candidates[k]) for k in names}
     if isinstance(block, NMPattern):
         fills = {k: q for k in names if (q := _fill_quotas(candidates[k], block)) is not None}
         if len(fills) == len(names) and sum(int(q.sum()) for q in fills.values()) == n:

@@ -279,8 +279,9 @@ class Sparsifier:
         for name, d in distributions.resolve(self.distribution, shapes, self.density).items():
             self.layers[name].target_density = d
         self._seed_generator(seed)
-        masks, who = self.manager.call_first("init_masks", sparsifier=self, layers=self.layers)
-        initial = AnswerChecks(self.layers, dict(self.manager.plugins())).initial_masks(who, masks)
+        with distributed.full_masks(self.layers):  # plugins see whole masks, also of FSDP2-sharded weights
+            masks, who = self.manager.call_first("init_masks", sparsifier=self, layers=self.layers)
+            initial = AnswerChecks(self.layers, dict(self.manager.plugins())).initial_masks(who, masks)
         self._warn_empty(initial, who)
         forwards = self._collect_forwards()
 
@@ -649,9 +650,14 @@ class Sparsifier:
         return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
 
     def momentum(self, layer: SparseLayer | str) -> torch.Tensor | None:
-        """Momentum of a layer's weight: SGD's buffer or Adam's normalised first moment."""
+        """Momentum of a layer's weight: SGD's buffer or Adam's normalised first moment.
+
+        For an FSDP2-sharded weight it is the whole tensor, gathered from the
+        shards (a collective: call it on every rank).
+        """
         layer = self.layers[layer] if isinstance(layer, str) else layer
-        return optim_state.momentum(self.optimizer, layer.weight)
+        found = optim_state.momentum(self.optimizer, layer.weight)
+        return None if found is None else distributed.full_tensor(found)
 
     def optimizer_state(self, layer: SparseLayer | str) -> dict[str, torch.Tensor]:
         """The optimizer's per-element state tensors of a layer's weight."""
@@ -703,7 +709,9 @@ class Sparsifier:
         rate = float(rate)
         if not (0.0 <= rate <= 1.0):
             raise ConfigurationError(f"prune rate must be in [0, 1], got {rate}")
-        return self._commit_masks(run_update(self, rate), reason="update", rate=rate)
+        with distributed.full_masks(self.layers):  # the cycle runs on whole masks, also of sharded weights
+            masks = run_update(self, rate)
+        return self._commit_masks(masks, reason="update", rate=rate)
 
     def set_masks(self, masks: Mapping[str, torch.Tensor], record: bool = True) -> TopologyReport:
         """Replace the masks of some or all layers (e.g. DSD's phase changes).
@@ -728,13 +736,15 @@ class Sparsifier:
     def _commit_masks(self, masks: Mapping[str, torch.Tensor], reason: str, rate: float | None,
                       notify: bool = True) -> TopologyReport:
         if distributed.is_distributed():
-            distributed.broadcast_masks(masks.values())
+            distributed.broadcast_masks(masks[name] for name, layer in self.layers.items()
+                                        if not distributed.is_dtensor(layer.weight))  # shard_like syncs the rest
         updates: dict[str, LayerUpdate] = {}
         with torch.no_grad():
             for name, layer in self.layers.items():
-                new, old = masks[name], layer.mask
+                # sharded weights: rank 0's whole mask, scattered like the weight (plain ones stay as they are)
+                new, old = (distributed.shard_like(m, layer.weight) for m in (masks[name], layer.mask))
                 grown, pruned = new & ~old, old & ~new
-                n_grown, n_pruned = int(torch.count_nonzero(grown)), int(torch.count_nonzero(pruned))
+                n_grown, n_pruned = distributed.count_nonzero(grown), distributed.count_nonzero(pruned)
                 if reason == "init" or n_grown or n_pruned:
                     layer.mask = new
                     layer.version += 1
@@ -748,7 +758,7 @@ class Sparsifier:
                         optim_state.zero_state(self.optimizer, layer.weight, grown)
                     if self.policy.mask_optimizer_state and n_pruned:
                         optim_state.zero_state(self.optimizer, layer.weight, ~new)
-                nnz = int(torch.count_nonzero(new))
+                nnz = distributed.count_nonzero(new)
                 updates[name] = LayerUpdate(n_pruned, n_grown, nnz, nnz / new.numel())
         self._masks.invalidate()
         report = TopologyReport(self.step, self.epoch, rate, updates, reason)
@@ -824,7 +834,10 @@ class Sparsifier:
         """
         self._check_state(state)
         for name, layer in self.layers.items():
-            layer.mask = state["masks"][name].to(device=layer.weight.device, dtype=torch.bool).clone()
+            mask = state["masks"][name]
+            if not distributed.is_dtensor(mask):
+                mask = mask.to(device=layer.weight.device, dtype=torch.bool)
+            layer.mask = distributed.shard_like(mask, layer.weight).clone()  # sharded like an FSDP2 weight
             layer.version = max(layer.version, int(state["versions"][name])) + 1
             layer.target_density = float(state["target_densities"][name])
             if self.policy.mask_weights:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sparsecore import selection
+from sparsecore import distributed, selection
 from sparsecore.errors import HookResultError
 from sparsecore.layers import SparseLayer
 from sparsecore.selection import NMPattern
@@ -134,6 +134,7 @@ class AnswerChecks:
         self.mapping(hook, who, masks, partial, "bool mask")
         out = {}
         for name, mask in masks.items():
+            mask = distributed.full_tensor(mask)  # a DTensor answer (FSDP2) is checked and kept whole
             self.tensor(hook, who, self.layers[name], mask)
             self.nm_mask(hook, who, self.layers[name], mask, allow_dense=True)
             out[name] = mask.clone()
@@ -284,9 +285,12 @@ def _choose(sparsifier: Sparsifier, checks: AnswerChecks, hook: str, source: tup
     """The selection fixed by ``source`` (a hook and the plugin that answered it), checked, or else the
     per-layer hook's answer for the count ``source`` gave; with the hook and plugin that chose it."""
     if torch.is_tensor(planned) and planned.dtype == torch.bool:
+        planned = distributed.full_tensor(planned)  # a DTensor answer (FSDP2) is taken whole
         checks.selection(*source, layer, planned, None, allowed, allowed_name)
         return planned, source
     n = checks.count(*source, layer.name, planned, int(allowed.sum()), f"its {allowed_name} weights")
     chosen, who = sparsifier.manager.call_first(hook, sparsifier=sparsifier, layer=layer, n=n, update=update)
+    if torch.is_tensor(chosen):
+        chosen = distributed.full_tensor(chosen)
     checks.selection(hook, who, layer, chosen, n, allowed, allowed_name)
     return chosen, (hook, who)
