@@ -22,11 +22,13 @@ the engine never replaces their forwards.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+
+from sparsecore.errors import ConfigurationError, HookResultError
 
 
 def _keep_python_forward(module: nn.Module, args: Any) -> None:
@@ -94,3 +96,50 @@ class ReplacedForwards:
                 module.forward = original
         self._originals.clear()
         self._guard()
+
+
+def collect_module_forwards(sparsifier: Any) -> list[tuple[nn.Module, Callable[..., Any]]]:
+    """Every plugin's ``module_forwards`` answer for a run being set up, checked.
+
+    Args:
+        sparsifier: the engine (its ``model``, ``layers`` and plugin ``manager``).
+
+    Returns:
+        ``(module, forward)`` pairs to install with the layers' forwards.
+
+    Raises:
+        ConfigurationError: a plugin wraps the hook.
+        HookResultError: an answer that is not a mapping, names a module the
+            model does not have or a sparse layer, claims a module another
+            plugin claimed, or maps to a non-callable.
+    """
+    hook = "module_forwards"
+    modules = dict(sparsifier.model.named_modules())
+    sparse = {name for name, module in modules.items()
+              if any(layer.module is module for layer in sparsifier.layers.values())}
+    claimed: dict[str, str] = {}
+    pairs: list[tuple[nn.Module, Callable[..., Any]]] = []
+    for impl in reversed(sparsifier.manager.hook.module_forwards.get_hookimpls()):
+        who = impl.plugin_name
+        if impl.wrapper or impl.hookwrapper:
+            raise ConfigurationError(f"plugin {who!r} wraps {hook!r}; it takes plain implementations")
+        answer = impl.function(*[{"sparsifier": sparsifier}[arg] for arg in impl.argnames])
+        if answer is None:
+            continue
+        if not isinstance(answer, Mapping):
+            raise HookResultError(hook, who, f"returned {type(answer).__name__}, expected a mapping of module "
+                                             "name to forward")
+        for name, forward in answer.items():
+            if name not in modules:
+                raise HookResultError(hook, who, f"names {name!r}, which is no module of the model")
+            if name in sparse:
+                raise HookResultError(hook, who, f"names sparse layer {name!r}; replace a sparse layer's forward "
+                                                 "with 'layer_forward'")
+            if name in claimed:
+                raise HookResultError(hook, who, f"claims module {name!r}, which plugin {claimed[name]!r} "
+                                                 "already replaces")
+            if not callable(forward):
+                raise HookResultError(hook, who, f"returned a non-callable for module {name!r}")
+            claimed[name] = who
+            pairs.append((modules[name], forward))
+    return pairs

@@ -299,6 +299,52 @@ def layer_forward(sparsifier: Sparsifier, layer: SparseLayer) -> Callable[..., A
 
 
 @hookspec
+def module_forwards(sparsifier: Sparsifier) -> Mapping[str, Callable[..., Any]] | None:
+    """Replace the forwards of other modules of the model (not sparse layers) for the run.
+
+    Called once while the sparsifier is constructed, after ``layer_forward``.
+    SWAT replaces the forwards of BatchNorm, ReLU and max-pool modules with
+    ones that save less for backward. The engine installs them when it commits
+    the run, together with the layers' forwards, and restores the originals on
+    :meth:`Sparsifier.remove`, so a refused set-up and a removed sparsifier
+    leave the model as it was.
+
+    Args:
+        sparsifier: the engine.
+
+    Returns:
+        Qualified module name (``"features.1"``) to the callable that becomes
+        its forward, or ``None``. Broadcast: every plugin's answer is used. A
+        name the model does not have, a sparse layer (use ``layer_forward``), a
+        module two plugins claim, or a non-callable raises
+        :class:`~sparsecore.HookResultError` naming the plugin. Wrappers are
+        refused on this hook (the engine calls each implementation itself).
+    """
+
+
+@hookspec(firstresult=True)
+def layer_products(sparsifier: Sparsifier, layer: SparseLayer) -> Any | None:
+    """Offer sparse products for a layer whose forward another plugin owns.
+
+    An algorithm with its own autograd path (SWAT) asks for them through
+    :func:`sparsecore.products.layer_products` from its ``layer_forward``; a
+    kernel plugin answers with an object implementing
+    :class:`sparsecore.products.SparseProducts` (sparse-weight products and a
+    weight gradient from sparse activations), which the algorithm's forward and
+    backward then call. So an algorithm's forward and a kernel backend compose
+    instead of competing for ``layer_forward``.
+
+    Args:
+        sparsifier: the engine.
+        layer: the layer the products are for.
+
+    Returns:
+        A :class:`~sparsecore.products.SparseProducts`, or ``None`` (no kernel
+        for this layer). First-result.
+    """
+
+
+@hookspec
 def on_setup(sparsifier: Sparsifier) -> None:
     """The run is planned: layers, target densities and initial masks are known; nothing is applied yet.
 

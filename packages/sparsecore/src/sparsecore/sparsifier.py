@@ -14,7 +14,7 @@ from torch import nn
 from sparsecore import distributed, distributions, optim_state, selection
 from sparsecore.algorithm import ENGINE_DEFAULT_KEYS, PATTERNS
 from sparsecore.errors import CheckpointError, ConfigurationError, HookResultError
-from sparsecore.forwards import ReplacedForwards
+from sparsecore.forwards import ReplacedForwards, collect_module_forwards
 from sparsecore.layer_selection import attention_readers, select_layers
 from sparsecore.layers import SparseLayer
 from sparsecore.masking import FusedMasks
@@ -284,6 +284,7 @@ class Sparsifier:
             initial = AnswerChecks(self.layers, dict(self.manager.plugins())).initial_masks(who, masks)
         self._warn_empty(initial, who)
         forwards = self._collect_forwards()
+        module_forwards = collect_module_forwards(self)
 
         # -- 4. every plugin accepts the run ------------------------------------
         for name, mask in initial.items():  # plugins see the planned masks; weights are not touched yet
@@ -296,7 +297,8 @@ class Sparsifier:
         self._masks = FusedMasks(list(self.layers.values()))
         self._has_before_step = bool(self.manager.hook.before_optimizer_step.get_hookimpls())
         self._has_on_step = bool(self.manager.hook.on_step.get_hookimpls())
-        self._forwards.install((self.layers[name].module, forward) for name, forward in forwards.items())
+        self._forwards.install([*((self.layers[name].module, forward) for name, forward in forwards.items()),
+                                *module_forwards])
         self._record_output_sizes()
         self._handles.append(optimizer.register_step_pre_hook(self._before_step))
         self._handles.append(optimizer.register_step_post_hook(self._after_step))
