@@ -144,23 +144,97 @@ def _swat(model: nn.Module, density: float, **options) -> tuple[sparsecore.Spars
     return sp, opt
 
 
+MEMORY_CONFIGS = ("dense", "80 layers", "80 model", "90 layers", "90 model")
+
+
+def _memory_model(name: str, config: str) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model of a memory row: dense, or SWAT-U with ``activation_memory`` "layers" or "model"."""
+    torch.manual_seed(0)
+    model = create_model(name)
+    if config == "dense":
+        return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sparsity, memory = config.split()
+    return model, _swat(model, 1 - int(sparsity) / 100, activation_memory=memory)[1]
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_step_bytes(name: str, config: str, batch: int) -> int:
+    """Peak resident memory a training step adds, in this (fresh) process; Linux only.
+
+    One warm-up step first (gradients and momentum exist afterwards), then the
+    freed memory is handed back to the OS (``malloc_trim``), the peak RSS
+    counter is reset (``/proc/self/clear_refs``) and one more step runs: the
+    result is its peak RSS minus the RSS before it. Run with
+    ``MALLOC_MMAP_THRESHOLD_`` set so large tensors are mapped and unmapped
+    one by one.
+    """
+    import ctypes
+    import gc
+
+    model, opt = _memory_model(name, config)
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, *MODELS[name]), torch.randint(0, 10, (batch,))
+    for i in range(2):
+        if i == 1:
+            gc.collect()
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            base = _status_kib("VmRSS")
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        opt.zero_grad(set_to_none=False)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return (_status_kib("VmHWM") - base) * 1024
+
+
+def _peak_in_subprocess(name: str, config: str, batch: int) -> int:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, __file__, "--threads", str(torch.get_num_threads()), "peak", name, config,
+                          "--batch", str(batch)],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return int(out.split()[-1])
+
+
+def cmd_peak(args) -> None:
+    print(peak_step_bytes(args.model, args.config, args.batch))
+
+
 def cmd_memory(args) -> None:
-    print(f"machine: {machine()}; batch {args.batch}; float32; model in train mode\n")
-    print("| model | config | saved by Linear/Conv layers (MiB) | vs dense | all saved tensors, unique storages (MiB) | vs dense |")
-    print("|---|---|---|---|---|---|")
+    import datetime
+
+    print(f"machine: {machine()}; batch {args.batch}; float32; model in train mode; "
+          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n")
+    print("| model | config | saved by Linear/Conv layers (MiB) | all saved tensors, unique storages (MiB) | "
+          "vs dense | peak RSS added by a training step (MiB) | vs dense |")
+    print("|---|---|---|---|---|---|---|")
     for name, shape in MODELS.items():
         torch.manual_seed(0)
         x, y = torch.randn(args.batch, *shape), torch.randint(0, 10, (args.batch,))
-        base = create_model(name)
-        dense_layer, dense_total = saved_bytes(base, x, y)
-        print(f"| {name} | dense | {dense_layer / 2**20:.2f} | 100 % | {dense_total / 2**20:.2f} | 100 % |")
-        for sparsity in (0.8, 0.9):
-            torch.manual_seed(0)
-            model = create_model(name)
-            _swat(model, 1 - sparsity)
+        dense_total = dense_peak = 0
+        for config in MEMORY_CONFIGS:
+            model, _ = _memory_model(name, config)
             layer, total = saved_bytes(model, x, y)
-            print(f"| {name} | SWAT-U {sparsity:.0%} | {layer / 2**20:.2f} | {layer / dense_layer:.1%} | "
-                  f"{total / 2**20:.2f} | {total / dense_total:.1%} |")
+            peak = _peak_in_subprocess(name, config, args.batch) if args.peak else 0
+            if config == "dense":
+                dense_total, dense_peak = total, peak
+                label = "dense"
+            else:
+                sparsity, memory = config.split()
+                label = f"SWAT-U {sparsity}%, activation_memory={memory!r}"
+            peak_cells = (f"{peak / 2**20:.1f} | {peak / dense_peak:.1%}" if args.peak else "– | –")
+            print(f"| {name} | {label} | {layer / 2**20:.2f} | {total / 2**20:.2f} | {total / dense_total:.1%} | "
+                  f"{peak_cells} |", flush=True)
 
 
 def _step_times(model: nn.Module, opt: torch.optim.Optimizer, x, y, repeats: int) -> list[float]:
@@ -263,14 +337,23 @@ def main() -> None:
     sub.add_parser("flops")
     p = sub.add_parser("memory")
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--no-peak", dest="peak", action="store_false", help="skip the peak-RSS column")
+    p = sub.add_parser("peak", help="(internal) peak RSS of one training step, in bytes")
+    p.add_argument("model", choices=sorted(MODELS))
+    p.add_argument("config", choices=MEMORY_CONFIGS)
+    p.add_argument("--batch", type=int, default=16)
     p = sub.add_parser("time")
     p.add_argument("--repeats", type=int, default=7)
     p = sub.add_parser("accuracy")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     sub.add_parser("topk")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
-    {"flops": cmd_flops, "memory": cmd_memory, "time": cmd_time, "accuracy": cmd_accuracy, "topk": cmd_topk}[args.cmd](args)
+    torch.set_num_threads(args.threads)
+    commands = {"flops": cmd_flops, "memory": cmd_memory, "peak": cmd_peak, "time": cmd_time,
+                "accuracy": cmd_accuracy, "topk": cmd_topk}
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ Only what backward needs is saved: the weight parameter itself (no copy), the
 0-dim thresholds (the weight selection is recomputed from them, which is exact
 because autograd forbids modifying the weight in between), and the input
 activations compressed as a packed bitmask plus the kept values
-(:mod:`sparsecore_swat.compress`).
+(:mod:`sparsecore_swat.compress`), or, when the input is a BatchNorm output
+(after ReLU / max-pool) recorded by :mod:`sparsecore_swat.activations`, only
+the activation threshold beside the BatchNorm input, which BatchNorm saves
+anyway: backward recomputes the input and its top-K.
 
 Under ``torch.autocast`` the layers follow autocast's rule for linear and
 convolution: the products run in the autocast dtype (e.g. bfloat16 on CPU)
@@ -31,6 +34,7 @@ from torch.autograd.function import once_differentiable
 
 from sparsecore import ConfigurationError
 from sparsecore_swat import topk
+from sparsecore_swat.activations import rebuild_of
 from sparsecore_swat.compress import compress, decompress
 from sparsecore_swat.state import TopKState
 
@@ -77,22 +81,34 @@ def _start(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 def _save(ctx: Any, x: torch.Tensor, weight: torch.Tensor, w_thr: torch.Tensor | None,
           x_thr: torch.Tensor | None) -> None:
-    """Save the weight (the parameter, no copy) and the compressed input (only if dW is needed).
+    """Save the weight (the parameter, no copy) and what rebuilds the top-K input (only if dW is needed).
 
     The activation selection is taken on ``x`` as it came in; the kept values
-    are stored in the compute dtype (``ctx.dtype``), which backward uses.
+    are stored in the compute dtype (``ctx.dtype``), which backward uses. When
+    ``x`` can be recomputed exactly from tensors other modules save anyway
+    (:func:`sparsecore_swat.activations.rebuild_of`: a BatchNorm input), only
+    the activation threshold is saved beside those tensors.
     """
     need_dw = ctx.needs_input_grad[1]
     tensors: list[torch.Tensor | None] = [weight, w_thr]
     ctx.x_shape = x.shape
-    ctx.x_compressed = need_dw and x_thr is not None
+    ctx.x_mode = "none"
+    ctx.x_rebuild = None
     if not need_dw:
-        tensors += [None, None]
+        pass
     elif x_thr is None:
-        tensors += [_cast(x, ctx.dtype), None]
+        ctx.x_mode = "dense"
+        tensors.append(_cast(x, ctx.dtype))
     else:
-        packed = compress(_cast(x, ctx.dtype), topk.above(x.abs(), x_thr))
-        tensors += [packed.bits, packed.values]
+        found = rebuild_of(x)
+        if found is not None:
+            ctx.x_mode = "rebuild"
+            ctx.x_rebuild = found[0]
+            tensors += [x_thr, *found[1]]
+        else:
+            ctx.x_mode = "compressed"
+            packed = compress(_cast(x, ctx.dtype), topk.above(x.abs(), x_thr))
+            tensors += [packed.bits, packed.values]
     ctx.save_for_backward(*tensors)
 
 
@@ -106,10 +122,16 @@ def _in_input_dtypes(ctx: Any, dx: torch.Tensor | None, dw: torch.Tensor | None,
 
 def _saved(ctx: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Return ``(weight, weight threshold, input with only its top-K entries)`` from the context."""
-    weight, w_thr, first, second = ctx.saved_tensors
-    if ctx.x_compressed:
-        return weight, w_thr, decompress(first, second, ctx.x_shape)
-    return weight, w_thr, first
+    weight, w_thr, *rest = ctx.saved_tensors
+    if ctx.x_mode == "compressed":
+        return weight, w_thr, decompress(rest[0], rest[1], ctx.x_shape)
+    if ctx.x_mode == "rebuild":
+        x_thr, *sources = rest
+        x = ctx.x_rebuild(*sources)
+        kept = topk.above(x.abs(), x_thr)
+        x = _cast(x, ctx.dtype)
+        return weight, w_thr, torch.where(kept, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return weight, w_thr, (rest[0] if ctx.x_mode == "dense" else None)
 
 
 class SwatLinearFunction(torch.autograd.Function):

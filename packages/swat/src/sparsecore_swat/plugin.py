@@ -31,6 +31,7 @@ import torch
 
 import sparsecore
 from sparsecore.optim_state import require_momentum
+from sparsecore_swat.activations import activation_forwards
 from sparsecore_swat.budget import momentum_budgets, momentum_shares
 from sparsecore_swat.functional import SwatForward, layer_kind_of
 from sparsecore_swat.options import check_choice, check_flag, check_fraction, check_period
@@ -38,6 +39,7 @@ from sparsecore_swat.state import TopKState
 from sparsecore_swat.topk import check_structure
 
 VARIANTS = ("uniform", "erk", "momentum")
+ACTIVATION_MEMORY = ("model", "layers")
 _MOMENTUM_HINT = ("use an optimizer with momentum (SGD with momentum > 0 or an Adam-family optimizer), "
                   "or another variant ('uniform' or 'erk')")
 
@@ -68,11 +70,18 @@ class SwatAlgorithm(sparsecore.Algorithm):
             ``False`` for ``uniform`` (SWAT-U), ``True`` for ``erk`` and
             ``momentum`` (SWAT-ERK and SWAT-M sparsify it in the reference).
         sparsify_last_layer: make the last prunable layer sparse (default ``True``).
+        activation_memory: ``"model"`` (default): the model's BatchNorm, ReLU and
+            max-pool modules get forwards that save less for backward, and SWAT
+            layers fed by them save only a threshold
+            (:mod:`sparsecore_swat.activations`; gradients unchanged, the
+            backward recomputes a batch norm per such module); ``"layers"``:
+            only SWAT layers save less (their compressed top-K input).
 
     Raises:
         sparsecore.ConfigurationError: a bad option (naming it): an unknown
             variant or structure, an activation density outside (0, 1], a
-            period that is not an integer >= 1, a flag that is not a bool;
+            period that is not an integer >= 1, a flag that is not a bool, an
+            ``activation_memory`` other than ``"model"`` or ``"layers"``;
             ``variant="momentum"`` with an optimizer
             that keeps no momentum (at set-up for a zero ``momentum`` option,
             otherwise at the first optimizer step that leaves no sparse layer
@@ -89,7 +98,8 @@ class SwatAlgorithm(sparsecore.Algorithm):
 
     def __init__(self, variant: str = "uniform", structure: str | None = None,
                  activation_density: float | None = None, period: int = 1,
-                 sparsify_first_layer: bool | None = None, sparsify_last_layer: bool = True) -> None:
+                 sparsify_first_layer: bool | None = None, sparsify_last_layer: bool = True,
+                 activation_memory: str = "model") -> None:
         self.variant = check_choice(variant, "variant", VARIANTS)
         self.structure = check_structure(structure)
         self.activation_density = (None if activation_density is None
@@ -99,6 +109,7 @@ class SwatAlgorithm(sparsecore.Algorithm):
             sparsify_first_layer = variant in ("erk", "momentum")
         self.sparsify_first_layer = sparsify_first_layer
         self.sparsify_last_layer = check_flag(sparsify_last_layer, "sparsify_last_layer")
+        self.activation_memory = check_choice(activation_memory, "activation_memory", ACTIVATION_MEMORY)
         #: Distribution (ERK for SWAT-ERK) and which end layers stay dense, unless the user says otherwise.
         self.engine_defaults = {
             "distribution": "erk" if variant == "erk" else "uniform",
@@ -156,6 +167,13 @@ class SwatAlgorithm(sparsecore.Algorithm):
         except TypeError as err:
             raise sparsecore.ConfigurationError(
                 f"{err} (layer {layer.name!r}); exclude it from the sparse layers") from None
+
+    @sparsecore.hookimpl
+    def module_forwards(self, sparsifier: sparsecore.Sparsifier) -> dict[str, Callable[..., Any]] | None:
+        """With ``activation_memory="model"``: the saving forwards of the model's BatchNorm, ReLU and max-pool modules."""
+        if self.activation_memory != "model":
+            return None
+        return activation_forwards(sparsifier.model)
 
     @sparsecore.hookimpl
     def on_setup(self, sparsifier: sparsecore.Sparsifier) -> None:
@@ -280,7 +298,8 @@ class SwatAlgorithm(sparsecore.Algorithm):
 
     def __repr__(self) -> str:
         return (f"SwatAlgorithm(variant={self.variant!r}, structure={self.structure!r}, "
-                f"activation_density={self.activation_density}, period={self.period})")
+                f"activation_density={self.activation_density}, period={self.period}, "
+                f"activation_memory={self.activation_memory!r})")
 
 
 @sparsecore.hookimpl
