@@ -32,12 +32,16 @@ class TinyModule(pl.LightningModule):
         x, y = batch
         return F.cross_entropy(self(x), y)
 
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+class ValidatedModule(TinyModule):
+    """:class:`TinyModule` with a validation loss."""
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         self.log("val_loss", F.cross_entropy(self(x), y))
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
 
 def make_loader(seed: int = 0, batches: int = BATCHES) -> DataLoader:
@@ -63,6 +67,8 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, loader: DataLoader, **o
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")  # Lightning on a newer torch
+        warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
         trainer.fit(module, loader, **options)
 
 
@@ -107,3 +113,14 @@ def plain_loop(module: TinyModule, loader: DataLoader, epochs: int, algorithm: s
 def masks_of(sparsifier: sparsecore.Sparsifier) -> dict[str, torch.Tensor]:
     """Copies of every layer's mask."""
     return {name: layer.mask.clone() for name, layer in sparsifier.layers.items()}
+
+
+class StopAfterEpoch(pl.Callback):
+    """Ends ``fit`` after the given epoch, as an interrupted run would (before its checkpoint is written)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True

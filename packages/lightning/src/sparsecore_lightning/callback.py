@@ -67,7 +67,7 @@ class SparsityCallback(Callback):
             or an algorithm object.
         density: fraction of weights kept over the sparse layers; ``None``: the
             algorithm's default.
-        log: log ``sparsity/density``, ``sparsity/pruned`` and ``sparsity/grown``
+        log_metrics: log ``sparsity/density``, ``sparsity/pruned`` and ``sparsity/grown``
             (and the algorithm's numeric :meth:`~sparsecore.Sparsifier.algorithm_metrics`
             as ``sparsity/<name>``) at each training epoch end.
         **sparsifier_kwargs: any other :class:`~sparsecore.Sparsifier` argument
@@ -82,13 +82,12 @@ class SparsityCallback(Callback):
     Raises:
         ConfigurationError: ``model`` or ``optimizer`` among the keyword
             arguments (the callback takes them from the trainer); at
-            ``fit``: not exactly one optimizer, or a second SparsityCallback
-            on the trainer.
+            ``fit``: not exactly one optimizer.
         CheckpointError: at ``fit``: the checkpoint's sparsifier state does not
             fit this run (another algorithm, density, layers, ...).
     """
 
-    def __init__(self, algorithm: str | Any = "set", density: float | None = None, *, log: bool = True,
+    def __init__(self, algorithm: str | Any = "set", density: float | None = None, *, log_metrics: bool = True,
                  **sparsifier_kwargs: Any) -> None:
         supplied = sorted(set(sparsifier_kwargs) & set(_SUPPLIED))
         if supplied:
@@ -96,23 +95,15 @@ class SparsityCallback(Callback):
                                      "its configured optimizer); do not pass them")
         self.algorithm = algorithm
         self.density = density
-        self.log = log
+        self.log_metrics = log_metrics
         self.sparsifier_kwargs = dict(sparsifier_kwargs)
         self.sparsifier: Sparsifier | None = None
         self._pending_state: dict[str, Any] | None = None
-        self._restored_epoch: int | None = None
         self._step_wrapper: ClosureFirstStep | None = None
 
     # ------------------------------------------------------------------
     # building the sparsifier
     # ------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Refuse a second SparsityCallback on the same trainer (a model holds one sparsifier)."""
-        count = sum(isinstance(cb, SparsityCallback) for cb in trainer.callbacks)
-        if count > 1:
-            raise ConfigurationError(f"the Trainer has {count} SparsityCallbacks; a model takes one sparsifier, "
-                                     "so pass a single SparsityCallback")
-
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Build the sparsifier on the module and the trainer's optimizer; apply a checkpoint's state if one came."""
         optimizer = self._single_optimizer(trainer)
@@ -135,7 +126,6 @@ class SparsityCallback(Callback):
                 _restore_parameters(pl_module, restored)
                 raise
         self.sparsifier = sparsifier
-        self._restored_epoch = None if state is None else _epoch_of(state)
         self._pending_state = None
         self._step_wrapper = ClosureFirstStep(optimizer)
 
@@ -163,20 +153,11 @@ class SparsityCallback(Callback):
     # ------------------------------------------------------------------
     # the training loop
     # ------------------------------------------------------------------
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """After a resume, run the epoch end a checkpoint saved before ``on_train_epoch_end`` never saw."""
-        if self._restored_epoch is None or self.sparsifier is None:
-            return
-        previous = trainer.current_epoch - 1
-        if previous > self._restored_epoch:
-            self.sparsifier.epoch_end(previous)
-        self._restored_epoch = None
-
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Tell the engine the epoch ended (epoch-scheduled updates run here), then log."""
         sparsifier = self._require_sparsifier()
         sparsifier.epoch_end(trainer.current_epoch)
-        if self.log:
+        if self.log_metrics:
             for name, value in self.metrics().items():
                 pl_module.log(f"sparsity/{name}", value, on_step=False, on_epoch=True, sync_dist=True,
                               reduce_fx="max")
@@ -245,12 +226,6 @@ class SparsityCallback(Callback):
             raise CheckpointError(f"the checkpoint's {self.state_key!r} entry holds no sparsifier state "
                                   f"(expected a mapping with key {STATE_KEY!r})")
         self._pending_state = dict(state_dict[STATE_KEY])
-
-
-def _epoch_of(state: Mapping[str, Any]) -> int:
-    """The last epoch a sparsifier state has seen the end of (-1 for none)."""
-    epoch = state.get("epoch")
-    return -1 if epoch is None else int(epoch)
 
 
 def _parameter_snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

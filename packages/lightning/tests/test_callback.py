@@ -1,0 +1,158 @@
+"""SparsityCallback's set-up, logging, errors, and what it leaves after ``fit``."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from lightning_helpers import TinyModule, fit, make_loader, make_trainer, masks_of
+
+from sparsecore import ConfigurationError
+from sparsecore.sparsifier import attached_sparsifier
+from sparsecore_lightning import ClosureFirstStep, SparsityCallback
+
+
+def test_builds_the_sparsifier_at_fit_start_with_the_trainers_steps(tmp_path):
+    callback = SparsityCallback("set", density=0.25, seed=1, prune_rate=0.5, exclude=["net.4"])
+    module = TinyModule()
+    assert callback.sparsifier is None
+    fit(make_trainer(tmp_path, [callback], max_epochs=2, accumulate_grad_batches=4), module, make_loader())
+    sparsifier = callback.sparsifier
+    assert sparsifier.model is module and sparsifier.total_steps == 4  # 2 epochs x 8 batches / 4
+    assert list(sparsifier.layers) == ["net.0", "net.2"] and sparsifier.algorithm.prune_rate == 0.5
+    assert sparsifier.nnz == round(0.25 * 512) + round(0.25 * 768)
+
+
+def test_logs_density_and_the_last_updates_counts(tmp_path):
+    callback = SparsityCallback("set", density=0.25, seed=1)
+    trainer = make_trainer(tmp_path, [callback], max_epochs=3)
+    fit(trainer, TinyModule(), make_loader())
+    sparsifier = callback.sparsifier
+    last = sparsifier.history[-1]  # after epoch 1; none after the final epoch 2
+    assert (last.epoch, len(sparsifier.history)) == (1, 2)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert logged == {
+        "sparsity/density": sparsifier.nnz / 1376,
+        "sparsity/pruned": float(sum(u.pruned for u in last.layers.values())),
+        "sparsity/grown": float(sum(u.grown for u in last.layers.values())),
+    }
+    assert logged["sparsity/pruned"] == logged["sparsity/grown"] > 0
+
+
+def test_log_metrics_false_logs_nothing(tmp_path):
+    trainer = make_trainer(tmp_path, [SparsityCallback("set", density=0.25, log_metrics=False)], max_epochs=2)
+    fit(trainer, TinyModule(), make_loader())
+    assert dict(trainer.callback_metrics) == {}
+
+
+def test_after_fit_the_engine_stays_attached_and_a_second_fit_continues(tmp_path):
+    callback = SparsityCallback("set", density=0.25, seed=1)
+    module = TinyModule()
+    fit(make_trainer(tmp_path, [callback], max_epochs=2), module, make_loader())
+    first = callback.sparsifier
+    optimizer = first.optimizer
+    assert attached_sparsifier(module) is first
+    assert "step" not in vars(optimizer)  # the closure-first wrapper is gone
+    masks = masks_of(first)
+
+    fit(make_trainer(tmp_path, [callback], max_epochs=1), module, make_loader())
+    second = callback.sparsifier
+    assert second is not first and attached_sparsifier(module) is second and attached_sparsifier(optimizer) is None
+    assert second.step == 16 + 8 and second.epoch == 0
+    assert all(torch.equal(second.layers[n].mask, m) for n, m in masks.items())  # one epoch: no update
+
+    callback.remove()
+    assert attached_sparsifier(module) is None and callback.sparsifier is second
+    for layer in second.layers.values():
+        assert not layer.weight[~layer.mask].any()  # the model stays sparse
+
+
+def test_model_and_optimizer_come_from_the_trainer():
+    with pytest.raises(ConfigurationError, match=r"\['model'\] come from the Trainer"):
+        SparsityCallback("set", model=torch.nn.Linear(2, 2))
+
+
+class TwoOptimizers(TinyModule):
+    automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        return None
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.net[0].parameters(), lr=0.1), torch.optim.SGD(self.net[2].parameters(), lr=0.1)]
+
+
+def test_two_optimizers_are_refused(tmp_path):
+    trainer = make_trainer(tmp_path, [SparsityCallback("set")], max_epochs=1)
+    with pytest.raises(ConfigurationError, match="exactly one optimizer from configure_optimizers, the trainer has 2"):
+        fit(trainer, TwoOptimizers(), make_loader())
+
+
+def test_two_callbacks_are_refused_by_lightning(tmp_path):
+    """A model takes one sparsifier, and Lightning refuses two callbacks with one checkpoint entry."""
+    with pytest.raises(RuntimeError, match="more than one stateful callback of type `SparsityCallback`"):
+        make_trainer(tmp_path, [SparsityCallback("set"), SparsityCallback("static")], max_epochs=1)
+
+
+def test_metrics_before_fit_say_why():
+    with pytest.raises(ConfigurationError, match="no sparsifier yet; it is built when Trainer.fit starts"):
+        SparsityCallback("set").metrics()
+
+
+# -- ClosureFirstStep ----------------------------------------------------------------------------------------------
+def _quadratic():
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    return weight, lambda: (weight ** 2).sum()
+
+
+def test_step_pre_hooks_see_the_closures_gradient():
+    weight, loss_fn = _quadratic()
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    seen = []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(
+        None if weight.grad is None else weight.grad.clone()))
+    wrapper = ClosureFirstStep(optimizer)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    assert float(optimizer.step(closure=closure)) == 5.0
+    assert torch.equal(seen[0], torch.tensor([2.0, -4.0]))
+    assert torch.allclose(weight.detach(), torch.tensor([0.8, -1.6]))
+    wrapper.remove()
+    assert not wrapper.installed and "step" not in vars(optimizer)
+    optimizer.step(closure=closure)
+    assert torch.equal(seen[1], seen[0])  # torch's own order: the pre-hook saw the previous step's gradient
+
+
+def test_an_optimizer_that_calls_its_closure_again_gets_fresh_evaluations():
+    weight, loss_fn = _quadratic()
+    optimizer = torch.optim.LBFGS([weight], lr=1, max_iter=5)
+    calls = []
+
+    def closure():
+        optimizer.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        calls.append(float(loss))
+        return loss
+
+    ClosureFirstStep(optimizer)
+    optimizer.step(closure)
+    assert len(calls) > 1 and calls[-1] < 1e-6 and calls[0] == 5.0
+    assert torch.allclose(weight.detach(), torch.zeros(2), atol=1e-3)
+
+
+def test_wrapping_twice_is_refused():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    ClosureFirstStep(optimizer)
+    with pytest.raises(TypeError, match="runs its closure first already"):
+        ClosureFirstStep(optimizer)
+
+
+def test_only_torch_optimizers_are_wrapped():
+    with pytest.raises(TypeError, match="expected a torch.optim.Optimizer, got LightningModule"):
+        ClosureFirstStep(pl.LightningModule())  # type: ignore[arg-type]
