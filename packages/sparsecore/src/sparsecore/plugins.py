@@ -663,7 +663,7 @@ def distribution_of(plugin: Any, name: str | None = None) -> tuple[str, str] | N
     by_class = [r for r in regs if isinstance(r.factory, type) and type(plugin) is r.factory]
     by_name = [r for r in regs if name is not None and _name_key(r.name) == _name_key(name)]
     for reg in (*by_class, *by_name):
-        if reg.distribution != "<code>":
+        if not reg.distribution.startswith("<"):  # "<code>", "<test>": registered from code, no distribution
             return reg.distribution, reg.version
     module = type(plugin).__module__ if not inspect.ismodule(plugin) else plugin.__name__
     top = module.split(".")[0]

@@ -230,8 +230,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 # writing
 # ----------------------------------------------------------------------
 def config_values(config: TrainConfig) -> dict[str, Any]:
-    """The fields of ``config`` a file records: every field, in order, except those that are ``None``."""
-    return {k: v for k, v in config.to_dict().items() if v is not None}
+    """The fields of ``config`` a file records: every field, in order, except ``None`` and empty tables (defaults)."""
+    return {k: v for k, v in config.to_dict().items() if v is not None and v != {}}
 
 
 def dump_config(config: TrainConfig, fmt: str = "toml") -> str:

@@ -95,16 +95,52 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_config(run_dir: Path, config: TrainConfig, *, algorithm: str, dataset: Any, model: torch.nn.Module,
                  notices: list[str], device: torch.device) -> None:
-    """Write ``config.json``: the configuration plus what it resolved to on this machine."""
+    """Write ``config.json``: the configuration plus what it resolved to on this machine.
+
+    Its ``resolved`` part records what ran: the algorithm, the distribution and
+    per-layer target densities the engine chose (``None`` for a dense run), and
+    every active plugin (the algorithm first) with the distribution that
+    provides it and its version (:func:`engine_record`).
+    """
     data = {"config": config.to_dict(),
             "resolved": {"algorithm": "dense" if config.dense else algorithm, "dataset_source": dataset.source,
                          "train_samples": len(dataset.train), "test_samples": len(dataset.test),
                          "parameters": sum(p.numel() for p in model.parameters()), "device": str(device),
-                         "threads": torch.get_num_threads()},
+                         "threads": torch.get_num_threads(), **engine_record(model)},
             "environment": {"sparsecore": __version__, "torch": torch.__version__, "python": platform.python_version(),
                             "platform": platform.platform(), "command": sys.argv},
             "notices": notices}
     write_text_atomic(run_dir / CONFIG_NAME, json.dumps(data, indent=2) + "\n")
+
+
+def engine_record(model: torch.nn.Module) -> dict[str, Any]:
+    """What the sparsifier attached to ``model`` runs with, for ``config.json``.
+
+    Returns:
+        ``distribution`` (its name, or ``"custom"`` for a mapping or callable), ``density``,
+        ``layers`` (layer name -> ``{"target_density", "shape"}``) and ``plugins`` (one
+        ``{"name", "kind", "distribution", "version"}`` per active plugin, the algorithm first; the
+        distribution and version are ``None`` when no installed distribution holds the plugin's code);
+        all ``None`` (``plugins`` empty) when no sparsifier is attached (a dense run).
+    """
+    from sparsecore.plugins import distribution_of
+    from sparsecore.sparsifier import attached_sparsifier
+
+    sparsifier = attached_sparsifier(model)
+    if sparsifier is None:
+        return {"distribution": None, "density": None, "layers": None, "plugins": []}
+    distribution = sparsifier.distribution if isinstance(sparsifier.distribution, str) else "custom"
+    layers = {name: {"target_density": layer.target_density, "shape": list(layer.shape)}
+              for name, layer in sparsifier.layers.items()}
+    active = [("algorithm", sparsifier.algorithm_name, sparsifier.algorithm)]
+    active += [("plugin", sparsifier.manager.names.get(id(plugin), type(plugin).__name__), plugin)
+               for plugin in sparsifier.plugins]
+    plugins = []
+    for kind, name, plugin in active:
+        provider = distribution_of(plugin, name)
+        plugins.append({"name": name, "kind": kind, "distribution": provider[0] if provider else None,
+                        "version": provider[1] if provider else None})
+    return {"distribution": distribution, "density": sparsifier.density, "layers": layers, "plugins": plugins}
 
 
 def write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
