@@ -203,3 +203,8 @@ def _conv1d():
     from transformers.pytorch_utils import Conv1D
 
     return Conv1D
+
+
+def test_n_m_pattern_on_gpt2_conv1d_is_refused_by_name(hf, train, tmp_path):
+    with pytest.raises(sparsecore.ConfigurationError, match="Conv1D.*output dimension"):
+        train(hf.gpt2(), hf.lm_data(), tmp_path, [SparsityCallback("static", pattern="2:4")])

@@ -35,6 +35,7 @@ from sparsecore.errors import ConfigurationError
 from sparsecore.sparsifier import Sparsifier
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.pytorch_utils import Conv1D
 
 from sparsecore_transformers.checkpoint import checkpoint_dir, find_state_dir, load_state, save_state
 from sparsecore_transformers.selection import LayerSelection, transformer_layer_selection
@@ -151,6 +152,12 @@ class SparsityCallback(TrainerCallback):
             options.update(self.selection.sparsifier_kwargs())
         else:
             self.selection = None
+        if (options.get("pattern") is not None and self.selection is not None
+                and any(isinstance(m, Conv1D) for m in model.modules())):
+            raise ConfigurationError(
+                f"SparsityCallback: pattern={options['pattern']!r} groups weights along dim 1, which in transformers' "
+                "Conv1D (weight [in, out]) is the output dimension, not the input one N:M kernels need; choose layers "
+                "without them yourself (include=/layer_types=) or convert them to nn.Linear")
         if state.max_steps and state.max_steps > 0:
             options.setdefault("total_steps", int(state.max_steps))
         options.setdefault("seed", int(args.seed))
