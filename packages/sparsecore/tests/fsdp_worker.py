@@ -160,6 +160,14 @@ def checkpoint_round_trip(out: Path) -> None:
               "continued": snapshot(sparsifier), "restored_continued": snapshot(restored),
               "history": [report.step for report in sparsifier.history],
               "restored_history": [report.step for report in restored.history]}
+
+    # a state with whole (plain) masks, as an unsharded run saves it, loads into the sharded run
+    whole = dict(sparsifier.state_dict())
+    whole["masks"] = {name: full_tensor(mask) for name, mask in whole["masks"].items()}
+    restored.load_state_dict(whole)
+    result["from_whole"] = {name: (type(layer.mask).__name__, str(layer.mask.placements),
+                                   torch.equal(full_tensor(layer.mask), whole["masks"][name]))
+                            for name, layer in restored.layers.items()}
     if dist.get_rank() == 0:
         torch.save(result, out)
 

@@ -83,3 +83,5 @@ def test_dcp_checkpoint_round_trip(tmp_path):
     for name, expected in result["continued"].items():
         assert torch.equal(result["restored_continued"][name]["mask"], expected["mask"])
         assert torch.equal(result["restored_continued"][name]["weight"], expected["weight"])
+    # a state with whole masks (saved by an unsharded run) loads into the sharded run, masks sharded on load
+    assert result["from_whole"] == {name: ("DTensor", SHARD0, True) for name in saved}

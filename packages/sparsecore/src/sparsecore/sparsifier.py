@@ -123,7 +123,9 @@ class Sparsifier:
         ```
 
     Args:
-        model: the model (plain, or wrapped in DDP/DataParallel).
+        model: the model (plain, wrapped in DDP/DataParallel, or sharded with
+            FSDP2's ``fully_shard``: build the optimizer and the sparsifier after
+            sharding; see the FSDP2 guide).
         optimizer: the optimizer that holds the model's weights.
         algorithm: a registered algorithm name (``available_algorithms()``) or a
             plugin object implementing the hooks.
@@ -800,7 +802,10 @@ class Sparsifier:
         """Everything needed to resume exactly: masks, schedule position, plugin state, RNG.
 
         Contains only tensors, numbers, strings, lists and dicts, so it loads
-        with ``torch.load(..., weights_only=True)``.
+        with ``torch.load(..., weights_only=True)``. Masks of FSDP2-sharded
+        weights are ``DTensor``s sharded like their weights: save the state
+        with ``torch.distributed.checkpoint`` beside the model's and the
+        optimizer's, and :meth:`load_state_dict` what ``dcp.load`` filled in.
         """
         plugin_states = {}
         for name, plugin in self.manager.plugins():
