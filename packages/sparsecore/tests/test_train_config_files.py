@@ -15,7 +15,7 @@ from sparsecore.plugins import distribution_of, plugin_entries, registry
 from sparsecore.train import RECIPES, TrainConfig, get_recipe, run_training
 from sparsecore.train.cli import config_from_args
 from sparsecore.train.config import parse_plugin_options
-from sparsecore.train.config_files import check_values, dump_config, load_config_file, parse_text
+from sparsecore.train.config_files import check_values, dump_config, parse_text
 
 if sys.version_info >= (3, 11):
     import tomllib

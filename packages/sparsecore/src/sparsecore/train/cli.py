@@ -196,6 +196,20 @@ def _in_file(exc: ConfigurationError, path: str | None, from_file: dict[str, Any
     return exc
 
 
+def missing_extras_notices() -> list[str]:
+    """One-line notices for the optional libraries of ``sparsecore[train]`` that are not installed.
+
+    Without tqdm the run shows no progress bars (each epoch still prints its line); without matplotlib it writes
+    no plots (the job says so at the end). Neither stops the run.
+    """
+    from importlib.util import find_spec
+
+    if find_spec("tqdm") is None:
+        return ["note: no progress bars: tqdm is not installed (pip install tqdm, or 'sparsecore[train]' for "
+                "progress bars, plots and YAML config files)"]
+    return []
+
+
 def print_config(args: argparse.Namespace) -> int:
     """``--print-config``: the resolved config as a config file on stdout; errors as one line, status 2."""
     try:
@@ -231,6 +245,9 @@ def train_command(args: argparse.Namespace) -> int:
 
     if getattr(args, "print_config", None) is not None:
         return print_config(args)
+    if not getattr(args, "quiet", False):
+        for notice in missing_extras_notices():
+            print(notice, file=sys.stderr)
     try:
         if getattr(args, "resume", None) is not None:
             if getattr(args, "config_file", None) is not None:
