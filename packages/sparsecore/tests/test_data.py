@@ -184,9 +184,10 @@ def test_imagenet_without_directory(tmp_path):
 
 
 def test_unknown_dataset_and_bad_limit():
-    with pytest.raises(ValueError, match="available datasets: mnist, fashion-mnist, cifar10, cifar100, imagenet"):
+    with pytest.raises(ValueError, match="available datasets: mnist, fashion-mnist, cifar10, cifar100, imagenet, "
+                                         "python-stdlib"):
         load_dataset("svhn")
-    assert list_datasets() == ["mnist", "fashion-mnist", "cifar10", "cifar100", "imagenet"]
+    assert list_datasets() == ["mnist", "fashion-mnist", "cifar10", "cifar100", "imagenet", "python-stdlib"]
     with pytest.raises(ValueError, match="limit_train"):
         load_dataset("mnist", limit_train=-1)
 

@@ -49,6 +49,7 @@ def test_list_models_names():
         "wrn-22-8",
         "wrn-28-2",
         "resnet-50",
+        "gpt-tiny",
     ]
 
 

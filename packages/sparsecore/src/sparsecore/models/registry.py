@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .alexnet import AlexNet
+from .gpt import TinyGPT
 from .lenet import LeNet5Caffe, LeNet300100
 from .resnet import resnet50
 from .vgg import VGG16
@@ -21,6 +22,7 @@ _DETTMERS_2019 = "Dettmers & Zettlemoyer 2019, Sparse Networks from Scratch: Fas
 _SNIP_2019 = "Lee et al. 2019, SNIP: Single-shot Network Pruning based on Connection Sensitivity"
 _WRN_2016 = "Zagoruyko & Komodakis 2016, Wide Residual Networks"
 _RESNET_2016 = "He et al. 2016, Deep Residual Learning for Image Recognition"
+_GPT2_2019 = "Radford et al. 2019, Language Models are Unsupervised Multitask Learners (GPT-2), at byte level"
 
 
 @dataclass(frozen=True)
@@ -29,14 +31,17 @@ class ModelInfo:
 
     Attributes:
         name: Registry name, e.g. ``"lenet-300-100"``.
-        input_shape: Shape of one input sample, e.g. ``(1, 28, 28)``.
+        input_shape: Shape of one input sample, e.g. ``(1, 28, 28)`` (``(128,)``
+            bytes for ``gpt-tiny``).
         default_dataset: Dataset the model is trained on in the papers
-            (``"mnist"``, ``"cifar10"`` or ``"imagenet"``).
-        num_classes: Default number of output classes.
+            (``"mnist"``, ``"cifar10"`` or ``"imagenet"``; ``"python-stdlib"`` for ``gpt-tiny``).
+        num_classes: Default number of output classes (the vocabulary of a language model).
         reference: The paper that defines or uses the architecture.
         outputs: ``"log_probs"`` (log-softmax output, as in the sparse_learning
             reference code) or ``"logits"``. ``F.cross_entropy`` gives the right
             loss for both, since log-softmax is idempotent.
+        task: ``"classification"`` or ``"language-model"``: the
+            :attr:`sparsecore.data.Dataset.task` of the datasets the model fits.
     """
 
     name: str
@@ -45,6 +50,7 @@ class ModelInfo:
     num_classes: int
     reference: str
     outputs: str = "log_probs"
+    task: str = "classification"
 
 
 _MNIST = (1, 28, 28)
@@ -63,6 +69,8 @@ _MODELS: dict[str, tuple[ModelInfo, Callable[[int], nn.Module]]] = {
     "wrn-22-8": (ModelInfo("wrn-22-8", _CIFAR, "cifar10", 10, _WRN_2016), lambda c: WideResNet(22, 8, c)),
     "wrn-28-2": (ModelInfo("wrn-28-2", _CIFAR, "cifar10", 10, _WRN_2016), lambda c: WideResNet(28, 2, c)),
     "resnet-50": (ModelInfo("resnet-50", (3, 224, 224), "imagenet", 1000, _RESNET_2016, "logits"), resnet50),
+    "gpt-tiny": (ModelInfo("gpt-tiny", (128,), "python-stdlib", 256, _GPT2_2019, "logits", "language-model"),
+                 lambda c: TinyGPT(vocab_size=c)),
 }
 
 # Names used by the sparse_learning reference scripts (mnist_cifar/main.py).
@@ -81,7 +89,7 @@ def list_models() -> list[str]:
     """Lists the registry names of the reference models.
 
     Returns:
-        The names, in registry order (MNIST models, CIFAR-10 models, ImageNet).
+        The names, in registry order (MNIST models, CIFAR-10 models, ImageNet, the byte-level GPT).
     """
     return list(_MODELS)
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsecore.data.text import LANGUAGE_MODEL
 from sparsecore.errors import CheckpointError, ConfigurationError, SparsecoreError
 from sparsecore.layers import DEFAULT_LAYER_TYPES
 from sparsecore.plugins import registry
@@ -44,8 +45,8 @@ class RunResult:
         run_dir: the run folder.
         config: the resolved configuration (algorithm name filled in).
         metrics: one record per completed epoch (the lines of ``metrics.jsonl``).
-        test_accuracy: final test accuracy in [0, 1].
-        test_loss: final mean test loss.
+        test_accuracy: final test accuracy in [0, 1] (next-byte accuracy for a language model).
+        test_loss: final mean test loss (per target: per byte for a language model).
         density: final density of the sparse layers (1.0 for ``dense``).
         train_flops_ratio: sparse over dense training FLOPs of the sparse layers.
         layers: per-layer rows: name, shape, density, nnz, numel, train FLOPs ratio.
@@ -56,6 +57,8 @@ class RunResult:
         notices: one-line notices printed during the run (e.g. the algorithm fallback).
         model: the trained model.
         sparsifier: the engine (``None`` for ``dense``).
+        test_bits_per_byte: final test loss in bits (``test_loss / ln 2``) for a
+            language-model dataset, else ``None``.
     """
 
     run_dir: Path
@@ -73,6 +76,7 @@ class RunResult:
     notices: list[str] = field(default_factory=list)
     model: nn.Module | None = None
     sparsifier: Sparsifier | None = None
+    test_bits_per_byte: float | None = None
 
     @property
     def test_error(self) -> float:
@@ -223,17 +227,22 @@ def layer_rows(model: nn.Module, sparsifier: Sparsifier | None) -> tuple[list[di
 # ----------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Any, batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on a split (eval mode, restored afterwards)."""
+    """Mean cross-entropy loss and accuracy of ``model`` on a split (eval mode, restored afterwards).
+
+    Both are per target: per sample for classification, per position for
+    sequence targets (logits ``(N, C, T)``, targets ``(N, T)``).
+    """
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64)
-    correct = 0
+    correct = targets = 0
     for x, y in split.batches(batch_size, shuffle=False):
         out = model(x)
         loss_sum += F.cross_entropy(out, y, reduction="sum").double().cpu()
         correct += int((out.argmax(1) == y).sum())
+        targets += y.numel()
     model.train(was_training)
-    n = max(len(split), 1)
+    n = max(targets, 1)
     return float(loss_sum) / n, correct / n
 
 
@@ -250,7 +259,7 @@ def _progress(total: int, desc: str, quiet: bool):
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, split: Any, batch_size: int,
                 generator: torch.Generator, augment: bool = False, sparsifier: Sparsifier | None = None,
                 bar: Any = None, refresh_every: int = 25) -> tuple[float, float]:
-    """One epoch over ``split``; returns mean training loss and accuracy.
+    """One epoch over ``split``; returns mean training loss and accuracy (per target, as :func:`evaluate`).
 
     The running loss is checked every ``refresh_every`` steps and at the end:
     a non-finite one stops the epoch.
@@ -283,9 +292,9 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: A
         if scheduler is not None:
             scheduler.step()
         with torch.no_grad():
-            loss_sum += loss.detach().double() * y.shape[0]
+            loss_sum += loss.detach().double() * y.numel()
             correct += (out.argmax(1) == y).sum()
-        seen += y.shape[0]
+        seen += y.numel()
         steps = i + 1
         if i % refresh_every == 0:
             _check_finite_loss(loss_sum, steps)
@@ -535,8 +544,14 @@ def _end_epoch(config: TrainConfig, start_epoch: int) -> int:
 
 
 def _load_matching_data(config: TrainConfig, device: torch.device, info: Any) -> Any:
-    """The dataset, checked to fit the model's input shape."""
+    """The dataset, checked to fit the model's task and input shape."""
+    if config.dataset == "random" and info.task != "classification":
+        raise ConfigurationError(f"model {config.model!r} is a {info.task} model, and the random dataset holds "
+                                 f"classification samples; pick a {info.task} dataset (e.g. {info.default_dataset})")
     dataset = _load_data(config, device, info.input_shape, info.num_classes)
+    if dataset.task != info.task:
+        raise ConfigurationError(f"model {config.model!r} is a {info.task} model, but dataset {config.dataset!r} "
+                                 f"is a {dataset.task} dataset; pick a matching --model/--dataset pair")
     if tuple(dataset.input_shape) != tuple(info.input_shape):
         raise ConfigurationError(f"model {config.model!r} takes inputs of shape {info.input_shape}, but dataset "
                                  f"{config.dataset!r} has {tuple(dataset.input_shape)}; pick a matching "
@@ -632,6 +647,9 @@ def _epoch_record(job: _Job, epoch: int, train_loss: float, train_acc: float, ep
               "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc, "density": overall,
               "layer_densities": densities, "lr": job.optimizer.param_groups[0]["lr"],
               "epoch_seconds": epoch_seconds, "eval_seconds": eval_seconds}
+    if job.dataset.task == LANGUAGE_MODEL:  # byte-level: the mean loss in bits is bits per byte
+        record["train_bits_per_byte"] = train_loss / math.log(2)
+        record["test_bits_per_byte"] = test_loss / math.log(2)
     for key, value in algorithm_metrics.items():  # the algorithm's own values (DSD's phase); never overwrite ours
         record.setdefault(key, value)
     return record
@@ -743,7 +761,8 @@ def _finish(job: _Job, started: float, say: rundir.Printer) -> RunResult:
         run_dir=job.folder, config=job.resolved, metrics=metrics, test_accuracy=last.get("test_acc", math.nan),
         test_loss=last.get("test_loss", math.nan), density=density, train_flops_ratio=flops_ratio, layers=rows,
         wall_seconds=0.0, train_seconds=sum(m["epoch_seconds"] for m in metrics), epochs_done=len(metrics),
-        completed=len(metrics) >= config.epochs, notices=job.notices, model=job.model, sparsifier=job.sparsifier)
+        completed=len(metrics) >= config.epochs, notices=job.notices, model=job.model, sparsifier=job.sparsifier,
+        test_bits_per_byte=last.get("test_bits_per_byte"))
     if config.plots and metrics:
         _write_plots(job, say)
     result.wall_seconds = time.perf_counter() - started

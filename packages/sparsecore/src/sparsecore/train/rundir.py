@@ -226,11 +226,17 @@ def run_title(config: TrainConfig, algorithm: str, dataset: str) -> str:
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
-    """The line printed after each epoch."""
+    """The line printed after each epoch (bits per byte instead of accuracy for a language model)."""
     phase = f"  phase {record['phase']}" if "phase" in record else ""
-    return (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2%} | "
-            f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.2%} | density {record['density']:.4f} | "
+    return (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} {_quality(record, 'train')} | "
+            f"test loss {record['test_loss']:.4f} {_quality(record, 'test')} | density {record['density']:.4f} | "
             f"lr {record['lr']:.3g} | {record['epoch_seconds']:.1f} s{phase}")
+
+
+def _quality(record: dict[str, Any], split: str) -> str:
+    """``acc 97.10%``, or ``bpb 2.314`` for a record with bits per byte."""
+    bpb = record.get(f"{split}_bits_per_byte")
+    return f"acc {record[f'{split}_acc']:.2%}" if bpb is None else f"bpb {bpb:.3f}"
 
 
 def _fmt_ratio(value: float | None) -> str:
@@ -253,11 +259,12 @@ def result_lines(result: RunResult, algorithm: str) -> list[str]:
     c = result.config
     status = "" if result.completed else f" (stopped; resume with `sparsecore train --resume {result.run_dir}`)"
     flops = "n/a" if result.train_flops_ratio is None else f"{result.train_flops_ratio:.3f}x dense"
+    quality = (f"test accuracy: {result.test_accuracy:.2%}   test error: {result.test_error:.2%}   "
+               if result.test_bits_per_byte is None else f"test bits per byte: {result.test_bits_per_byte:.4f}   ")
     return [
         f"algorithm: {'dense' if c.dense else algorithm}   model: {c.model}   dataset: {c.dataset}",
         f"epochs: {result.epochs_done}/{c.epochs}{status}",
-        f"test accuracy: {result.test_accuracy:.2%}   test error: {result.test_error:.2%}   "
-        f"test loss: {result.test_loss:.4f}",
+        f"{quality}test loss: {result.test_loss:.4f}",
         f"density: {result.density:.4f}   training FLOPs (sparse layers): {flops}",
         f"wall time: {result.wall_seconds:.1f} s   training time: {result.train_seconds:.1f} s",
     ]
@@ -272,16 +279,19 @@ def write_summary(run_dir: Path, result: RunResult, algorithm: str) -> None:
         lines.append(f"- recipe: `{c.recipe}`")
     for notice in result.notices:
         lines.append(f"- {notice}")
+    bpb = result.test_bits_per_byte is not None
+    quality = "bits/byte" if bpb else "acc"
     lines += ["", "## Layers", "", layer_table(result.layers, result.density, result.train_flops_ratio), "",
               "## Epochs", "",
-              "| epoch (phase at its end) | train loss | train acc | test loss | test acc | density | lr | seconds |"
-              if any("phase" in m for m in result.metrics) else
-              "| epoch | train loss | train acc | test loss | test acc | density | lr | seconds |",
+              f"| epoch{' (phase at its end)' if any('phase' in m for m in result.metrics) else ''} | train loss | "
+              f"train {quality} | test loss | test {quality} | density | lr | seconds |",
               "|---|---|---|---|---|---|---|---|"]
     for m in result.metrics:
         phase = f" ({m['phase']})" if "phase" in m else ""
-        lines.append(f"| {m['epoch']}{phase} | {m['train_loss']:.4f} | {m['train_acc']:.2%} | {m['test_loss']:.4f} | "
-                     f"{m['test_acc']:.2%} | {m['density']:.4f} | {m['lr']:.3g} | {m['epoch_seconds']:.1f} |")
+        train, test = ((f"{m['train_bits_per_byte']:.4f}", f"{m['test_bits_per_byte']:.4f}") if bpb
+                       else (f"{m['train_acc']:.2%}", f"{m['test_acc']:.2%}"))
+        lines.append(f"| {m['epoch']}{phase} | {m['train_loss']:.4f} | {train} | {m['test_loss']:.4f} | "
+                     f"{test} | {m['density']:.4f} | {m['lr']:.3g} | {m['epoch_seconds']:.1f} |")
     pngs = sorted(p.name for p in run_dir.glob("*.png"))
     if pngs:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in pngs]
