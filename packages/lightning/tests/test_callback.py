@@ -58,7 +58,7 @@ def test_after_fit_the_engine_stays_attached_and_a_second_fit_continues(tmp_path
     fit(make_trainer(tmp_path, [callback], max_epochs=1), module, make_loader())
     second = callback.sparsifier
     assert second is not first and attached_sparsifier(module) is second and attached_sparsifier(optimizer) is None
-    assert second.step == 16 + 8 and second.epoch == 0
+    assert second.step == 16 + 8 and second.epoch == 0 and second.total_steps == 24
     assert all(torch.equal(second.layers[n].mask, m) for n, m in masks.items())  # one epoch: no update
 
     callback.remove()

@@ -58,9 +58,10 @@ class SparsityCallback(Callback):
     * At the end of ``fit`` the engine stays attached, so ``validate``, ``test``
       and ``predict`` see the sparse model (also for algorithms whose sparsity
       lives in a replaced forward); only the step wrapper is taken off. A later
-      ``fit`` with this callback continues from the current masks and state.
-      :meth:`remove` detaches the engine for good; the masks stay applied to
-      the weights.
+      ``fit`` with this callback continues from the current masks and state
+      (its ``total_steps``: the steps done so far plus that fit's remaining
+      ones). :meth:`remove` detaches the engine for good; the masks stay
+      applied to the weights.
 
     Args:
         algorithm: a registered algorithm name (``sparsecore.available_algorithms()``)
@@ -107,14 +108,17 @@ class SparsityCallback(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Build the sparsifier on the module and the trainer's optimizer; apply a checkpoint's state if one came."""
         optimizer = self._single_optimizer(trainer)
+        total_steps = self._total_steps(trainer)
         state = self._pending_state
         if state is None and self.sparsifier is not None:  # a later fit continues this callback's run
             state = self.sparsifier.state_dict()
+            if total_steps is not None:  # the steps done so far, then this fit's remaining ones
+                total_steps += self.sparsifier.step - trainer.global_step
         if self.sparsifier is not None:
             self.sparsifier.remove()
         self.sparsifier = None
         kwargs = dict(self.sparsifier_kwargs)
-        kwargs.setdefault("total_steps", self._total_steps(trainer))
+        kwargs.setdefault("total_steps", total_steps)
         restored = None if state is None else _parameter_snapshot(pl_module)
         sparsifier = Sparsifier(pl_module, optimizer, self.algorithm, self.density, **kwargs)
         if state is not None and restored is not None:
