@@ -268,3 +268,30 @@ def test_distribution_of_names_installed_distributions():
 
     assert distribution_of(SetAlgorithm(), "set") == ("sparsecore", sparsecore.__version__)
     assert distribution_of(torch.nn.Linear(1, 1)) == ("torch", version("torch"))  # by the module's distribution
+
+
+# ----------------------------------------------------------------------
+# without the train extra
+# ----------------------------------------------------------------------
+def test_without_tqdm_and_matplotlib_the_run_reaches_its_summary(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tqdm" else real_find_spec(name, *a))
+    for name in ("tqdm", "tqdm.auto", "matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    argv = ["train", "--algorithm", "static", "--dataset", "random", "--limit-train", "40", "--limit-test", "20",
+            "--batch-size", "20", "--epochs", "1", "--threads", "1", "--runs-dir", str(tmp_path)]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        "note: no progress bars: tqdm is not installed (pip install tqdm, or 'sparsecore[train]' for progress bars, "
+        "plots and YAML config files)",
+        "note: no plots, matplotlib is not installed (pip install matplotlib)",
+    ]
+    assert "test accuracy:" in out and "run folder:" in out
+    (run,) = tmp_path.iterdir()
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "summary.md"} <= {p.name for p in run.iterdir()}
+    assert not list(run.glob("*.png"))
+    assert cli.main([*argv, "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")  # --quiet: not even the notices
