@@ -13,7 +13,10 @@ make it), the optimizer and its state.
 It steps aside (keeps the module's own forward) where a kernel would change
 what the algorithm sees: when the masking policy keeps gradients dense
 (sparse momentum reads the momentum of inactive weights) or keeps weights
-dense (SWAT), and for convolutions. Per call, it runs masked dense under
+dense (SWAT), and for convolutions. An algorithm that owns a layer's forward
+(SWAT) composes with it instead through the ``layer_products`` hook: the
+plugin hands it :class:`~sparse_kernels_cuda.products.CsrProducts`, which
+that algorithm's own forward and backward call. Per call, it runs masked dense under
 autocast for the input's device (exactly the module's autocast behaviour) and,
 unless a backend is forced, under ``torch.use_deterministic_algorithms(True)``
 (no timing-dependent choice). Double backward (``create_graph=True``) through
@@ -44,6 +47,7 @@ from sparse_kernels_cuda.backends.base import detect_pattern
 from sparse_kernels_cuda.backends.masked_dense import MaskedDenseBackend
 from sparse_kernels_cuda.dispatch import DEFAULT_MAX_DENSITY, Dispatcher, DispatchKey, time_backend
 from sparse_kernels_cuda.ops import autocast_active
+from sparse_kernels_cuda.products import CsrProducts
 
 try:  # the hook marker; only the registration below needs sparsecore itself
     from sparsecore.hookspecs import hookimpl
@@ -182,6 +186,8 @@ class KernelPlugin:
         self.repeats = repeats
         self.grad_pool = grad_pool
         self.kernels: dict[str, LayerKernel] = {}
+        #: layer name -> the products handed to an algorithm that owns the layer's forward (``layer_products``)
+        self.products: dict[str, CsrProducts] = {}
         #: layer name -> why its forward cannot be replaced (it runs masked dense), for the last run set up
         self.bypassed: dict[str, str] = {}
         self._dispatcher: Dispatcher | None = None
@@ -210,7 +216,41 @@ class KernelPlugin:
             return None
         policy = getattr(sparsifier, "policy", None)
         if policy is not None and _keeps_dense(policy):
-            if not self._warned:
+            return None  # the algorithm's own forward may still ask for products (layer_products)
+        _grad_pool.set_grad_pool_enabled(self.grad_pool)
+        kernel = LayerKernel(layer, self.dispatcher(premasked=policy is not None))
+        self.kernels[layer.name] = kernel
+        return kernel
+
+    @hookimpl
+    def layer_products(self, sparsifier: Any, layer: Any) -> CsrProducts | None:
+        """CSR products (:class:`~sparse_kernels_cuda.products.CsrProducts`) for a sparse ``nn.Linear``.
+
+        For algorithms that own the layer's forward and call the products from
+        their own autograd function (SWAT). ``None`` for other layers and when
+        a backend other than ``"auto"`` or ``"csr"`` is forced.
+        """
+        if layer.kind != "linear" or not isinstance(layer.module, nn.Linear) or self.backend not in ("auto", "csr"):
+            return None
+        products = CsrProducts(self.max_density)
+        self.products[layer.name] = products
+        return products
+
+    @hookimpl
+    def on_setup(self, sparsifier: Any) -> None:
+        """Warn when the plugin changes nothing; note Linear layers whose forward the model never calls.
+
+        When the algorithm keeps dense weights or gradients, kernels would
+        change its results, so layers keep the algorithm's forward; unless that
+        forward asked for :attr:`products`, one ``UserWarning`` says the plugin
+        does nothing. Otherwise each sparse Linear layer the model reads
+        without calling its forward gets one ``UserWarning``: it runs masked
+        dense (:attr:`bypassed`; ``layer.forward_bypass_reason`` says why).
+        """
+        self.bypassed = {}
+        policy = getattr(sparsifier, "policy", None)
+        if _keeps_dense(policy):
+            if not self.products and not self._warned:
                 warnings.warn(
                     f"{PLUGIN_NAME}: the active algorithm keeps dense weights or gradients "
                     f"(mask_weights={policy.mask_weights}, mask_gradients={policy.mask_gradients}); "
@@ -218,21 +258,6 @@ class KernelPlugin:
                     stacklevel=2,
                 )
                 self._warned = True
-            return None
-        _grad_pool.set_grad_pool_enabled(self.grad_pool)
-        kernel = LayerKernel(layer, self.dispatcher(premasked=policy is not None))
-        self.kernels[layer.name] = kernel
-        return kernel
-
-    @hookimpl
-    def on_setup(self, sparsifier: Any) -> None:
-        """Note the run's sparse Linear layers whose forward the model never calls, with one ``UserWarning`` each.
-
-        They run masked dense (:attr:`bypassed`; ``layer.forward_bypass_reason``
-        says why). Nothing is noted when the plugin steps aside for the whole run.
-        """
-        self.bypassed = {}
-        if _keeps_dense(getattr(sparsifier, "policy", None)):
             return
         for layer in sparsifier.layers.values():
             reason = layer.forward_bypass_reason

@@ -137,19 +137,33 @@ def _saved(ctx: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | 
 class SwatLinearFunction(torch.autograd.Function):
     """``y = x @ topK(W).T + b`` with SWAT's backward (see the module docstring).
 
-    ``apply(x, weight, bias, weight_threshold, activation_threshold, structure)``;
-    a ``None`` threshold keeps that side dense.
+    ``apply(x, weight, bias, weight_threshold, activation_threshold, structure, products)``;
+    a ``None`` threshold keeps that side dense. ``products`` (a
+    ``sparsecore.products.SparseProducts`` or ``None``) runs the top-K-weight
+    products (forward, input gradient) and the top-K-activation weight
+    gradient on a kernel wherever it accepts them; the dense ops run elsewhere
+    and under autocast.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                w_thr: torch.Tensor | None, x_thr: torch.Tensor | None, structure: str | None) -> torch.Tensor:
+                w_thr: torch.Tensor | None, x_thr: torch.Tensor | None, structure: str | None,
+                products: Any = None) -> torch.Tensor:
         """Linear forward with the top-K weights; saves the compressed top-K input."""
         ctx.structure = structure
         ctx.has_bias = bias is not None
         dtype = _start(ctx, x, weight, bias)
         _save(ctx, x, weight, w_thr, x_thr)
-        return F.linear(_cast(x, dtype), _used_weight(weight, w_thr, structure, dtype), _cast(bias, dtype))
+        ctx.products = products if dtype is None else None
+        ctx.operand = None
+        if ctx.products is not None and w_thr is not None:
+            ctx.operand = ctx.products.weight_operand(weight, topk.weight_mask(weight, w_thr, structure))
+        if ctx.operand is None:
+            return F.linear(_cast(x, dtype), _used_weight(weight, w_thr, structure, dtype), _cast(bias, dtype))
+        y = ctx.products.mm_weight_t(x.reshape(-1, x.shape[-1]), ctx.operand)
+        if bias is not None:
+            y = y + bias
+        return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     @once_differentiable
@@ -159,13 +173,21 @@ class SwatLinearFunction(torch.autograd.Function):
         grad2 = _cast(grad, ctx.dtype).reshape(-1, grad.shape[-1])
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = (grad2 @ _used_weight(weight, w_thr, ctx.structure, ctx.dtype)).view(ctx.x_shape)
+            if ctx.operand is not None:
+                dx = ctx.products.mm_weight(grad2, ctx.operand).view(ctx.x_shape)
+            else:
+                dx = (grad2 @ _used_weight(weight, w_thr, ctx.structure, ctx.dtype)).view(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             assert x is not None  # saved whenever the weight needs a gradient
-            dw = grad2.t() @ x.reshape(-1, x.shape[-1])
+            x2 = x.reshape(-1, x.shape[-1])
+            if ctx.products is not None and ctx.x_mode != "dense":
+                dw = ctx.products.grad_weight(grad2, x2)
+            if dw is None:
+                dw = grad2.t() @ x2
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = grad2.sum(0)
-        return (*_in_input_dtypes(ctx, dx, dw, db), None, None, None)
+        ctx.operand = None
+        return (*_in_input_dtypes(ctx, dx, dw, db), None, None, None, None)
 
 
 class SwatConvFunction(torch.autograd.Function):
@@ -216,7 +238,7 @@ def _check_state_kind(state: TopKState, kind: str) -> None:
 
 
 def swat_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: TopKState,
-                training: bool = True) -> torch.Tensor:
+                training: bool = True, products: Any = None) -> torch.Tensor:
     """SWAT linear layer.
 
     Args:
@@ -227,6 +249,8 @@ def swat_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             top-K on every call, whatever its period); a training call advances it.
         training: ``False`` (or autograd disabled) runs inference: the exact
             top-K weights, nothing saved, the state untouched.
+        products: a ``sparsecore.products.SparseProducts`` (from a kernel
+            plugin) that runs the training products sparsely, or ``None``.
 
     Returns:
         The output ``(*, out_features)``.
@@ -240,7 +264,7 @@ def swat_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if not (training and torch.is_grad_enabled()):
         return F.linear(x, weight * state.inference_weight_mask(weight), bias)
     w_thr, x_thr = state.training_thresholds(weight, x)
-    return SwatLinearFunction.apply(x, weight, bias, w_thr, x_thr, state.structure)
+    return SwatLinearFunction.apply(x, weight, bias, w_thr, x_thr, state.structure, products)
 
 
 def swat_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: TopKState,
@@ -326,24 +350,28 @@ class SwatForward:
     Args:
         module: an ``nn.Linear`` or ``nn.Conv1d``/``Conv2d``/``Conv3d`` (not transposed).
         state: the layer's :class:`TopKState`.
+        products: sparse products from a kernel plugin
+            (``sparsecore.products.SparseProducts``) that a ``Linear`` layer's
+            training calls run on; ``None``: dense ops.
 
     Raises:
         TypeError: for any other module type.
         sparsecore.ConfigurationError: ``state`` was built for the other layer kind.
     """
 
-    def __init__(self, module: nn.Module, state: TopKState) -> None:
+    def __init__(self, module: nn.Module, state: TopKState, products: Any = None) -> None:
         self.kind = layer_kind_of(module)
         _check_state_kind(state, self.kind)
         self.module = module
         self.state = state
+        self.products = products
 
     def __call__(self, input: torch.Tensor) -> torch.Tensor:
         """Run the module's forward with SWAT's top-K weights and activations."""
         m = self.module
         if self.kind == "linear":
             assert isinstance(m, nn.Linear)  # layer_kind_of admitted it
-            return swat_linear(input, m.weight, m.bias, self.state, m.training)
+            return swat_linear(input, m.weight, m.bias, self.state, m.training, self.products)
         assert isinstance(m, nn.modules.conv._ConvNd)
         x, padding = _conv_padding(m, input)
         return swat_conv(x, m.weight, m.bias, self.state, m.stride, padding, m.dilation, m.groups, m.training)

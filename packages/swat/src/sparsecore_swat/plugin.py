@@ -31,6 +31,7 @@ import torch
 
 import sparsecore
 from sparsecore.optim_state import require_momentum
+from sparsecore.products import layer_products
 from sparsecore_swat.activations import activation_forwards
 from sparsecore_swat.budget import momentum_budgets, momentum_shares
 from sparsecore_swat.functional import SwatForward, layer_kind_of
@@ -158,15 +159,23 @@ class SwatAlgorithm(sparsecore.Algorithm):
                       layer: sparsecore.SparseLayer) -> Callable[..., Any] | None:
         """SWAT's forward for ``Linear`` and ``Conv1d/2d/3d`` layers.
 
+        A ``Linear`` layer's forward runs its products on the sparse kernels a
+        plugin offers for it (``sparsecore.products.layer_products``, e.g.
+        ``plugins=["sparse-kernels-cuda"]``): the top-K-weight forward and
+        input gradient, and the weight gradient from the top-K activations.
+
         Raises:
             sparsecore.ConfigurationError: the layer's module is of another
                 type (it would silently run dense); the set-up is refused.
         """
         try:
-            return SwatForward(layer.module, self.state_for(layer))
+            forward = SwatForward(layer.module, self.state_for(layer))
         except TypeError as err:
             raise sparsecore.ConfigurationError(
                 f"{err} (layer {layer.name!r}); exclude it from the sparse layers") from None
+        if forward.kind == "linear":
+            forward.products = layer_products(sparsifier, layer)
+        return forward
 
     @sparsecore.hookimpl
     def module_forwards(self, sparsifier: sparsecore.Sparsifier) -> dict[str, Callable[..., Any]] | None:
