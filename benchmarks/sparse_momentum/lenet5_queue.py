@@ -16,8 +16,8 @@ Two stages, both resumable (run folders ``RUNS_DIR/<arm>-s<seed>``, checkpoints 
   the robust arm first, then faithful runs that did not collapse early, then the baselines, then
   the faithful runs that collapsed (to see whether any recovers).
 
-Every invocation that ends appends the finished runs to ``benchmarks/results/lenet5_runs.jsonl``
-and re-renders ``benchmarks/results/lenet5_runs.md`` (also with ``--render-only``), which shows
+Every invocation that ends appends the finished runs to ``benchmarks/results/sparse_momentum_lenet5_runs.jsonl``
+and re-renders ``benchmarks/results/sparse_momentum_lenet5_runs.md`` (also with ``--render-only``), which shows
 the early-collapse table from the run folders and the 100-epoch table from the finished rows.
 The training code is a snapshot of one commit (``--code``, remembered in ``RUNS_DIR/CODE``), so a
 later session resumes the same code whatever the working tree holds.
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli_queue import Job, append_finished, code_snapshot, epochs_done, resolve_commit, run_queue  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "benchmarks" / "results" / "lenet5_runs.jsonl"
+RESULTS = ROOT / "benchmarks" / "results" / "sparse_momentum_lenet5_runs.jsonl"
 EPOCHS = 100
 COLLAPSE_BELOW = 0.5
 FAITHFUL = "sparse-momentum"
@@ -155,7 +155,7 @@ def render(jobs: list[Job], runs_dir: Path, rows: list[dict], early_epochs: int,
     if running:
         lines += ["", "Unfinished runs (epochs done): " + ", ".join(
             f"{name} ({epochs_done(runs_dir / name)})" for name in running) + "."]
-    lines += ["", "Raw rows (per-epoch test accuracy): `benchmarks/results/lenet5_runs.jsonl`.", ""]
+    lines += ["", "Raw rows (per-epoch test accuracy): `benchmarks/results/sparse_momentum_lenet5_runs.jsonl`.", ""]
     return "\n".join(lines)
 
 

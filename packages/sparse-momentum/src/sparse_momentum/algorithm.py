@@ -112,6 +112,16 @@ class SparseMomentumAlgorithm(Algorithm):
             :func:`~sparse_momentum.redistribution.apply_layer_floor`). A
             number in ``[0, 1]``; not with ``growth="momentum_neuron"`` or
             block-sparse runs.
+        warmup_steps: a deviation from the paper and the reference code, off
+            (``0``) by default: after every topology update the learning rate
+            ramps linearly back to its scheduled value over this many
+            optimizer steps (factor ``i / warmup_steps`` on the ``i``-th step
+            after the update, through ``sparsifier.lr_factor``), so the
+            momentum grown weights carry in does not move them all at full
+            rate at once.
+        reset_grown_momentum: a deviation, off by default: grown weights start
+            with zero optimizer state (``MaskingPolicy(reset_grown_state=True)``)
+            instead of the momentum they built while inactive.
 
     Raises:
         ConfigurationError: an unknown mode or an out-of-range number; at
@@ -128,7 +138,8 @@ class SparseMomentumAlgorithm(Algorithm):
 
     def __init__(self, prune_rate: float = 0.5, eta_min: float = 0.005, decay: str = "cosine",
                  redistribution: str = "momentum", growth: str = "momentum", prune: str = "magnitude",
-                 update_every: int | str = "epoch", init: str = "exact", layer_floor: float = 0.0) -> None:
+                 update_every: int | str = "epoch", init: str = "exact", layer_floor: float = 0.0,
+                 warmup_steps: int = 0, reset_grown_momentum: bool = False) -> None:
         redistribution = _ALIASES.get(redistribution, redistribution)
         for option, value, allowed in (("redistribution", redistribution, REDISTRIBUTION_MODES),
                                        ("growth", growth, GROWTH_MODES), ("prune", prune, PRUNE_MODES),
@@ -140,6 +151,14 @@ class SparseMomentumAlgorithm(Algorithm):
         if layer_floor and growth == "momentum_neuron":
             raise ConfigurationError("sparse-momentum: layer_floor works with growth='momentum' or 'random', not "
                                      "'momentum_neuron' (its per-neuron picks do not follow a count)")
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ConfigurationError(f"sparse-momentum: warmup_steps must be an int >= 0, got {warmup_steps!r}")
+        if not isinstance(reset_grown_momentum, bool):
+            raise ConfigurationError(f"sparse-momentum: reset_grown_momentum must be True or False, got "
+                                     f"{reset_grown_momentum!r}")
+        if reset_grown_momentum:
+            self.masking_policy = MaskingPolicy(mask_weights=True, mask_gradients=False, mask_optimizer_state=False,
+                                                reset_grown_state=True)
         self.schedule = UpdateSchedule(prune_rate, decay, eta_min, update_every, owner=self.name)
         self.prune_rate = self.schedule.prune_rate
         self.eta_min = self.schedule.eta_min
@@ -150,6 +169,10 @@ class SparseMomentumAlgorithm(Algorithm):
         self.prune = prune
         self.init = init
         self.layer_floor = float(layer_floor)
+        self.warmup_steps = warmup_steps
+        self.reset_grown_momentum = reset_grown_momentum
+        #: Optimizer steps completed when the last topology update ran (``None`` before the first).
+        self.last_update_step: int | None = None
         #: Target number of active weights, ``sum(target_density * numel)`` (set at setup).
         self.baseline_nonzero: float | None = None
         #: Drift correction added to the weights regrown in the next cycle.
@@ -200,6 +223,7 @@ class SparseMomentumAlgorithm(Algorithm):
                                           for layer in sparsifier.layers.values()))
         self.adjusted_growth = 0.0
         self.adjustments = []
+        self.last_update_step = None
 
     def _baseline(self) -> float:
         if self.baseline_nonzero is None:
@@ -343,10 +367,19 @@ class SparseMomentumAlgorithm(Algorithm):
         return selection.largest(self._momentum(sparsifier, layer).abs(), ~layer.mask, n, layer.block)
 
     @hookimpl
+    def before_optimizer_step(self, sparsifier, step: int) -> None:
+        """With ``warmup_steps``: the learning-rate factor of the coming step, ``min(1, i / warmup_steps)``."""
+        if not self.warmup_steps or self.last_update_step is None:
+            return
+        since = step - self.last_update_step + 1  # the coming step is the since-th after the update
+        sparsifier.lr_factor = min(1.0, since / self.warmup_steps)
+
+    @hookimpl
     def on_topology_update(self, sparsifier, report) -> None:
         """Drift correction: ``adjusted_growth = 0.25 a + 0.75 (B - nnz) + mean(adjustments)``."""
         if report.reason != "update":
             return
+        self.last_update_step = sparsifier.step
         total = sum(update.nnz for update in report.layers.values())
         gap = self._baseline() - total
         self.adjustments.append(gap)
@@ -356,9 +389,9 @@ class SparseMomentumAlgorithm(Algorithm):
     # checkpointing
     # ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The drift-correction state: ``baseline_nonzero``, ``adjusted_growth``, ``adjustments``."""
+        """Drift correction (``baseline_nonzero``, ``adjusted_growth``, ``adjustments``), ``last_update_step``."""
         return {"baseline_nonzero": self.baseline_nonzero, "adjusted_growth": float(self.adjusted_growth),
-                "adjustments": [float(a) for a in self.adjustments]}
+                "adjustments": [float(a) for a in self.adjustments], "last_update_step": self.last_update_step}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
@@ -366,11 +399,13 @@ class SparseMomentumAlgorithm(Algorithm):
         self.baseline_nonzero = None if baseline is None else float(baseline)
         self.adjusted_growth = float(state["adjusted_growth"])
         self.adjustments = [float(a) for a in state["adjustments"]]
+        self.last_update_step = state.get("last_update_step")  # absent in checkpoints of 0.4.0
 
     def __repr__(self) -> str:
         return (f"SparseMomentumAlgorithm(prune_rate={self.prune_rate}, eta_min={self.eta_min}, decay={self.decay!r}, "
                 f"redistribution={self.redistribution!r}, growth={self.growth!r}, prune={self.prune!r}, "
-                f"update_every={self.update_every!r}, init={self.init!r}, layer_floor={self.layer_floor})")
+                f"update_every={self.update_every!r}, init={self.init!r}, layer_floor={self.layer_floor}, "
+                f"warmup_steps={self.warmup_steps}, reset_grown_momentum={self.reset_grown_momentum})")
 
 
 #: The name under which earlier releases exported the class.
