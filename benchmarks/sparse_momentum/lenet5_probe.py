@@ -27,6 +27,7 @@ Usage (from the repository root; one torch thread)::
     python benchmarks/sparse_momentum/lenet5_probe.py --seed 0 --variants faithful warmup_steps=100 \\
         layer_floor=0.5 reset_grown_momentum=true --out /work/runs/probe/screen.jsonl
     python benchmarks/sparse_momentum/lenet5_probe.py --seed 1 --updates 3 --variants faithful
+    python benchmarks/sparse_momentum/lenet5_probe.py --summarize /work/runs/probe/screen.jsonl   # Markdown table
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-images", type=int, default=2000, help="first N test images for the probe accuracies")
     p.add_argument("--collapse-below", type=float, default=0.5, help="final accuracy that counts as a collapse")
     p.add_argument("--out", type=Path, default=None, help="JSON-lines file the records are appended to")
+    p.add_argument("--summarize", type=Path, default=None, metavar="JSONL",
+                   help="print the Markdown table of the records in JSONL and exit")
     args = p.parse_args(argv)
     if args.updates < 1 or args.steps_after_last < 1:
         p.error("--updates and --steps-after-last must be >= 1")
@@ -191,9 +194,34 @@ def _print_update(seed: int, variant: str, u: dict[str, Any]) -> None:
           f"nnz {nnz} | grown (|m| grown / kept): {ratio}", flush=True)
 
 
+def summarize(records: list[dict[str, Any]]) -> str:
+    """A Markdown table: accuracy (2,000 test images) around each update, layer sizes, grown momentum."""
+    lines = ["| seed | variant | update | acc. before | after 1 / 10 / 100 / 300 steps | end of epoch | "
+             "active weights after (conv1/conv2/fc3/fc4) | max grown/kept \\|m\\| | final (10k) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for record in sorted(records, key=lambda r: r["seed"]):
+        for u in record["updates"]:
+            after = " / ".join(f"{100 * u['after'][str(k)]:.1f}" if str(k) in u["after"] else "–" for k in STEPS_AFTER)
+            end = f"{100 * u['after']['epoch_end']:.1f}" if "epoch_end" in u["after"] else "–"
+            ratios = [r["grown_momentum"] / r["kept_momentum"] for r in u["update"]["layers"].values()
+                      if r["grown"] and r["kept_momentum"] > 0]
+            ratio = f"{max(ratios):.1f}" if ratios else "–"
+            last = u is record["updates"][-1]
+            final = (f"{100 * record['final_test_acc']:.2f}" + (" (collapsed)" if record["collapsed"] else "")) \
+                if last else ""
+            nnz = " / ".join(f"{v:,}" for v in u["update"]["nnz"].values())
+            lines.append(f"| {record['seed']} | {record['variant']} | {u['epoch'] + 1} | "
+                         f"{100 * u['before']['acc']:.1f} | {after} | {end} | {nnz} | {ratio} | {final} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Probe the variants, print and (with ``--out``) append the records."""
+    """Probe the variants, print and (with ``--out``) append the records; or summarize earlier records."""
     args = parse_args(argv)
+    if args.summarize is not None:
+        records = [json.loads(line) for line in args.summarize.read_text().splitlines() if line.strip()]
+        print(summarize(records))
+        return 0
     torch.set_num_threads(1)
     data = load_dataset("mnist")
     for record in probe(args, data):
