@@ -58,8 +58,11 @@ class RankReport(pl.Callback):
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 
-def run_ranks(out_dir: str | Path) -> None:
-    """Fit the tiny module on 2 spawned CPU ranks; each writes ``rank<N>.json`` into ``out_dir``."""
+def run_ranks(out_dir: str | Path) -> TinyModule:
+    """Fit the tiny module on 2 spawned CPU ranks; each writes ``rank<N>.json`` into ``out_dir``.
+
+    Returns the module of this process, with the weights Lightning copied back from rank 0.
+    """
     grads = GradientRecorder()
     sparsity = SparsityCallback("set", density=0.25, update_every=2, plugins=[grads])
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=2, logger=False,
@@ -68,7 +71,9 @@ def run_ranks(out_dir: str | Path) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-        trainer.fit(TinyModule(), make_loader())
+        module = TinyModule()
+        trainer.fit(module, make_loader())
+    return module
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
-from lightning_helpers import TinyModule, fit, make_loader, make_trainer, masks_of
+from lightning_helpers import GradientRecorder, TinyModule, fit, make_loader, make_trainer, masks_of, plain_loop
 
 from sparsecore import ConfigurationError
 from sparsecore.sparsifier import attached_sparsifier
@@ -70,6 +70,31 @@ def test_after_fit_the_engine_stays_attached_and_a_second_fit_continues(tmp_path
 def test_model_and_optimizer_come_from_the_trainer():
     with pytest.raises(ConfigurationError, match=r"\['model'\] come from the Trainer"):
         SparsityCallback("set", model=torch.nn.Linear(2, 2))
+
+
+class ManualOptimization(TinyModule):
+    automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        loss = super().training_step(batch, batch_idx)
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss
+
+
+def test_manual_optimization_equals_the_plain_loop(tmp_path):
+    lightning_grads, loop_grads = GradientRecorder(), GradientRecorder()
+    callback = SparsityCallback("set", density=0.25, seed=7, plugins=[lightning_grads])
+    module = ManualOptimization()
+    fit(make_trainer(tmp_path, [callback], max_epochs=2), module, make_loader())
+    reference = TinyModule()
+    expected = plain_loop(reference, make_loader(), 2, seed=7, plugins=[loop_grads])
+    assert callback.sparsifier.step == 16 and len(callback.sparsifier.history) == 1
+    assert lightning_grads.norms == loop_grads.norms and len(loop_grads.norms) == 16
+    for (name, got), want in zip(module.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert torch.equal(got, want), name
 
 
 class TwoOptimizers(TinyModule):
