@@ -31,12 +31,12 @@ from typing import Any
 
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
-from sparsecore.errors import ConfigurationError
-from sparsecore.sparsifier import Sparsifier
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.pytorch_utils import Conv1D
 
+from sparsecore.errors import ConfigurationError
+from sparsecore.sparsifier import Sparsifier
 from sparsecore_transformers.checkpoint import checkpoint_dir, find_state_dir, load_state, save_state
 from sparsecore_transformers.selection import LayerSelection, transformer_layer_selection
 
@@ -70,7 +70,7 @@ def _as_at_start(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterator
     run); on leaving it, the loaded parameters (kept on the CPU meanwhile) and
     optimizer state are put back.
     """
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     saved = [p.detach().to("cpu", copy=True) for p in params]
     state = optimizer.state
     optimizer.state = defaultdict(dict)
@@ -175,7 +175,7 @@ class SparsityCallback(TrainerCallback):
         if not state.global_step:
             return self._sparsifier(model, optimizer, options)
         directory = find_state_dir([getattr(args, "resume_from_checkpoint", None),
-                                    checkpoint_dir(args.output_dir, state.global_step)], state.global_step)
+                                    checkpoint_dir(str(args.output_dir), state.global_step)], state.global_step)
         saved = load_state(directory, state.global_step)
         with _as_at_start(model, optimizer):
             sparsifier = self._sparsifier(model, optimizer, options)
@@ -225,7 +225,7 @@ class SparsityCallback(TrainerCallback):
                 **kwargs: Any) -> None:
         """Write the sparsifier's state into the checkpoint folder just written (main process only)."""
         if self.sparsifier is not None and args.should_save:
-            save_state(checkpoint_dir(args.output_dir, state.global_step), self.sparsifier, state.global_step)
+            save_state(checkpoint_dir(str(args.output_dir), state.global_step), self.sparsifier, state.global_step)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:

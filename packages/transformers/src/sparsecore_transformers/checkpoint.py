@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
 from sparsecore.errors import CheckpointError
 from sparsecore.sparsifier import Sparsifier
 

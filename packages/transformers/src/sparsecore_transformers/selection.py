@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
 from sparsecore.errors import ConfigurationError
 from sparsecore.layer_selection import Candidate, candidates
 from sparsecore.layers import DEFAULT_LAYER_TYPES
 from sparsecore.sparsifier import unwrap_model
-from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 #: Name parts that mark a projection inside a block as part of the attention.
 _ATTENTION_PARTS = ("attn", "attention", "query", "key", "value", "q_proj", "k_proj", "v_proj", "o_proj", "qkv")
