@@ -334,5 +334,6 @@ class Printer:
             return
         print("\n" + "\n".join(result_lines(result, algorithm)))
         print(layer_table(result.layers, result.density, result.train_flops_ratio))
+        plots = any(result.run_dir.glob("*.png"))  # none when matplotlib is missing, even with plots on
         print(f"run folder: {result.run_dir}  (summary.md, metrics.jsonl, checkpoint.pt"
-              f"{', plots' if result.config.plots else ''})", flush=True)
+              f"{', plots' if plots else ''})", flush=True)
