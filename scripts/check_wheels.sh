@@ -76,3 +76,23 @@ for name, density in (("rigl", 0.5), ("gmp", 0.5), ("sr-ste", 0.5)):
     sp.remove()
 print("check_wheels: rigl, gmp, sr-ste and asp are available from their wheels")
 PY
+
+# The Hugging Face integration: its wheel brings transformers and accelerate, and selects GPT-2's Conv1D projections.
+"$work/venv/bin/python" -m pip install --quiet --find-links "$dist" \
+  "$(ls "$dist"/sparsecore_transformers-*-py3-none-any.whl)"
+"$work/venv/bin/python" - <<'PY'
+import sparsecore
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from sparsecore_transformers import SparsityCallback, transformer_layer_selection
+
+config = GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0)
+model = GPT2LMHeadModel(config)
+selection = transformer_layer_selection(model)
+opt = torch.optim.AdamW(model.parameters())
+sp = sparsecore.Sparsifier(model, opt, "set", density=0.5, total_steps=10, **selection.sparsifier_kwargs())
+assert [layer.kind for layer in sp.layers.values()] == ["transformers.conv1d"] * 4, sp.layers
+SparsityCallback("set", density=0.5)
+print("check_wheels: sparsecore-transformers selects GPT-2's Conv1D projections from its wheel")
+PY
