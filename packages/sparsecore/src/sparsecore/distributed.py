@@ -17,12 +17,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 import torch.distributed as dist
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch.distributed.tensor import DTensor
+
     from sparsecore.layers import SparseLayer
 
 #: ``torch.distributed.tensor`` takes seconds to import; a DTensor can only exist once it is imported.
@@ -34,7 +36,7 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def is_dtensor(tensor: Any) -> bool:
+def is_dtensor(tensor: Any) -> TypeGuard[DTensor]:
     """Whether ``tensor`` is a ``DTensor`` (an FSDP2-sharded parameter, its gradient, state or mask)."""
     module = sys.modules.get(_DTENSOR_MODULE)
     return module is not None and isinstance(tensor, module.DTensor)
@@ -56,13 +58,13 @@ def shard_like(mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     A mask that is already a ``DTensor`` placed like the weight is returned unchanged. Collective for
     sharded weights.
     """
-    if not is_dtensor(weight):
-        return full_tensor(mask)
-    if is_dtensor(mask) and mask.device_mesh == weight.device_mesh and mask.placements == weight.placements:
-        return mask
-    from torch.distributed.tensor import distribute_tensor
+    if is_dtensor(weight):
+        if is_dtensor(mask) and mask.device_mesh == weight.device_mesh and mask.placements == weight.placements:
+            return mask
+        from torch.distributed.tensor import distribute_tensor
 
-    return distribute_tensor(full_tensor(mask), weight.device_mesh, weight.placements)
+        return distribute_tensor(full_tensor(mask), weight.device_mesh, weight.placements)
+    return full_tensor(mask)
 
 
 def count_nonzero(tensor: torch.Tensor) -> int:
@@ -81,7 +83,7 @@ def full_masks(layers: Mapping[str, SparseLayer]) -> Iterator[None]:
     """
     sharded = {name: layer.mask for name, layer in layers.items() if is_dtensor(layer.mask)}
     for name, mask in sharded.items():
-        layers[name].mask = mask.full_tensor()
+        layers[name].mask = full_tensor(mask)
     try:
         yield
     finally:
