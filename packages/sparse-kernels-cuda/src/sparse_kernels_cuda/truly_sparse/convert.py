@@ -16,8 +16,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from sparsecore import Sparsifier
 from sparse_kernels_cuda.truly_sparse.layer import SparseLinear
+from sparsecore import Sparsifier
 
 __all__ = ["to_masked", "to_truly_sparse", "transfer_optimizer_state"]
 

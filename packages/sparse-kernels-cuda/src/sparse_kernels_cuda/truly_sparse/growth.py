@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from sparsecore import ConfigurationError, hookimpl
 from sparse_kernels_cuda.truly_sparse import sampling
+from sparsecore import ConfigurationError, hookimpl
 
 __all__ = ["SampledGrowth"]
 

@@ -41,7 +41,7 @@ class _CsrLinearFunction(torch.autograd.Function):
     """``y = x Wᵀ`` with ``W`` given as CSR values + structure; gradients for ``x`` and ``values``."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, values: Tensor, crow: Tensor, col: Tensor, crow_t: Tensor,  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, values: Tensor, crow: Tensor, col: Tensor, crow_t: Tensor,
                 row_t: Tensor, perm_t: Tensor, out_features: int) -> Tensor:
         in_features = x.shape[1]
         w = torch.sparse_csr_tensor(crow, col, values, (out_features, in_features), check_invariants=False)
@@ -52,7 +52,7 @@ class _CsrLinearFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, values, crow, col, crow_t, row_t, perm_t = ctx.saved_tensors
         out_features, in_features = ctx.out_features, x.shape[1]
         grad_t = grad.t().contiguous()  # (out, batch)
@@ -294,7 +294,13 @@ class SparseLinear(nn.Module):
     # forward and the dense gradient
     # ------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        """``F.linear(x, W, bias)`` for any leading dimensions of ``x``."""
+        """``F.linear(x, W, bias)`` for any leading dimensions of ``x``.
+
+        A 2-D result is the transposed view of the ``(out, batch)`` product
+        (feature-major, as ``csr_linear(..., feature_major=True)``): a next
+        ``SparseLinear`` reads it without a copy; ``reshape`` and elementwise
+        ops work, a ``view`` that merges or splits the last dimension does not.
+        """
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input has {x.shape[-1]} features, the layer expects {self.in_features}")
         x2 = x.reshape(-1, self.in_features)

@@ -100,15 +100,15 @@ def sample_inactive(active: Tensor, numel: int, n: int, generator: torch.Generat
     _check_count(n, numel - active.numel(), "inactive positions")
     device = active.device
     chosen = torch.empty(0, dtype=torch.int64, device=device)
-    free = numel - active.numel()
+    keep_rate = (numel - active.numel()) / numel  # share of draws expected to survive
     while chosen.numel() < n:
         need = n - chosen.numel()
-        # expected survivors per draw: inactive share, less the repeats among those already chosen
-        keep_rate = max((free - chosen.numel()) / numel, 1e-6)
         draws = int(need / keep_rate * 1.05) + 64
         cand = torch.randint(numel, (draws,), generator=generator, device=generator.device).to(device)
         cand = cand[~is_active(cand, active)]
+        before = chosen.numel()
         chosen = _first_distinct(torch.cat([chosen, cand]))[:n]
+        keep_rate = max((chosen.numel() - before) / draws, 1e-6)  # what this round achieved
     return chosen.sort().values
 
 

@@ -31,12 +31,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sparsecore import ConfigurationError, SparsecoreError, Sparsifier, TopologyReport, UpdateSchedule
-from sparsecore.plugins import instantiate, registry
-from sparsecore.reporting import LayerUpdate
 from sparse_kernels_cuda.truly_sparse import sampling
 from sparse_kernels_cuda.truly_sparse.layer import SparseLinear
 from sparse_kernels_cuda.truly_sparse.sampling import AUTO_PERMUTATION_LIMIT
+from sparsecore import ConfigurationError, SparsecoreError, Sparsifier, TopologyReport, UpdateSchedule
+from sparsecore.plugins import instantiate, registry
+from sparsecore.reporting import LayerUpdate
 
 __all__ = ["GROWTH_MODES", "SUPPORTED_ALGORITHMS", "TrulySparseTrainer", "memory_report"]
 
@@ -338,6 +338,9 @@ class TrulySparseTrainer:
 def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
     """Bytes held by the ``SparseLinear`` layers of ``model``: values, gradients, optimizer state, indices.
 
+    ``values`` and ``grads`` count the active weights; ``optimizer_state``
+    every state tensor of the layers' parameters (values and bias).
+
     Returns:
         ``{"nnz", "dense_numel", "values", "grads", "optimizer_state", "indices", "total"}``
         (``dense_numel``: weights the dense form would hold).
@@ -353,7 +356,7 @@ def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
         out["grads"] += 0 if v.grad is None else v.grad.numel() * v.grad.element_size()
         out["indices"] += layer.index_bytes()
         if optimizer is not None:
-            out["optimizer_state"] += sum(t.numel() * t.element_size()
-                                          for t in optimizer.state.get(v, {}).values() if torch.is_tensor(t))
+            out["optimizer_state"] += sum(t.numel() * t.element_size() for p in layer.parameters()
+                                          for t in optimizer.state.get(p, {}).values() if torch.is_tensor(t))
     out["total"] = out["values"] + out["grads"] + out["optimizer_state"] + out["indices"]
     return out
