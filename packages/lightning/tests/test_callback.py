@@ -93,6 +93,7 @@ def test_manual_optimization_equals_the_plain_loop(tmp_path):
     expected = plain_loop(reference, make_loader(), 2, seed=7, plugins=[loop_grads])
     assert callback.sparsifier.step == 16 and len(callback.sparsifier.history) == 1
     assert lightning_grads.norms == loop_grads.norms and len(loop_grads.norms) == 16
+    assert all(torch.equal(callback.sparsifier.layers[n].mask, m) for n, m in masks_of(expected).items())
     for (name, got), want in zip(module.state_dict().items(), reference.state_dict().values(), strict=True):
         assert torch.equal(got, want), name
 
