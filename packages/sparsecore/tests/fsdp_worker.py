@@ -168,6 +168,12 @@ def checkpoint_round_trip(out: Path) -> None:
     result["from_whole"] = {name: (type(layer.mask).__name__, str(layer.mask.placements),
                                    torch.equal(full_tensor(layer.mask), whole["masks"][name]))
                             for name, layer in restored.layers.items()}
+    # set_masks takes whole masks and shards them
+    first = restored.layers[next(iter(restored.layers))]
+    before = first.nnz
+    report = restored.set_masks({first.name: torch.ones(first.shape, dtype=torch.bool)})
+    result["set_masks"] = {"before": before, "grown": report.layers[first.name].grown, "nnz": first.nnz,
+                           "capacity": first.capacity, "layout": (type(first.mask).__name__, str(first.mask.placements))}
     if dist.get_rank() == 0:
         torch.save(result, out)
 

@@ -85,3 +85,7 @@ def test_dcp_checkpoint_round_trip(tmp_path):
         assert torch.equal(result["restored_continued"][name]["weight"], expected["weight"])
     # a state with whole masks (saved by an unsharded run) loads into the sharded run, masks sharded on load
     assert result["from_whole"] == {name: ("DTensor", SHARD0, True) for name in saved}
+    # set_masks with a whole mask: the layer becomes dense, its mask stays sharded like its weight
+    changed = result["set_masks"]
+    assert changed["nnz"] == changed["capacity"] == changed["before"] + changed["grown"] and changed["grown"] > 0
+    assert changed["layout"] == ("DTensor", SHARD0)
