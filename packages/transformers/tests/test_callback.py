@@ -88,6 +88,7 @@ def test_bert_with_gradient_accumulation_steps_once_per_optimizer_step(hf, train
         assert bool(params[name].detach().all()) or name.endswith("bias"), name
 
 
+#: rigl and sparse-momentum are packages of this repository, installed in its test environment.
 RESUMES = [
     pytest.param("set", {"update_every": "epoch"}, 4, id="set-epochs-resume-at-an-epoch-end"),
     pytest.param("set", {"update_every": "epoch"}, 6, id="set-epochs-resume-mid-epoch"),
@@ -97,11 +98,10 @@ RESUMES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("algorithm", "options", "stop"), RESUMES)
 def test_interrupted_and_resumed_run_ends_exactly_like_the_straight_run(hf, train, tmp_path, algorithm, options,
                                                                          stop):
-    if algorithm not in sparsecore.available_algorithms():
-        pytest.skip(f"algorithm {algorithm!r} is not installed")
     straight_model = hf.gpt2()
     straight = SparsityCallback(algorithm, density=0.25, **options)
     train(straight_model, hf.lm_data(), tmp_path / "straight", [straight])
@@ -137,6 +137,7 @@ def test_resume_from_a_checkpoint_without_sparsifier_state_is_refused(hf, train,
               resume=str(tmp_path / "checkpoint-4"))
 
 
+@pytest.mark.slow
 def test_checkpoint_outside_output_dir_is_found_through_training_arguments(hf, train, tmp_path):
     train(hf.gpt2(), hf.lm_data(), tmp_path / "run", [SparsityCallback("set", density=0.25), hf.StopAt(4)],
           save_strategy="steps", save_steps=4)
