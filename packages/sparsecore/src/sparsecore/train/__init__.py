@@ -7,11 +7,15 @@ Example:
     result = run_training(TrainConfig(algorithm="set", density=0.05, epochs=5))
     print(f"{result.test_accuracy:.2%} at density {result.density:.3f}; run folder {result.run_dir}")
     resume_training(result.run_dir, epochs=10)   # train five more epochs
+
+    config = TrainConfig.from_dict(load_config_file("my-run.toml"))   # what `--config my-run.toml` reads
+    print(dump_config(config))                                         # what `--print-config` writes
     ```
 """
 
 from sparsecore.train.checkpoint import load_checkpoint
-from sparsecore.train.config import TrainConfig, parse_options, parse_value
+from sparsecore.train.config import TrainConfig, parse_options, parse_plugin_options, parse_value
+from sparsecore.train.config_files import dump_config, load_config_file
 from sparsecore.train.errors import RunFolderError, TrainingDivergedError, TrainingInterrupted
 from sparsecore.train.job import RunResult, evaluate, resume_training, run_training, train_epoch
 from sparsecore.train.recipes import RECIPES, Recipe, get_recipe, list_recipes, recipe_config
@@ -24,11 +28,14 @@ __all__ = [
     "TrainConfig",
     "TrainingDivergedError",
     "TrainingInterrupted",
+    "dump_config",
     "evaluate",
     "get_recipe",
     "list_recipes",
     "load_checkpoint",
+    "load_config_file",
     "parse_options",
+    "parse_plugin_options",
     "parse_value",
     "recipe_config",
     "resume_training",
