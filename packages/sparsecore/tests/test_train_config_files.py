@@ -12,7 +12,7 @@ import sparsecore
 import torch
 from sparsecore import cli
 from sparsecore.plugins import distribution_of, plugin_entries, registry
-from sparsecore.train import RECIPES, TrainConfig, get_recipe, run_training
+from sparsecore.train import RECIPES, TrainConfig, config_from_file, get_recipe, run_training
 from sparsecore.train.cli import config_from_args
 from sparsecore.train.config import parse_plugin_options
 from sparsecore.train.config_files import check_values, dump_config, parse_text
@@ -85,6 +85,14 @@ prune-biases = false
     other = _config("--config", path, "--recipe", "snfs-mnist")
     assert (other.recipe, other.algorithm, other.epochs, other.limit_train) == ("snfs-mnist", "sparse-momentum", 20,
                                                                                None)
+
+
+def test_config_from_file_is_what_the_cli_builds(tmp_path):
+    path = _write(tmp_path, "run.toml", 'recipe = "dsd-mnist"\nepochs = 9\n[options]\nphase_epochs = [3, 3, 3]\n')
+    assert config_from_file(path, seed=3) == _config("--config", path, "--seed", "3")
+    assert config_from_file(path).options == {"phase_epochs": [3, 3, 3]}
+    with pytest.raises(sparsecore.ConfigurationError, match=f"^config file {path}: key 'epochs': must be a "):
+        config_from_file(_write(tmp_path, "run.toml", "epochs = -1\n"))
 
 
 def test_yaml_file_gives_the_same_config_as_toml(tmp_path):

@@ -8,12 +8,13 @@ Example:
     print(f"{result.test_accuracy:.2%} at density {result.density:.3f}; run folder {result.run_dir}")
     resume_training(result.run_dir, epochs=10)   # train five more epochs
 
-    config = TrainConfig.from_dict(load_config_file("my-run.toml"))   # what `--config my-run.toml` reads
-    print(dump_config(config))                                         # what `--print-config` writes
+    config = config_from_file("my-run.toml", epochs=3)   # what `--config my-run.toml --epochs 3` trains
+    print(dump_config(config))                            # what `--print-config` writes
     ```
 """
 
 from sparsecore.train.checkpoint import load_checkpoint
+from sparsecore.train.cli import config_from_file
 from sparsecore.train.config import TrainConfig, parse_options, parse_plugin_options, parse_value
 from sparsecore.train.config_files import dump_config, load_config_file
 from sparsecore.train.errors import RunFolderError, TrainingDivergedError, TrainingInterrupted
@@ -28,6 +29,7 @@ __all__ = [
     "TrainConfig",
     "TrainingDivergedError",
     "TrainingInterrupted",
+    "config_from_file",
     "dump_config",
     "evaluate",
     "get_recipe",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Any
 
@@ -172,6 +173,22 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         return TrainConfig.from_dict(values).validate()
     except ConfigurationError as exc:
         raise _in_file(exc, path, from_file, given) from None
+
+
+def config_from_file(path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
+    """The config ``sparsecore train --config PATH`` trains with: the file's ``recipe``, then its values, then
+    ``overrides`` (config fields, as the flags would give them).
+
+    Example:
+        ```python
+        from sparsecore.train import config_from_file, run_training
+        run_training(config_from_file("my-run.toml", epochs=1))
+        ```
+
+    Raises:
+        ConfigurationError: as :func:`config_from_args`, naming the file and the key.
+    """
+    return config_from_args(argparse.Namespace(config_file=os.fspath(path), **overrides))
 
 
 def _merge_plugin_options(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
