@@ -121,16 +121,16 @@ class SparsityCallback(TrainerCallback):
         selection: the :class:`LayerSelection` in force (``None`` when you chose the layers yourself).
 
     Raises:
-        ConfigurationError: ``model``/``optimizer`` among the keyword arguments,
-            or the transformer flags together with your own layer selection.
+        ConfigurationError: ``model`` or ``optimizer`` among the keyword
+            arguments, or the transformer flags together with your own layer selection.
     """
 
     def __init__(self, algorithm: str | Any = "set", density: float | None = None, *, embeddings: bool = False,
                  output_layer: bool = False, heads: bool = False, **sparsifier_kwargs: Any) -> None:
-        taken = sorted({"model", "optimizer", "algorithm", "density"} & set(sparsifier_kwargs))
+        taken = sorted({"model", "optimizer"} & set(sparsifier_kwargs))
         if taken:
-            raise ConfigurationError(f"SparsityCallback: {taken} cannot be passed as keyword arguments; the Trainer "
-                                     "supplies model and optimizer, and algorithm and density are the first two")
+            raise ConfigurationError(f"SparsityCallback: {taken} cannot be passed; the Trainer supplies the model "
+                                     "and its optimizer when training starts")
         own = [key for key in SELECTION_KEYS if key in sparsifier_kwargs]
         flags = [name for name, on in (("embeddings", embeddings), ("output_layer", output_layer),
                                        ("heads", heads)) if on]
