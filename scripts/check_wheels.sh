@@ -58,6 +58,12 @@ for file in config.json metrics.jsonl checkpoint.pt summary.md; do
 done
 echo "check_wheels: sparsecore train ran in $((SECONDS - start)) s; run folder $(basename "$run") complete"
 
+# The recipes ship in the wheel as TOML files: one printed as a config file reads back to the same config.
+"$work/venv/bin/sparsecore" train --recipe snfs-mnist --print-config > recipe.toml
+"$work/venv/bin/sparsecore" train --config recipe.toml --print-config | cmp - recipe.toml \
+  || { echo "check_wheels: --print-config of --config recipe.toml differs from the recipe" >&2; exit 1; }
+grep -q '^recipe = "snfs-mnist"$' recipe.toml || { echo "check_wheels: the snfs-mnist recipe did not load" >&2; exit 1; }
+
 # The new algorithm distributions: installing each wheel makes its algorithms available by name.
 "$work/venv/bin/python" -m pip install --quiet --no-deps \
   "$(ls "$dist"/sparsecore_rigl-*-py3-none-any.whl)" "$(ls "$dist"/sparsecore_gmp-*-py3-none-any.whl)" \
