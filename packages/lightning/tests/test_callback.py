@@ -145,7 +145,7 @@ def test_step_pre_hooks_see_the_closures_gradient():
         loss.backward()
         return loss
 
-    assert float(optimizer.step(closure=closure)) == 5.0
+    assert float(optimizer.step(closure=closure).detach()) == 5.0
     assert torch.equal(seen[0], torch.tensor([2.0, -4.0]))
     assert torch.allclose(weight.detach(), torch.tensor([0.8, -1.6]))
     wrapper.remove()
