@@ -24,12 +24,12 @@ def _sparse(shape, density, seed, dtype=torch.float64):
 
 
 def test_products_equal_the_dense_products():
-    products = CsrProducts()
+    products = CsrProducts(measure=False)
     assert isinstance(products, SparseProducts)
     weight = torch.randn(48, 40, dtype=torch.float64)
     mask = torch.rand(48, 40) < 0.15
     x, grad = torch.randn(12, 40, dtype=torch.float64), torch.randn(12, 48, dtype=torch.float64)
-    operand = products.weight_operand(weight, mask)
+    operand = products.weight_operand(weight, mask, torch.randn(12, 40, dtype=torch.float64))
     assert operand is not None
     torch.testing.assert_close(products.mm_weight_t(x, operand), x @ (weight * mask).t(), rtol=0, atol=1e-12)
     torch.testing.assert_close(products.mm_weight(grad, operand), grad @ (weight * mask), rtol=0, atol=1e-12)
@@ -41,14 +41,40 @@ def test_products_equal_the_dense_products():
 
 
 def test_products_step_aside_where_csr_does_not_pay_or_apply():
-    products = CsrProducts(max_density=0.2)
-    weight = torch.randn(16, 16)
-    assert products.weight_operand(weight, torch.rand(16, 16) < 0.5) is None  # too dense
-    assert products.weight_operand(weight.bfloat16(), torch.rand(16, 16) < 0.1) is None  # no bf16 CSR product
+    products = CsrProducts(max_density=0.2, measure=False)
+    weight, x = torch.randn(16, 16), torch.randn(4, 16)
+    assert products.weight_operand(weight, torch.rand(16, 16) < 0.5, x) is None  # too dense
+    assert products.weight_operand(weight.bfloat16(), torch.rand(16, 16) < 0.1, x) is None  # no bf16 CSR product
     assert products.grad_weight(torch.randn(4, 16), torch.randn(4, 16)) is None  # activations too dense
     assert products.calls == {"sparse": 0, "dense": 3}
     with pytest.raises(ValueError, match="max_density must be in"):
         CsrProducts(max_density=0.0)
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        CsrProducts(repeats=0)
+
+
+@pytest.mark.parametrize("sparse_faster", [True, False])
+def test_measured_choice_is_made_once_per_shape_and_kept(monkeypatch, sparse_faster):
+    from sparse_kernels_cuda import products as products_module
+
+    timed = []
+
+    def fake_seconds(fn, repeats):
+        timed.append(fn)
+        return (1.0 if sparse_faster else 2.0) if len(timed) % 2 else 1.5  # sparse candidate is timed first
+
+    monkeypatch.setattr(products_module, "_seconds", fake_seconds)
+    products = CsrProducts(max_density=0.3)
+    weight, x = torch.randn(32, 32, dtype=torch.float64), torch.randn(8, 32, dtype=torch.float64)
+    mask = torch.rand(32, 32) < 0.1
+    x_sparse, grad = _sparse((8, 32), 0.1, 1), torch.randn(8, 32, dtype=torch.float64)
+    for _ in range(3):
+        operand = products.weight_operand(weight, mask, x)
+        assert (operand is not None) is sparse_faster
+        assert (products.grad_weight(grad, x_sparse) is not None) is sparse_faster
+    assert len(timed) == 4  # two candidates for each of the two products, measured once
+    assert sorted(key[0] for key in products.choices) == ["grad_weight", "weight"]
+    assert products.calls == ({"sparse": 6, "dense": 0} if sparse_faster else {"sparse": 0, "dense": 6})
 
 
 def _mlp_conv():
@@ -76,7 +102,7 @@ def _swat_run(plugins, steps=3):
 
 
 def test_swat_runs_its_linear_products_on_the_kernels_with_unchanged_results():
-    plug = KernelPlugin()
+    plug = KernelPlugin(backend="csr")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # the plugin does something here: no "keep their own forward"
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")

@@ -8,7 +8,7 @@ from torch import nn
 
 
 class Products:
-    def weight_operand(self, weight, mask):
+    def weight_operand(self, weight, mask, x):
         return weight * mask
 
     def mm_weight_t(self, x, operand):

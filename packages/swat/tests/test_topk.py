@@ -65,3 +65,21 @@ def test_structure_is_element_wise_for_linear_weights(distinct):
 def test_unknown_structure_is_rejected():
     with pytest.raises(ConfigurationError, match="structure"):
         topk.check_structure("rows")
+
+
+@pytest.mark.parametrize("order", ["random", "sorted", "ties", "nan"])
+@pytest.mark.parametrize("keep", [0.001, 0.1, 0.5, 0.9])
+def test_large_tensors_get_the_same_threshold_as_a_full_selection(order, keep):
+    n = topk.SAMPLED_SELECTION_MIN + 12345
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(n, generator=g)
+    if order == "sorted":  # a strided sample of sorted scores brackets well; reversed halves defeat it
+        scores = torch.cat([scores.sort().values[n // 2:], scores.sort().values[: n // 2]])
+    elif order == "ties":
+        scores = (scores * 50).floor()
+    elif order == "nan":
+        scores[::7] = float("nan")
+    k = topk.keep_count(n, keep)
+    expected = torch.kthvalue(scores, n - k + 1).values
+    got = topk.kth_largest(scores, keep)
+    assert torch.equal(got, expected) or (got.isnan() and expected.isnan())

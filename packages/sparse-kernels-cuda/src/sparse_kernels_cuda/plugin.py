@@ -227,12 +227,14 @@ class KernelPlugin:
         """CSR products (:class:`~sparse_kernels_cuda.products.CsrProducts`) for a sparse ``nn.Linear``.
 
         For algorithms that own the layer's forward and call the products from
-        their own autograd function (SWAT). ``None`` for other layers and when
-        a backend other than ``"auto"`` or ``"csr"`` is forced.
+        their own autograd function (SWAT). With ``backend="auto"`` each product
+        is timed once per shape against the dense op and the faster kept; with
+        ``"csr"`` CSR always runs (within ``max_density``). ``None`` for other
+        layers and when another backend is forced.
         """
         if layer.kind != "linear" or not isinstance(layer.module, nn.Linear) or self.backend not in ("auto", "csr"):
             return None
-        products = CsrProducts(self.max_density)
+        products = CsrProducts(self.max_density, measure=self.backend == "auto", repeats=self.repeats)
         self.products[layer.name] = products
         return products
 

@@ -16,12 +16,18 @@ function calls:
 The structures are built from the mask at every forward (SWAT's selection can
 change every step) with :class:`~sparse_kernels_cuda.formats.CsrPlan`. A
 product steps aside (``None``: the algorithm runs its dense op) above
-``max_density``, for dtypes other than float32/float64 and off CPU/CUDA.
+``max_density``, for dtypes other than float32/float64, off CPU/CUDA, and,
+by default, where timing once per shape finds the dense op faster (on CPU
+CSR pays only at high sparsity).
 """
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,39 +57,101 @@ def _supported(t: Tensor) -> bool:
     return t.dim() == 2 and t.dtype in (torch.float32, torch.float64) and t.device.type in ("cpu", "cuda")
 
 
+def _seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Best wall time of ``repeats`` calls (synchronising CUDA)."""
+    best = math.inf
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 class CsrProducts:
     """Sparse products on ``torch.sparse`` CSR (MKL on CPU, cuSPARSE on CUDA).
+
+    With ``measure=True`` (the default) the first call of each kind of
+    product for a shape and density (to two decimals) times the CSR path
+    against the dense op it replaces and keeps the faster, so the products
+    never slow a layer down (their results differ from the dense ops only in
+    reduction order). ``measure=False`` always takes CSR within ``max_density``.
 
     Args:
         max_density: densest weight mask or activation the products run
             sparsely (the algorithm's dense ops run above it).
+        measure: choose CSR or the dense op by timing both once per shape.
+        repeats: timed calls per candidate when measuring.
 
     Raises:
-        ValueError: ``max_density`` outside (0, 1].
+        ValueError: ``max_density`` outside (0, 1] or ``repeats`` below 1.
     """
 
-    def __init__(self, max_density: float = DEFAULT_PRODUCT_MAX_DENSITY) -> None:
+    def __init__(self, max_density: float = DEFAULT_PRODUCT_MAX_DENSITY, measure: bool = True,
+                 repeats: int = 2) -> None:
         if not 0.0 < max_density <= 1.0:
             raise ValueError(f"sparse_kernels_cuda: max_density must be in (0, 1], got {max_density!r}")
+        if repeats < 1:
+            raise ValueError(f"sparse_kernels_cuda: repeats must be >= 1, got {repeats!r}")
         self.max_density = max_density
-        #: products run sparsely / handed back to dense ops, by product name (for reports and tests)
+        self.measure = measure
+        self.repeats = repeats
+        #: calls that ran on CSR / handed back to the dense op (for reports and tests)
         self.calls: dict[str, int] = {"sparse": 0, "dense": 0}
+        #: measured choices: (product, shapes, density) -> whether CSR was faster
+        self.choices: dict[tuple[Any, ...], bool] = {}
+
+    def _decide(self, key: tuple[Any, ...], sparse: Callable[[], object], dense: Callable[[], object]) -> bool:
+        if not self.measure:
+            return True
+        choice = self.choices.get(key)
+        if choice is None:
+            choice = _seconds(sparse, self.repeats) < _seconds(dense, self.repeats)
+            self.choices[key] = choice
+        return choice
 
     def _count(self, sparse: bool) -> None:
         self.calls["sparse" if sparse else "dense"] += 1
 
-    def weight_operand(self, weight: Tensor, mask: Tensor) -> CsrWeight | None:
-        """CSR of ``weight ⊙ mask`` and of its transpose, or ``None`` (dense ops) where CSR does not pay."""
-        if not _supported(weight) or mask.shape != weight.shape:
+    def weight_operand(self, weight: Tensor, mask: Tensor, x: Tensor) -> CsrWeight | None:
+        """CSR of ``weight ⊙ mask`` and of its transpose, or ``None`` (dense ops) where CSR does not pay.
+
+        ``x`` is the input the operand will multiply (its shape guides the measured choice).
+        """
+        if not _supported(weight) or mask.shape != weight.shape or x.dim() != 2:
             self._count(False)
             return None
-        nnz = int(mask.sum())
-        if nnz > self.max_density * mask.numel():
+        density = int(mask.sum()) / max(1, mask.numel())
+        if density > self.max_density:
             self._count(False)
             return None
-        plan = CsrPlan.from_mask(mask)
+        w = weight.detach()
+        grad = x.new_ones(x.shape[0], w.shape[0])
+
+        def sparse() -> None:
+            operand = self._build(w, mask)
+            self.mm_weight_t(x, operand)
+            self.mm_weight(grad, operand)
+
+        def dense() -> None:
+            used = w * mask
+            torch.mm(x, used.t())
+            torch.mm(grad, used)
+
+        key = ("weight", tuple(w.shape), x.shape[0], round(density, 2), w.dtype, w.device.type)
+        if not self._decide(key, sparse, dense):
+            self._count(False)
+            return None
         self._count(True)
-        return CsrWeight(plan.to_csr(weight.detach()), plan.to_csr_t(weight.detach()))
+        return self._build(w, mask)
+
+    @staticmethod
+    def _build(weight: Tensor, mask: Tensor) -> CsrWeight:
+        plan = CsrPlan.from_mask(mask)
+        return CsrWeight(plan.to_csr(weight), plan.to_csr_t(weight))
 
     def mm_weight_t(self, x: Tensor, operand: CsrWeight) -> Tensor:
         """``x @ (W ⊙ M)ᵀ`` for ``x`` of shape ``(tokens, in)``."""
@@ -94,13 +162,22 @@ class CsrProducts:
         return torch.mm(operand.w_t, grad.t().contiguous()).t().contiguous()
 
     def grad_weight(self, grad: Tensor, x: Tensor) -> Tensor | None:
-        """``gradᵀ @ x`` (dense ``(out, in)``) through the CSR of ``xᵀ``; ``None`` when ``x`` is too dense."""
+        """``gradᵀ @ x`` (dense ``(out, in)``) through the CSR of ``xᵀ``; ``None`` where CSR does not pay."""
         if not _supported(x) or not _supported(grad) or x.dtype != grad.dtype:
             self._count(False)
             return None
         x_t = x.t()
-        if int(torch.count_nonzero(x_t)) > self.max_density * x.numel():
+        density = int(torch.count_nonzero(x_t)) / max(1, x.numel())
+        if density > self.max_density:
+            self._count(False)
+            return None
+
+        def sparse() -> Tensor:
+            return torch.mm(x_t.to_sparse_csr(), grad.contiguous()).t().contiguous()
+
+        key = ("grad_weight", tuple(x.shape), grad.shape[1], round(density, 2), x.dtype, x.device.type)
+        if not self._decide(key, sparse, lambda: grad.t() @ x):
             self._count(False)
             return None
         self._count(True)
-        return torch.mm(x_t.to_sparse_csr(), grad.contiguous()).t().contiguous()
+        return sparse()

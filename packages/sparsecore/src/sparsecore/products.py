@@ -32,12 +32,13 @@ class SparseProducts(Protocol):
     equals the dense product up to reduction order.
     """
 
-    def weight_operand(self, weight: torch.Tensor, mask: torch.Tensor) -> Any | None:
+    def weight_operand(self, weight: torch.Tensor, mask: torch.Tensor, x: torch.Tensor) -> Any | None:
         """``weight ⊙ mask`` in the kernel's format, for :meth:`mm_weight_t` and :meth:`mm_weight`.
 
         Built once per forward (the mask may change every step) and used by
-        both products. ``None`` where the kernel does not pay or does not
-        support the weight (dtype, device, density): use dense ops then.
+        both products; ``x`` is the 2-D input the forward multiplies. ``None``
+        where the kernel does not pay or does not support the weight (dtype,
+        device, density): use dense ops then.
         """
 
     def mm_weight_t(self, x: torch.Tensor, operand: Any) -> torch.Tensor:

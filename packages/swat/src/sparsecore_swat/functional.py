@@ -156,11 +156,12 @@ class SwatLinearFunction(torch.autograd.Function):
         _save(ctx, x, weight, w_thr, x_thr)
         ctx.products = products if dtype is None else None
         ctx.operand = None
+        x2 = x.reshape(-1, x.shape[-1])
         if ctx.products is not None and w_thr is not None:
-            ctx.operand = ctx.products.weight_operand(weight, topk.weight_mask(weight, w_thr, structure))
+            ctx.operand = ctx.products.weight_operand(weight, topk.weight_mask(weight, w_thr, structure), x2)
         if ctx.operand is None:
             return F.linear(_cast(x, dtype), _used_weight(weight, w_thr, structure, dtype), _cast(bias, dtype))
-        y = ctx.products.mm_weight_t(x.reshape(-1, x.shape[-1]), ctx.operand)
+        y = ctx.products.mm_weight_t(x2, ctx.operand)
         if bias is not None:
             y = y + bias
         return y.view(*x.shape[:-1], y.shape[-1])
