@@ -209,3 +209,38 @@ def _conv1d():
 def test_n_m_pattern_on_gpt2_conv1d_is_refused_by_name(hf, train, tmp_path):
     with pytest.raises(sparsecore.ConfigurationError, match="Conv1D.*output dimension"):
         train(hf.gpt2(), hf.lm_data(), tmp_path, [SparsityCallback("static", pattern="2:4")])
+
+
+class RedrawAtAttach(sparsecore.Algorithm):
+    """Redraws the sparse weights when attached (as SNIP's variance-scaling init does) and keeps the optimizer
+    state of inactive weights only between updates (dense gradients, state zeroed when masks change)."""
+
+    name = "redraw-at-attach"
+    masking_policy = sparsecore.MaskingPolicy(mask_gradients=False, mask_optimizer_state=True)
+
+    def __init__(self):
+        self.schedule = sparsecore.UpdateSchedule(0.3, update_every=5, owner=self.name)
+
+    @sparsecore.hookimpl
+    def on_attach(self, sparsifier):
+        with torch.no_grad():
+            for layer in sparsifier.layers.values():
+                layer.weight.normal_(0.0, 0.02, generator=sparsifier.generator)
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_loaded_weights_and_optimizer_state_whatever_the_set_up_does(hf, train, tmp_path):
+    """Building the resumed sparsifier redraws weights and would zero optimizer state; both are given back."""
+    straight_model = hf.gpt2()
+    straight = SparsityCallback(RedrawAtAttach(), density=0.25)
+    train(straight_model, hf.lm_data(), tmp_path / "straight", [straight])
+    train(hf.gpt2(), hf.lm_data(), tmp_path / "run", [SparsityCallback(RedrawAtAttach(), density=0.25),
+                                                      hf.StopAt(7)], save_strategy="steps", save_steps=7)
+    resumed_model = hf.gpt2()
+    resumed = SparsityCallback(RedrawAtAttach(), density=0.25)
+    train(resumed_model, hf.lm_data(), tmp_path / "run", [resumed], resume=str(tmp_path / "run" / "checkpoint-7"))
+    assert [report.step for report in straight.sparsifier.history] == [5, 10]
+    assert [report.step for report in resumed.sparsifier.history] == [10]
+    expected, got = straight_model.state_dict(), resumed_model.state_dict()
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key
