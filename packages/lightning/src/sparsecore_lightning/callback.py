@@ -119,16 +119,18 @@ class SparsityCallback(Callback):
         self.sparsifier = None
         kwargs = dict(self.sparsifier_kwargs)
         kwargs.setdefault("total_steps", total_steps)
-        restored = None if state is None else _parameter_snapshot(pl_module)
-        sparsifier = Sparsifier(pl_module, optimizer, self.algorithm, self.density, **kwargs)
-        if state is not None and restored is not None:
-            try:
-                _restore_parameters(pl_module, restored)  # set-up masked the weights with fresh initial masks
+        snapshot = _parameter_snapshot(pl_module) if state is not None else {}
+        sparsifier = None
+        try:
+            sparsifier = Sparsifier(pl_module, optimizer, self.algorithm, self.density, **kwargs)
+            if state is not None:
+                _restore_parameters(pl_module, snapshot)  # set-up masked the weights with fresh initial masks
                 sparsifier.load_state_dict(state)
-            except BaseException:
+        except BaseException:
+            if sparsifier is not None:
                 sparsifier.remove()
-                _restore_parameters(pl_module, restored)
-                raise
+            _restore_parameters(pl_module, snapshot)  # a refused resume leaves the weights Lightning restored
+            raise
         self.sparsifier = sparsifier
         self._pending_state = None
         self._step_wrapper = ClosureFirstStep(optimizer)
@@ -238,6 +240,8 @@ def _parameter_snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _restore_parameters(module: torch.nn.Module, snapshot: Mapping[str, torch.Tensor]) -> None:
+    """Copy a :func:`_parameter_snapshot` back in place (an empty one restores nothing)."""
     with torch.no_grad():
         for name, p in module.named_parameters():
-            p.copy_(snapshot[name])
+            if name in snapshot:
+                p.copy_(snapshot[name])
