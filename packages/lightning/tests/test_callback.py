@@ -163,7 +163,7 @@ def test_an_optimizer_that_calls_its_closure_again_gets_fresh_evaluations():
         optimizer.zero_grad()
         loss = loss_fn()
         loss.backward()
-        calls.append(float(loss))
+        calls.append(float(loss.detach()))
         return loss
 
     ClosureFirstStep(optimizer)
