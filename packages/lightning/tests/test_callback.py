@@ -7,6 +7,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_helpers import GradientRecorder, TinyModule, fit, make_loader, make_trainer, masks_of, plain_loop
 
+import sparsecore
 from sparsecore import ConfigurationError
 from sparsecore.sparsifier import attached_sparsifier
 from sparsecore_lightning import ClosureFirstStep, SparsityCallback
@@ -37,6 +38,23 @@ def test_logs_density_and_the_last_updates_counts(tmp_path):
         "sparsity/grown": float(sum(u.grown for u in last.layers.values())),
     }
     assert logged["sparsity/pruned"] == logged["sparsity/grown"] > 0
+
+
+class Labelled(sparsecore.Algorithm):
+    """A static mask whose metrics hold a number and a string."""
+
+    name = "labelled"
+
+    def metrics(self, sparsifier):
+        return {"steps_seen": sparsifier.step, "phase": "sparse"}
+
+
+def test_logs_the_algorithms_numeric_metrics(tmp_path):
+    trainer = make_trainer(tmp_path, [SparsityCallback(Labelled(), density=0.5)], max_epochs=2)
+    fit(trainer, TinyModule(), make_loader())
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert logged == {"sparsity/density": 688 / 1376, "sparsity/pruned": 0.0, "sparsity/grown": 0.0,
+                      "sparsity/steps_seen": 16.0}  # the string is not logged
 
 
 def test_log_metrics_false_logs_nothing(tmp_path):
