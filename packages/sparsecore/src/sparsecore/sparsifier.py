@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsecore import distributed, distributions, optim_state, selection
+from sparsecore import compile_names, distributed, distributions, optim_state, selection
 from sparsecore.algorithm import ENGINE_DEFAULT_KEYS, PATTERNS
 from sparsecore.errors import CheckpointError, ConfigurationError, HookResultError
 from sparsecore.forwards import ReplacedForwards, collect_module_forwards
@@ -304,6 +304,8 @@ class Sparsifier:
         self._record_output_sizes()
         self._handles.append(optimizer.register_step_pre_hook(self._before_step))
         self._handles.append(optimizer.register_step_post_hook(self._after_step))
+        for module in dict.fromkeys((model, self.model)):  # checkpoints of compiled and plain models load alike
+            self._handles.append(module.register_load_state_dict_pre_hook(compile_names.load_pre_hook))
         _ATTACHED[self.model] = self
         _ATTACHED[optimizer] = self
         self._attached = True
@@ -834,11 +836,20 @@ class Sparsifier:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`. Load the model's and optimizer's state as well.
 
-        Everything is checked before anything changes.
+        Everything is checked before anything changes. Layer names that differ
+        only by ``torch.compile``'s ``_orig_mod`` segments (a sub-module compiled
+        in one run and not in the other) name the same layers; while the engine
+        is attached, the model's own ``load_state_dict`` likewise accepts keys
+        saved from a compiled model (``_orig_mod.fc1.weight``) and the other way round.
 
         Raises:
             CheckpointError: another algorithm, density, schedule, block size, N:M pattern, other layers or shapes.
         """
+        renamed = compile_names.match_layer_names(state["masks"], self.layers) if isinstance(state, Mapping) \
+            and isinstance(state.get("masks"), Mapping) else None
+        if renamed is not None:
+            state = {**state, **{key: {renamed[name]: value for name, value in state[key].items()}
+                                 for key in ("masks", "versions", "target_densities")}}
         self._check_state(state)
         for name, layer in self.layers.items():
             mask = state["masks"][name]
