@@ -87,17 +87,16 @@ class GradientRecorder:
 
 
 def plain_loop(module: TinyModule, loader: DataLoader, epochs: int, algorithm: str = "set", density: float = 0.25,
-               accumulate: int = 1, clip: float | None = None, bf16: bool = False,
+               accumulate: int = 1, clip: float | None = None, autocast_dtype: torch.dtype | None = None,
                **sparsifier_kwargs: Any) -> sparsecore.Sparsifier:
-    """The hand-written loop sparsecore documents, with accumulation, clipping and bf16 autocast as Lightning does."""
+    """The hand-written loop sparsecore documents, with accumulation, clipping and CPU autocast as Lightning does."""
     optimizer = module.configure_optimizers()
     total_steps = epochs * (len(loader) // accumulate)
     sparsifier = sparsecore.Sparsifier(module, optimizer, algorithm, density, total_steps=total_steps,
                                        **sparsifier_kwargs)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     for epoch in range(epochs):
         for i, batch in enumerate(loader):
-            with autocast():
+            with torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
                 loss = module.training_step(batch, i) / accumulate
             loss.backward()
             if (i + 1) % accumulate:

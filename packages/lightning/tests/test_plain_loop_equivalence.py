@@ -14,7 +14,7 @@ CASES = {
     "fp32": ({}, {}),
     "accumulate_grad_batches=2": ({"accumulate_grad_batches": 2}, {"accumulate": 2}),
     "gradient_clip_val": ({"gradient_clip_val": 0.05}, {"clip": 0.05}),
-    "bf16-mixed": ({"precision": "bf16-mixed"}, {"bf16": True}),
+    "bf16-mixed": ({"precision": "bf16-mixed"}, {"autocast_dtype": torch.bfloat16}),
 }
 
 
