@@ -60,8 +60,9 @@ class SparsityCallback(Callback):
       lives in a replaced forward); only the step wrapper is taken off. A later
       ``fit`` with this callback continues from the current masks and state
       (its ``total_steps``: the steps done so far plus that fit's remaining
-      ones). :meth:`remove` detaches the engine for good; the masks stay
-      applied to the weights.
+      ones). :meth:`remove` detaches the engine for good (weights the
+      algorithm masks stay sparse; ``sparsecore.export.squash`` also zeroes
+      the inactive weights of algorithms whose sparsity lives in the forward).
 
     Args:
         algorithm: a registered algorithm name (``sparsecore.available_algorithms()``)
@@ -197,8 +198,11 @@ class SparsityCallback(Callback):
     def remove(self) -> None:
         """Detach the engine from the model and optimizer (:meth:`Sparsifier.remove <sparsecore.Sparsifier.remove>`).
 
-        The masks stay applied to the weights. The sparsifier stays readable
-        as :attr:`sparsifier` (masks, ``report()``, ``state_dict()``).
+        Weights the algorithm masks stay sparse; an algorithm whose sparsity
+        lives in a replaced forward (SWAT, SR-STE) leaves dense weights, which
+        ``sparsecore.export.squash(callback.sparsifier)`` zeroes instead. The
+        sparsifier stays readable as :attr:`sparsifier` (masks, ``report()``,
+        ``state_dict()``).
         """
         if self._step_wrapper is not None:
             self._step_wrapper.remove()
