@@ -3,7 +3,7 @@
 Arms (each ``sparsecore train --recipe snfs-lenet5 [flags] --seed S --threads 1``, 100 epochs):
 
 * ``sparse-momentum``: the faithful plugin defaults, seeds 0-9;
-* ``sparse-momentum (layer_floor=0.5)``: the robustness option (a deviation, see the plugin README), seeds 0-9;
+* ``sparse-momentum (warmup_steps=100)``: the robustness option (a deviation, see the plugin README), seeds 0-9;
 * ``sparse-momentum (redistribution=none)``, ``static`` and ``dense``: seeds 0-2.
 
 Two stages, both resumable (run folders ``RUNS_DIR/<arm>-s<seed>``, checkpoints every epoch):
@@ -13,8 +13,8 @@ Two stages, both resumable (run folders ``RUNS_DIR/<arm>-s<seed>``, checkpoints 
   below 50 % (chance is ~10 %) counts as collapsed early; this is a measurement of the early
   collapse rate, not of the final error.
 * ``--stage full``: every run to 100 epochs, in an order that makes each finished run a result:
-  the robust arm first, then faithful runs that did not collapse early, then the baselines, then
-  the faithful runs that collapsed (to see whether any recovers).
+  rounds of one run per arm (robust, faithful, redistribution=none, static, dense) seed by seed,
+  the faithful runs that collapsed early last (to see whether any recovers).
 
 Every invocation that ends appends the finished runs to ``benchmarks/results/sparse_momentum_lenet5_runs.jsonl``
 and re-renders ``benchmarks/results/sparse_momentum_lenet5_runs.md`` (also with ``--render-only``), which shows
@@ -24,8 +24,8 @@ later session resumes the same code whatever the working tree holds.
 
 Usage (from the repository root)::
 
-    nice -n 10 python benchmarks/sparse_momentum/lenet5_queue.py --stage early --code <commit>
-    nice -n 10 python benchmarks/sparse_momentum/lenet5_queue.py --stage full        # resumes with RUNS_DIR/CODE
+    python benchmarks/sparse_momentum/lenet5_queue.py --stage early --code <commit>
+    python benchmarks/sparse_momentum/lenet5_queue.py --stage full        # resumes with RUNS_DIR/CODE
     python benchmarks/sparse_momentum/lenet5_queue.py --render-only
 """
 
@@ -46,16 +46,16 @@ RESULTS = ROOT / "benchmarks" / "results" / "sparse_momentum_lenet5_runs.jsonl"
 EPOCHS = 100
 COLLAPSE_BELOW = 0.5
 FAITHFUL = "sparse-momentum"
-ROBUST = "sparse-momentum (layer_floor=0.5)"
+ROBUST = "sparse-momentum (warmup_steps=100)"
 #: arm -> (flags added to the recipe's, seeds)
 ARMS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
     FAITHFUL: ((), tuple(range(10))),
-    ROBUST: (("--option", "layer_floor=0.5"), tuple(range(10))),
+    ROBUST: (("--option", "warmup_steps=100"), tuple(range(10))),
     "sparse-momentum (redistribution=none)": (("--option", "redistribution=none"), (0, 1, 2)),
     "static": (("--algorithm", "static"), (0, 1, 2)),
     "dense": (("--dense",), (0, 1, 2)),
 }
-SLUGS = {FAITHFUL: "sm", ROBUST: "sm-floor05", "sparse-momentum (redistribution=none)": "sm-none",
+SLUGS = {FAITHFUL: "sm", ROBUST: "sm-warmup100", "sparse-momentum (redistribution=none)": "sm-none",
          "static": "static", "dense": "dense"}
 PUBLISHED = "0.69 ± 0.02 % (sparse momentum, Dettmers & Zettlemoyer 2019, Table 1)"
 
@@ -82,15 +82,15 @@ def early_collapse(folder: Path, early_epochs: int) -> bool | None:
 
 
 def full_order(jobs: list[Job], runs_dir: Path, early_epochs: int) -> list[Job]:
-    """The order of the full stage: robust, surviving faithful, baselines, collapsed faithful."""
-    def rank(job: Job) -> int:
+    """The order of the full stage: rounds of one run per arm (robust, faithful, baselines), seed by seed;
+    faithful runs that collapsed early come last."""
+    arms = [ROBUST, *(arm for arm in ARMS if arm != ROBUST)]
+
+    def key(job: Job) -> tuple[bool, int, int]:
         arm = job.labels["arm"]
-        if arm == ROBUST:
-            return 0
-        if arm == FAITHFUL:
-            return 3 if early_collapse(runs_dir / job.name, early_epochs) else 1
-        return 2
-    return sorted(jobs, key=lambda job: (rank(job), int(job.name.rsplit("-s", 1)[1])))
+        collapsed = arm == FAITHFUL and bool(early_collapse(runs_dir / job.name, early_epochs))
+        return collapsed, ARMS[arm][1].index(int(job.name.rsplit("-s", 1)[1])), arms.index(arm)
+    return sorted(jobs, key=key)
 
 
 def _stats(values: list[float]) -> str:
@@ -108,15 +108,15 @@ def render(jobs: list[Job], runs_dir: Path, rows: list[dict], early_epochs: int,
     lines = [
         "# LeNet-5-Caffe on MNIST at 5 %: sparse momentum, its robustness option and baselines",
         "",
-        "Command: `nice -n 10 python benchmarks/sparse_momentum/lenet5_queue.py --stage early|full` (each run is "
+        "Command: `python benchmarks/sparse_momentum/lenet5_queue.py --stage early|full` (each run is "
         "`sparsecore train --recipe snfs-lenet5 [arm flags] --seed S --threads 1`)" +
         (f"; code of commit `{code[:12]}`" if code else "") + ".  ",
         f"Machine: shared 2-core CPU ({cpu}), one torch thread per run, CPU only.  ",
         "Recipe `snfs-lenet5`: LeNet-5-Caffe, MNIST (all 60,000 training images), uniform 5 % on every layer, "
         "SGD lr 0.1, Nesterov momentum 0.9, weight decay 5e-4, batch 100, lr ×0.1 every 25,000 iterations, "
         "100 epochs; sparse momentum: prune rate 0.5 cosine-decayed to 0.005, an update after every epoch but "
-        "the last. `layer_floor=0.5` (a deviation from the paper, off by default): redistribution never leaves a "
-        f"layer with fewer than half its initial weights. Published: {PUBLISHED}.",
+        "the last. `warmup_steps=100` (a deviation from the paper, off by default): the 100 steps after each "
+        f"update ramp the learning rate linearly from 1/100 back to its value. Published: {PUBLISHED}.",
         "",
         f"## Early collapse (test accuracy after epoch {early_epochs})",
         "",
