@@ -251,7 +251,7 @@ class KernelPlugin:
         """
         self.bypassed = {}
         policy = getattr(sparsifier, "policy", None)
-        if _keeps_dense(policy):
+        if policy is not None and _keeps_dense(policy):
             if not self.products and not self._warned:
                 warnings.warn(
                     f"{PLUGIN_NAME}: the active algorithm keeps dense weights or gradients "

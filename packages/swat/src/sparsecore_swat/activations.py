@@ -46,7 +46,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from sparsecore_swat.compress import pack_bits, unpack_bits
 
-__all__ = ["Rebuild", "activation_forwards", "rebuild_of", "ReluForward", "BatchNormForward", "MaxPoolForward"]
+__all__ = ["BatchNormForward", "MaxPoolForward", "Rebuild", "ReluForward", "activation_forwards", "rebuild_of"]
 
 _POOL_BACKWARD = {2: torch.ops.aten.max_pool2d_with_indices_backward,
                   3: torch.ops.aten.max_pool3d_with_indices_backward}
@@ -189,6 +189,7 @@ class _MaxPoolFromRebuild(torch.autograd.Function):
                 bias: torch.Tensor | None) -> torch.Tensor:
         ctx.rebuild = rebuild
         ctx.save_for_backward(x, weight, bias)
+        assert rebuild.pool is not None  # MaxPoolForward records the pool before calling
         dims, kernel, stride, padding, dilation, ceil_mode = rebuild.pool
         return _POOL[dims](z, kernel, stride, padding, dilation, ceil_mode)
 
@@ -197,6 +198,7 @@ class _MaxPoolFromRebuild(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         rebuild = ctx.rebuild
         z = rebuild.before_pool(*ctx.saved_tensors)
+        assert rebuild.pool is not None
         dims, kernel, stride, padding, dilation, ceil_mode = rebuild.pool
         _, indices = _POOL[dims](z, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
         dz = _POOL_BACKWARD[dims](grad, z, kernel, stride, padding, dilation, ceil_mode, indices)

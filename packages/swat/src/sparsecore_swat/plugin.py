@@ -179,7 +179,7 @@ class SwatAlgorithm(sparsecore.Algorithm):
 
     @sparsecore.hookimpl
     def module_forwards(self, sparsifier: sparsecore.Sparsifier) -> dict[str, Callable[..., Any]] | None:
-        """With ``activation_memory="model"``: the saving forwards of the model's BatchNorm, ReLU and max-pool modules."""
+        """With ``activation_memory="model"``: forwards that save less for the model's BatchNorm, ReLU and max-pools."""
         if self.activation_memory != "model":
             return None
         return activation_forwards(sparsifier.model)
