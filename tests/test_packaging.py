@@ -80,7 +80,25 @@ def test_changelog_describes_the_version_about_to_be_released(pkg) -> None:
     assert version not in released, f"{pkg.name}: {version} was released already; bump __about__.py"
 
 
-@pytest.mark.parametrize("pkg", [p for p in PACKAGES if p.name != "sparsecore"], ids=lambda p: p.name)
+#: Distributions that connect sparsecore to a training framework (used from that framework's callbacks);
+#: they register nothing with sparsecore.
+INTEGRATIONS = {"sparsecore-lightning", "sparsecore-transformers"}
+
+
+def _is_integration(pkg) -> bool:
+    return _meta(pkg)["project"]["name"] in INTEGRATIONS
+
+
+def test_the_integrations_are_there_and_register_no_plugin() -> None:
+    integrations = [p for p in PACKAGES if _is_integration(p)]
+    assert {_meta(p)["project"]["name"] for p in integrations} == INTEGRATIONS
+    for pkg in integrations:
+        assert "sparsecore" not in _meta(pkg)["project"].get("entry-points", {}), \
+            f"{pkg.name}: an integration registers no sparsecore plugin"
+
+
+@pytest.mark.parametrize("pkg", [p for p in PACKAGES if p.name != "sparsecore" and not _is_integration(p)],
+                         ids=lambda p: p.name)
 def test_plugin_entry_point_module_exists(pkg) -> None:
     meta = _meta(pkg)
     entry_points = meta["project"]["entry-points"]["sparsecore"]
