@@ -20,8 +20,15 @@ sum of its chunks; reported are medians over repeats, the median of the paired
 per-repeat ratios to dense, and the engine's per-epoch topology update
 (``sparsifier.epoch_end``) timed separately.
 
+With ``--compile`` every setup runs twice, eagerly and as ``torch.compile(model)``
+(inductor unless ``--compile BACKEND``; set up, then compiled, as the engine's
+docs advise: masks stay eager on the optimizer hooks); each compiled setup is
+compared with the compiled dense model. Compilation happens in the warm-up.
+
 Usage:
     python benchmarks/engine_overhead.py --repeats 30 --threads 1 --output benchmarks/results/engine_overhead.md
+    python benchmarks/engine_overhead.py --compile --no-peers --repeats 10 --threads 1 \\
+        --output benchmarks/results/engine_overhead_compile.md
 """
 
 from __future__ import annotations
@@ -109,6 +116,8 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="+", default=["sparse-momentum", "set"])
     parser.add_argument("--no-peers", action="store_true", help="leave out torch.nn.utils.prune and torch.ao.pruning")
     parser.add_argument("--output", help="also write the Markdown table here")
+    parser.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                        help="also run every setup under torch.compile (default backend: inductor)")
     parser.add_argument("--keep-denormals", action="store_true",
                         help="leave denormal floats on (default: flushed to zero for every setup alike)")
     args = parser.parse_args()
@@ -128,9 +137,18 @@ def main() -> None:
         builders["torch.nn.utils.prune"] = build_torch_prune
         builders["torch.ao.pruning"] = build_torch_ao
     setups = {name: build(total) for name, build in builders.items()}
+    baseline = dict.fromkeys(setups, "dense")  # the setup each one is compared with
+    if args.compile:
+        for name, build in builders.items():
+            model, optimizer, sparsifier = build(total)
+            setups[f"{name} (compiled)"] = (torch.compile(model, backend=args.compile), optimizer, sparsifier)
+            baseline[f"{name} (compiled)"] = "dense (compiled)"
     names = list(setups)
-    for model, optimizer, _ in setups.values():  # warm-up
+    compile_seconds = {}
+    for n, (model, optimizer, _) in setups.items():  # warm-up (and compilation)
+        t0 = time.perf_counter()
         train_steps(model, optimizer, list(data.train.batches(BATCH, generator=torch.Generator().manual_seed(1)))[:20])
+        compile_seconds[n] = time.perf_counter() - t0
 
     epoch_time = {n: [] for n in names}
     update_time = {n: [] for n in names}
@@ -157,17 +175,20 @@ def main() -> None:
     load_after = os.getloadavg()
 
     rows = ["| setup | median epoch (s) | per step (ms) | vs dense (median of paired ratios) | vs dense (medians) | "
-            "topology update per epoch (ms) |", "|---|---|---|---|---|---|"]
-    dense = statistics.median(epoch_time["dense"])
+            "topology update per epoch (ms) |" + (" warm-up incl. compilation (s) |" if args.compile else ""),
+            "|---|---|---|---|---|---|" + ("---|" if args.compile else "")]
     for n in names:
-        med = statistics.median(epoch_time[n])
-        paired = statistics.median(t / d for t, d in zip(epoch_time[n], epoch_time["dense"]))
+        med, dense_times = statistics.median(epoch_time[n]), epoch_time[baseline[n]]
+        paired = statistics.median(t / d for t, d in zip(epoch_time[n], dense_times))
         update = f"{1e3 * statistics.median(update_time[n]):.1f}" if update_time[n] else "-"
-        rows.append(f"| {n} | {med:.3f} | {1e3 * med / steps:.3f} | {paired:.3f} | {med / dense:.3f} | {update} |")
+        rows.append(f"| {n} | {med:.3f} | {1e3 * med / steps:.3f} | {paired:.3f} | "
+                    f"{med / statistics.median(dense_times):.3f} | {update} |"
+                    + (f" {compile_seconds[n]:.1f} |" if args.compile else ""))
     table = "\n".join(rows)
     header = (f"LeNet-300-100, MNIST 60k, batch {BATCH} ({steps} steps/epoch), density {DENSITY}, {args.threads} "
               f"thread(s), {args.repeats} repeats, setups interleaved every {args.chunk} steps, denormals "
-              f"{'kept' if args.keep_denormals else 'flushed'}; torch "
+              f"{'kept' if args.keep_denormals else 'flushed'}"
+              f"{f'; compiled setups: torch.compile(backend={args.compile!r}), against compiled dense' if args.compile else ''}; torch "
               f"{torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs; load average before/after: "
               f"{load_before[0]:.2f}/{load_after[0]:.2f}")
     print(header)

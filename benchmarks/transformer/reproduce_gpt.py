@@ -52,7 +52,7 @@ METHODS = ("dense", "static", "set", "sparse-momentum", "rigl")
 #: The recipe shared by every row (``TrainConfig`` fields).
 RECIPE: dict[str, Any] = {
     "model": "gpt-tiny", "dataset": "python-stdlib", "epochs": 10, "batch_size": 16, "limit_train": 400,
-    "limit_test": 256, "eval_batch_size": 256, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
+    "limit_test": 256, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
     "lr_schedule": "cosine", "device": "cpu", "plots": False, "quiet": True,
 }
 #: Algorithm options per method (RigL: one update per epoch of 25 steps, like the epoch-scheduled methods).
