@@ -60,6 +60,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     import torch
 
     from sparsecore.layers import SparseLayer
@@ -424,6 +426,53 @@ def layer_train_flops(sparsifier: Sparsifier, layer: SparseLayer) -> tuple[int, 
         backward ``2·nnz·P`` for the input gradient plus ``2·nnz·P`` (masked
         gradients) or ``2·numel·P`` (dense gradients) for the weight gradient,
         with ``P = layer.output_positions``.
+    """
+
+
+# --------------------------------------------------------------------------
+# Training-harness hooks (called by `sparsecore train`, not by a hand-written loop)
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def on_run_start(sparsifier: Sparsifier, run_dir: Path, start_epoch: int) -> None:
+    """A training harness starts (or resumes) a run whose outputs go to ``run_dir``.
+
+    Called by ``sparsecore train`` (:func:`sparsecore.train.run_training`,
+    :func:`~sparsecore.train.resume_training`) once its run folder is open,
+    before the first training step of this invocation. Observer plugins put
+    their files there (the TensorBoard logger writes ``run_dir/tensorboard``).
+    A hand-written loop does not call it.
+
+    Args:
+        sparsifier: the engine.
+        run_dir: the run folder.
+        start_epoch: epochs already trained (0 for a fresh run, the checkpoint's epoch on resume).
+
+    Returns:
+        Nothing. Broadcast.
+    """
+
+
+@hookspec
+def on_epoch_metrics(sparsifier: Sparsifier, epoch: int, metrics: Mapping[str, Any]) -> None:
+    """A training harness recorded an epoch's metrics.
+
+    Called by ``sparsecore train`` after each epoch is evaluated, ended
+    (:func:`on_epoch_end`, any topology update) and checkpointed, with the
+    record it appended to ``metrics.jsonl``: ``train_loss``, ``train_acc``,
+    ``test_loss``, ``test_acc``, ``lr``, ``density``, ``layer_densities``,
+    ``step``, timings and the algorithm's own metrics. A hand-written loop
+    does not call it.
+
+    Args:
+        sparsifier: the engine.
+        epoch: the epoch that ended, counted from 0 as in :func:`on_epoch_end`
+            (the record's ``"epoch"`` counts from 1).
+        metrics: the epoch's record (a copy; changing it changes nothing).
+
+    Returns:
+        Nothing. Broadcast.
     """
 
 

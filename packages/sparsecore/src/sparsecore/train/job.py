@@ -474,6 +474,9 @@ def _run(config: TrainConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
             else:
                 job.run_dir = rundir.create_run_dir(config.runs_dir, config.run_name, _run_label(job), config.model)
             _open_run_folder(job, say)
+            if job.sparsifier is not None:  # observer plugins put their files in the run folder
+                job.sparsifier.manager.hook.on_run_start(sparsifier=job.sparsifier, run_dir=job.folder,
+                                                         start_epoch=job.start_epoch)
             for epoch in range(job.start_epoch, _end_epoch(config, job.start_epoch)):
                 _train_and_checkpoint_epoch(job, epoch, say)
             return _finish(job, started, say)
@@ -680,6 +683,8 @@ def _train_and_checkpoint_epoch(job: _Job, epoch: int, say: rundir.Printer) -> N
         record["update_seconds"] = time.perf_counter() - tick
     job.metrics.append(record)
     _record_and_checkpoint(job, record)
+    if job.sparsifier is not None:  # loggers record what metrics.jsonl holds
+        job.sparsifier.manager.hook.on_epoch_metrics(sparsifier=job.sparsifier, epoch=epoch, metrics=dict(record))
     say.line(rundir.epoch_line(record, job.config.epochs))
 
 
