@@ -125,3 +125,18 @@ def test_forced_non_csr_backend_offers_no_products():
     with pytest.warns(UserWarning, match="keep their own forward"):
         _swat_run([plug], steps=1)
     assert plug.products == {}
+
+
+@pytest.mark.parametrize("density", [0.0, 0.3, 1.0])
+def test_csr_pair_matches_the_plan_structures(density):
+    from sparse_kernels_cuda.formats import CsrPlan
+    from sparse_kernels_cuda.products import csr_pair
+
+    weight = torch.randn(37, 23, dtype=torch.float64)
+    mask = torch.rand(37, 23, generator=torch.Generator().manual_seed(3)) < density
+    pair, plan = csr_pair(weight, mask), CsrPlan.from_mask(mask)
+    for got, want in ((pair.w, plan.to_csr(weight)), (pair.w_t, plan.to_csr_t(weight))):
+        assert torch.equal(got.crow_indices(), want.crow_indices())
+        assert torch.equal(got.col_indices(), want.col_indices())
+        assert torch.equal(got.values(), want.values())
+    assert torch.equal(pair.w_t.to_dense(), (weight * mask).t())

@@ -14,7 +14,7 @@ function calls:
   transposed back to the weight's layout.
 
 The structures are built from the mask at every forward (SWAT's selection can
-change every step) with :class:`~sparse_kernels_cuda.formats.CsrPlan`. A
+change every step) by :func:`csr_pair`. A
 product steps aside (``None``: the algorithm runs its dense op) above
 ``max_density``, for dtypes other than float32/float64, off CPU/CUDA, and,
 by default, where timing once per shape finds the dense op faster (on CPU
@@ -32,9 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparse_kernels_cuda.formats import CsrPlan
 
-__all__ = ["CsrProducts", "CsrWeight"]
+__all__ = ["CsrProducts", "CsrWeight", "csr_pair"]
 
 #: Densest weight or activation the products take by default (CSR pays only at high sparsity on CPU).
 DEFAULT_PRODUCT_MAX_DENSITY = 0.2
@@ -51,6 +50,30 @@ class CsrWeight:
 
     w: Tensor
     w_t: Tensor
+
+
+def csr_pair(weight: Tensor, mask: Tensor) -> CsrWeight:
+    """CSR tensors of ``weight ⊙ mask`` and of its transpose, built for a mask used once.
+
+    One ``nonzero`` over the mask; the transposed order comes from a stable
+    sort of the column indices (no transposed copy of the mask), values are
+    gathered once and permuted.
+    """
+    n_out, n_in = mask.shape
+    index_dtype = torch.int32 if mask.numel() < 2**31 else torch.int64
+    idx = mask.reshape(-1).nonzero().squeeze(1)
+    rows = torch.div(idx, n_in, rounding_mode="floor")
+    cols = (idx - rows * n_in).to(index_dtype)
+    values = weight.reshape(-1).index_select(0, idx)
+    crow = torch.zeros(n_out + 1, dtype=index_dtype, device=mask.device)
+    torch.cumsum(torch.bincount(rows, minlength=n_out), 0, out=crow[1:])
+    cols_sorted, order = torch.sort(cols, stable=True)
+    crow_t = torch.zeros(n_in + 1, dtype=index_dtype, device=mask.device)
+    torch.cumsum(torch.bincount(cols_sorted, minlength=n_in), 0, out=crow_t[1:])
+    w = torch.sparse_csr_tensor(crow, cols, values, (n_out, n_in), check_invariants=False)
+    w_t = torch.sparse_csr_tensor(crow_t, rows.index_select(0, order).to(index_dtype), values.index_select(0, order),
+                                  (n_in, n_out), check_invariants=False)
+    return CsrWeight(w, w_t)
 
 
 def _supported(t: Tensor) -> bool:
@@ -150,8 +173,7 @@ class CsrProducts:
 
     @staticmethod
     def _build(weight: Tensor, mask: Tensor) -> CsrWeight:
-        plan = CsrPlan.from_mask(mask)
-        return CsrWeight(plan.to_csr(weight), plan.to_csr_t(weight))
+        return csr_pair(weight, mask)
 
     def mm_weight_t(self, x: Tensor, operand: CsrWeight) -> Tensor:
         """``x @ (W ⊙ M)ᵀ`` for ``x`` of shape ``(tokens, in)``."""
