@@ -32,7 +32,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-
 __all__ = ["CsrProducts", "CsrWeight", "csr_pair"]
 
 #: Densest weight or activation the products take by default (CSR pays only at high sparsity on CPU).
