@@ -12,6 +12,7 @@ GUIDE = Path(__file__).resolve().parents[3] / "docs" / "guides" / "lightning.md"
 def test_the_guide_example_runs_and_resumes_exactly(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"^```python\n(.*?)^```$", GUIDE.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # pl.seed_everything sets it; undone after the test
     namespace: dict = {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
