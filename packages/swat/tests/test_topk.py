@@ -83,3 +83,19 @@ def test_large_tensors_get_the_same_threshold_as_a_full_selection(order, keep):
     expected = torch.kthvalue(scores, n - k + 1).values
     got = topk.kth_largest(scores, keep)
     assert torch.equal(got, expected) or (got.isnan() and expected.isnan())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("structure, shape", [(None, (24, 17)), (None, (6, 4, 3, 3)), ("channel", (6, 4, 3, 3))])
+def test_selected_weight_equals_weight_times_mask(dtype, structure, shape):
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(shape, generator=g).to(dtype)
+    weight.view(-1)[:4] = 0.0
+    for keep in (0.05, 0.3, 1.0):
+        threshold = topk.weight_threshold(weight, keep, structure)
+        if structure is None:  # entries exactly at the threshold, with either sign, are kept
+            weight.view(-1)[4], weight.view(-1)[5] = threshold, -threshold
+        expected = weight * topk.weight_mask(weight, threshold, structure)
+        got = topk.selected_weight(weight, threshold, structure)
+        assert torch.equal(got, expected)
+        assert torch.equal(got != 0, topk.weight_mask(weight, threshold, structure) & (weight != 0))

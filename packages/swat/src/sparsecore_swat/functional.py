@@ -45,7 +45,7 @@ def _used_weight(weight: torch.Tensor, threshold: torch.Tensor | None, structure
                  dtype: torch.dtype | None = None) -> torch.Tensor:
     """The weight with only its selected entries, cast to the compute ``dtype`` (``None``: as it is)."""
     if threshold is not None:
-        weight = weight * topk.weight_mask(weight, threshold, structure)
+        weight = topk.selected_weight(weight, threshold, structure)
     return _cast(weight, dtype)
 
 

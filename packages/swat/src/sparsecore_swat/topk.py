@@ -161,6 +161,22 @@ def weight_mask(weight: torch.Tensor, threshold: torch.Tensor, structure: str | 
     return expand(selected, weight)
 
 
+def selected_weight(weight: torch.Tensor, threshold: torch.Tensor, structure: str | None = None) -> torch.Tensor:
+    """``weight * weight_mask(weight, threshold, structure)``, in one pass where possible.
+
+    Element-wise float32/float64 selections use ``hardshrink`` with the
+    largest value below the threshold: ``|w| > nextafter(t, 0)`` is exactly
+    ``|w| >= t`` in floating point, so the result is the same tensor without
+    materialising ``|W|`` and the mask (exact zeros are dropped in both).
+    """
+    if (weight.dim() >= 3 and structure is not None) or weight.dtype not in (torch.float32, torch.float64):
+        return weight * weight_mask(weight, threshold, structure)
+    tiny = torch.nextafter(torch.zeros((), dtype=weight.dtype), torch.ones((), dtype=weight.dtype))
+    floor = torch.maximum(threshold.detach().to("cpu", weight.dtype), tiny)
+    below = torch.nextafter(floor, torch.zeros((), dtype=weight.dtype))
+    return torch.nn.functional.hardshrink(weight, float(below))
+
+
 def topk_mask(tensor: torch.Tensor, keep: float) -> torch.Tensor:
     """Exact element-wise top-K mask of ``|tensor|`` (ties at the threshold kept)."""
     magnitude = tensor.detach().abs()
