@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sparsecore.policy import MaskingPolicy
 from sparsecore.schedules import UpdateSchedule
+from sparsecore.selection import NMPattern
 
 if TYPE_CHECKING:  # pragma: no cover
+    from sparsecore.layers import SparseLayer
     from sparsecore.sparsifier import Sparsifier
 
 #: Keys an algorithm's :attr:`Algorithm.engine_defaults` may set.
@@ -96,6 +98,28 @@ class Algorithm:
     patterns: tuple[str, ...] = ("unstructured",)
     keeps_budget: bool = True
     sets_initial_density: bool = False
+
+    def nm_group_count(self, sparsifier: Sparsifier, layer: SparseLayer) -> int:
+        """In an N:M run, how many active weights every group of ``layer`` holds now (default: N).
+
+        The engine holds every answer to this count: the masks of
+        ``init_masks`` and ``set_masks``, and the masks after every topology
+        update, where a layer's grow count must be its deficit
+        ``count * groups - nnz``. An algorithm that moves its groups through
+        other counts on purpose overrides it; GMP's gradual N:M pruning
+        answers ``M`` (dense) before its first pruning step, then a count
+        falling from ``M`` to ``N`` on its cubic schedule. The answer must be
+        the same for a given step and layer (the engine may ask several times
+        per update) and an int from 1 to M.
+
+        Args:
+            sparsifier: the run (``sparsifier.step`` is the step of the update being checked).
+            layer: an N:M sparse layer (``layer.pattern`` is an :class:`~sparsecore.selection.NMPattern`).
+        """
+        pattern = layer.pattern
+        if not isinstance(pattern, NMPattern):
+            raise ValueError(f"layer {layer.name!r} is not N:M sparse (its pattern is {pattern!r})")
+        return pattern.n
 
     def metrics(self, sparsifier: Sparsifier) -> dict[str, Any]:
         """Values a training harness records each epoch beside loss and accuracy (e.g. DSD's ``phase``).

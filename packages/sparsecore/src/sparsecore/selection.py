@@ -1,7 +1,7 @@
 """Tensor helpers for choosing exactly ``n`` entries of a mask, shared by the defaults and every plugin.
 
 Per layer: :func:`smallest`, :func:`largest`, :func:`random_choice`,
-:func:`random_mask`. Over all layers at once: :func:`global_smallest`,
+:func:`random_mask`; per N:M group: :func:`top_per_group`, :func:`top_k_per_group`. Over all layers at once: :func:`global_smallest`,
 :func:`global_largest`. Budgets across layers: :func:`spread_overflow`.
 
 Every helper takes an optional pattern as ``block``; pass ``layer.pattern``
@@ -233,6 +233,36 @@ def top_per_group(score: torch.Tensor, pattern: NMPattern, largest: bool = True)
     return _pick_per_group(score, None, quotas, largest, pattern)
 
 
+def top_k_per_group(score: torch.Tensor, candidates: torch.Tensor, k: int, pattern: NMPattern,
+                    largest: bool = True) -> torch.Tensor:
+    """In every group of ``pattern``, the ``k`` candidates of largest (or smallest) score; ties to the lower index.
+
+    For a count other than the pattern's N (gradual N:M pruning keeps ``k``
+    per group with ``N <= k <= M``): ``layer.mask & ~top_k_per_group(|w|,
+    layer.mask, k, layer.pattern)`` prunes every group down to ``k`` by
+    magnitude.
+
+    Args:
+        score: any real tensor shaped like the weight.
+        candidates: bool tensor of the same shape; every group must hold at least ``k``.
+        k: how many to choose per group, ``0 <= k <= pattern.m``.
+        pattern: the layer's :class:`NMPattern` (its groups; its N is not used).
+        largest: choose the largest scores (``False``: the smallest).
+
+    Raises:
+        ValueError: ``k`` out of range, or a group with fewer than ``k`` candidates.
+    """
+    score, candidates = full_tensor(score), full_tensor(candidates)
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= pattern.m:
+        raise ValueError(f"k must be an int from 0 to {pattern.m} for groups of {pattern.m}, got {k!r}")
+    counts = pattern.group_counts(candidates)
+    short = int((counts < k).sum())
+    if short:
+        raise ValueError(f"cannot choose {k} per group: {short} of {counts.numel()} groups hold fewer candidates")
+    quotas = torch.full_like(counts, k)
+    return _pick_per_group(score, candidates, quotas, largest, pattern)
+
+
 def nm_quotas(candidates: torch.Tensor, n: int, pattern: NMPattern) -> torch.Tensor | None:
     """How many entries an N:M choice of ``n`` takes from each group (see the module docs).
 
@@ -243,6 +273,8 @@ def nm_quotas(candidates: torch.Tensor, n: int, pattern: NMPattern) -> torch.Ten
     Raises:
         ValueError: neither rule applies.
     """
+    if n == 0:  # choosing nothing is valid whatever the groups hold (a layer kept above N by nm_group_count)
+        return torch.zeros(pattern.groups_in(candidates.shape), dtype=torch.int16, device=candidates.device)
     quotas = _fill_quotas(candidates, pattern)
     if quotas is not None and int(quotas.sum()) == n:
         return quotas

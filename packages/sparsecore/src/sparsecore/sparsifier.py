@@ -23,7 +23,7 @@ from sparsecore.policy import MaskingPolicy
 from sparsecore.reporting import DensityReport, LayerUpdate, TopologyReport, default_train_flops, layer_stats
 from sparsecore.schedules import UpdateSchedule
 from sparsecore.selection import NMPattern
-from sparsecore.topology import AnswerChecks, run_update
+from sparsecore.topology import AnswerChecks, nm_group_count, run_update
 
 STATE_FORMAT = 1
 DEFAULT_DENSITY = 0.05
@@ -283,7 +283,8 @@ class Sparsifier:
         self._seed_generator(seed)
         with distributed.full_masks(self.layers):  # plugins see whole masks, also of FSDP2-sharded weights
             masks, who = self.manager.call_first("init_masks", sparsifier=self, layers=self.layers)
-            initial = AnswerChecks(self.layers, dict(self.manager.plugins())).initial_masks(who, masks)
+            initial = AnswerChecks(self.layers, dict(self.manager.plugins()),
+                                   self._nm_group_count).initial_masks(who, masks)
         self._warn_empty(initial, who)
         forwards = self._collect_forwards()
         module_forwards = collect_module_forwards(self)
@@ -496,8 +497,9 @@ class Sparsifier:
                 layer.pattern = self.block
             return self.block
         if "n:m" not in self._algorithm_patterns():
-            raise ConfigurationError(f"algorithm {self.algorithm_name!r} does not support N:M runs (its patterns "
-                                     f"are {self._algorithm_patterns()}); drop pattern=")
+            raise ConfigurationError(f"algorithm {self.algorithm_name!r} does not support N:M runs such as "
+                                     f"pattern={str(nm)!r} (its patterns are {self._algorithm_patterns()}); "
+                                     "drop pattern=")
         for layer in self.layers.values():
             if layer.kind.startswith("conv_transpose") or layer.kind == "embedding":
                 raise ConfigurationError(f"layer {layer.name!r} ({layer.kind}): its weight does not keep the input "
@@ -510,6 +512,10 @@ class Sparsifier:
                                          "(or dense_first_layer/dense_last_layer)") from None
             layer.pattern = nm
         return nm
+
+    def _nm_group_count(self, layer: SparseLayer) -> int:
+        """Active weights every group of the N:M ``layer`` must hold now (:func:`sparsecore.topology.nm_group_count`)."""
+        return nm_group_count(self, layer)
 
     def _seed_generator(self, seed: int | None) -> None:
         if seed is None:
@@ -736,7 +742,8 @@ class Sparsifier:
             The :class:`TopologyReport` (reason ``"set_masks"``).
         """
         full = {name: layer.mask for name, layer in self.layers.items()}
-        full.update(AnswerChecks(self.layers).masks("set_masks", "<caller>", masks, partial=True))
+        full.update(AnswerChecks(self.layers, group_count=self._nm_group_count).masks("set_masks", "<caller>", masks,
+                                                                                    partial=True))
         return self._commit_masks(full, reason="set_masks", rate=None, notify=record)
 
     def _commit_masks(self, masks: Mapping[str, torch.Tensor], reason: str, rate: float | None,

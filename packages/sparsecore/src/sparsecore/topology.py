@@ -21,12 +21,17 @@ group ``g``, so every group holds at most N in between), and the grow selection
 must give back exactly ``k_g`` in every group ``g``. A layer therefore regrows
 exactly what it lost (``redistribute`` cannot move weights between N:M
 layers), and the grow count of a layer is its deficit ``N * groups - nnz``.
+An algorithm that moves its groups through other counts on purpose (gradual
+N:M pruning: ``M`` active at the start, ``N`` at the end) declares the count in
+force with ``nm_group_count(sparsifier, layer)`` (see
+:meth:`sparsecore.Algorithm.nm_group_count`); the checks then hold every group
+of the layer to that count instead of N.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +85,29 @@ class TopologyUpdate:
     removed: dict[str, int] = field(default_factory=dict)
 
 
+def nm_group_count(sparsifier: Sparsifier, layer: SparseLayer) -> int:
+    """Active weights every group of an N:M ``layer`` must hold now.
+
+    The algorithm's ``nm_group_count(sparsifier, layer)`` when it declares one
+    (:meth:`sparsecore.Algorithm.nm_group_count`), else the pattern's N.
+
+    Raises:
+        HookResultError: the declared count is not an int in ``[1, M]``.
+    """
+    pattern = layer.pattern
+    if not isinstance(pattern, NMPattern):
+        raise ValueError(f"layer {layer.name!r} is not N:M sparse (its pattern is {pattern!r})")
+    declare = getattr(sparsifier.algorithm, "nm_group_count", None)
+    if declare is None:
+        return pattern.n
+    count = declare(sparsifier, layer)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= pattern.m:
+        raise HookResultError("nm_group_count", sparsifier.algorithm_name,
+                              f"layer {layer.name!r}: declared {count!r} active weights per group; a {pattern} "
+                              f"group holds an int from 1 to {pattern.m}")
+    return count
+
+
 def default_prune_counts(layers: Mapping[str, SparseLayer], rate: float) -> dict[str, int]:
     """``floor(rate * nnz)`` per layer, in whole blocks for block layers (any active weights for N:M layers)."""
     return {name: math.floor(rate * layer.nnz / layer.block_size) * layer.block_size
@@ -89,11 +117,19 @@ def default_prune_counts(layers: Mapping[str, SparseLayer], rate: float) -> dict
 class AnswerChecks:
     """Validation of hook answers against the run's layers; every failure names the hook and the plugin."""
 
-    def __init__(self, layers: Mapping[str, SparseLayer], plugins: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, layers: Mapping[str, SparseLayer], plugins: Mapping[str, Any] | None = None,
+                 group_count: Callable[[SparseLayer], int] | None = None) -> None:
         """Checks against ``layers``; ``plugins`` (registered name -> plugin) supply the answering plugin's
-        declarations ``keeps_budget`` and ``sets_initial_density`` (the defaults when it is not listed)."""
+        declarations ``keeps_budget`` and ``sets_initial_density`` (the defaults when it is not listed);
+        ``group_count(layer)`` is the count every group of an N:M layer must hold (default: N; the engine
+        passes the algorithm's :func:`nm_group_count`)."""
         self.layers = layers
         self.plugins = plugins or {}
+        self.group_count = group_count
+
+    def nm_count(self, layer: SparseLayer, pattern: NMPattern) -> int:
+        """Active weights every group of the N:M ``layer`` must hold (:attr:`group_count`, default N)."""
+        return pattern.n if self.group_count is None else self.group_count(layer)
 
     def declares(self, who: str, attribute: str, default: bool) -> bool:
         """The plugin ``who``'s declaration ``attribute`` (``default`` when it declares nothing)."""
@@ -141,7 +177,8 @@ class AnswerChecks:
         return out
 
     def nm_mask(self, hook: str, who: str, layer: SparseLayer, mask: torch.Tensor, allow_dense: bool) -> None:
-        """For an N:M layer: exactly N active in every group (or, with ``allow_dense``, the whole layer active).
+        """For an N:M layer: exactly the group count (N, or the algorithm's declared count) active in every
+        group (or, with ``allow_dense``, the whole layer active).
 
         A whole-dense mask is accepted from ``init_masks`` and ``set_masks``
         for algorithms that train dense before pruning once (ASP); the
@@ -150,25 +187,29 @@ class AnswerChecks:
         pattern = layer.pattern
         if not isinstance(pattern, NMPattern):
             return
+        k = self.nm_count(layer, pattern)
         counts = pattern.group_counts(mask)
-        wrong = int((counts != pattern.n).sum())
+        wrong = int((counts != k).sum())
         if wrong and not (allow_dense and bool(mask.all())):
             dense = " (or make the whole layer dense)" if allow_dense else ""
+            declared = "" if k == pattern.n else f"; the algorithm's nm_group_count is {k} now"
             raise HookResultError(hook, who, f"layer {layer.name!r}: {wrong} of {counts.numel()} groups do not hold "
-                                             f"exactly {pattern.n} active weights (the run is {pattern} sparse: "
+                                             f"exactly {k} active weights (the run is {pattern} sparse: "
                                              f"every group of {pattern.m} consecutive weights along the input "
-                                             f"dimension holds exactly {pattern.n}{dense}; pass block=layer.pattern "
-                                             "to sparsecore.selection)")
+                                             f"dimension holds exactly {k}{dense}{declared}; pass "
+                                             "block=layer.pattern to sparsecore.selection)")
 
     def refill_count(self, hook: str, who: str, layer: SparseLayer, count: int) -> None:
-        """For an N:M layer: the grow count is the layer's deficit ``N * groups - nnz`` (what it lost)."""
+        """For an N:M layer: the grow count is the layer's deficit ``k * groups - nnz``, with ``k`` the group
+        count (N, or the algorithm's declared count), so every group ends with ``k``."""
         pattern = layer.pattern
         if isinstance(pattern, NMPattern):
-            deficit = pattern.active_count(layer.shape) - layer.nnz
+            k = self.nm_count(layer, pattern)
+            deficit = k * pattern.groups_in(layer.shape) - layer.nnz
             if count != deficit:
                 raise HookResultError(hook, who, f"layer {layer.name!r}: regrows {count} weights, but in a {pattern} "
                                                  f"run every layer regrows exactly what it lost ({deficit}), so every "
-                                                 f"group ends with {pattern.n} active weights")
+                                                 f"group ends with {k} active weights")
 
     def mapping(self, hook: str, who: str, value: Any, partial: bool, what: str) -> None:
         """``value`` is a mapping whose keys are the layer names (all of them unless ``partial``)."""
@@ -238,7 +279,7 @@ def run_update(sparsifier: Sparsifier, rate: float) -> dict[str, torch.Tensor]:
     this returns or raises.
     """
     layers, manager = sparsifier.layers, sparsifier.manager
-    checks = AnswerChecks(layers, dict(manager.plugins()))
+    checks = AnswerChecks(layers, dict(manager.plugins()), lambda layer: nm_group_count(sparsifier, layer))
     update = TopologyUpdate(rate, sparsifier.step, sparsifier.epoch,
                             {name: layer.mask for name, layer in layers.items()})
     plan, who = manager.call_first("plan_update", sparsifier=sparsifier, layers=layers, update=update)
@@ -248,10 +289,11 @@ def run_update(sparsifier: Sparsifier, rate: float) -> dict[str, torch.Tensor]:
     if plan.grow is not None:
         checks.mapping("plan_update", who, plan.grow, False, "grow count or selection")
     update.plan = plan
+    pruned_by: dict[str, tuple[str, str]] = {}
     try:
         for name, layer in layers.items():
-            chosen, _ = _choose(sparsifier, checks, "select_prune", ("plan_update", who), layer, plan.prune[name],
-                                layer.mask, "active", update)
+            chosen, pruned_by[name] = _choose(sparsifier, checks, "select_prune", ("plan_update", who), layer,
+                                              plan.prune[name], layer.mask, "active", update)
             layer.mask = layer.mask & ~chosen
             update.removed[name] = int(chosen.sum())
         if plan.grow is None:
@@ -272,7 +314,9 @@ def run_update(sparsifier: Sparsifier, rate: float) -> dict[str, torch.Tensor]:
             chosen, chooser = _choose(sparsifier, checks, "select_grow", source, layer, planned, ~layer.mask,
                                       "inactive", update)
             layer.mask = layer.mask | chosen
-            checks.nm_mask(*chooser, layer, layer.mask, allow_dense=False)
+            # a layer that grows nothing keeps the groups its prune selection left
+            checks.nm_mask(*(chooser if bool(chosen.any()) else pruned_by[name]), layer, layer.mask,
+                           allow_dense=False)
         return {name: layer.mask for name, layer in layers.items()}
     finally:  # the previous masks stay in force until the engine commits the new ones
         for name, layer in layers.items():
