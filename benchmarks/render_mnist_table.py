@@ -53,6 +53,8 @@ EXPECTED = [
     ("lenet-300-100", "sparse-momentum (redistribution=none)", 0.05),
     ("lenet-300-100", "snip", 0.02),
     ("lenet-300-100", "snip", 0.05),
+    ("lenet-300-100", "snip (official protocol)", 0.02),
+    ("lenet-300-100", "snip (official protocol)", 0.05),
     ("lenet-5-caffe", "dense", 1.0),
     ("lenet-5-caffe", "static", 0.05),
     ("lenet-5-caffe", "sparse-momentum", 0.05),
