@@ -16,7 +16,18 @@ from sparsecore.layers import ATTENTION_PARAMS, DEFAULT_LAYER_TYPES, DENSE_BY_DE
 
 @dataclass(frozen=True)
 class Candidate:
-    """A weight the engine could make sparse."""
+    """A weight the engine could make sparse.
+
+    Attributes:
+        name: the layer's name: the module's qualified name, or ``"<module>.<param>"``
+            for a bare parameter (``self_attn.in_proj_weight``).
+        module: the module that holds the weight.
+        param_name: the weight's attribute name on ``module``.
+        kind: the layer kind (``"linear"``, ``"conv2d"``, ``"attention"``, ...), as
+            :attr:`sparsecore.SparseLayer.kind`.
+        forward_bypass_reason: why the model reads the weight without calling the
+            module's forward, or ``None``; as :attr:`sparsecore.SparseLayer.forward_bypass_reason`.
+    """
 
     name: str
     module: nn.Module

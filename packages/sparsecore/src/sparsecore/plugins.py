@@ -112,7 +112,14 @@ class Registration:
 
 @dataclass
 class Distribution:
-    """A distribution that contributes to the registry (for ``sparsecore plugins``)."""
+    """A distribution that contributes to the registry (for ``sparsecore plugins``).
+
+    Attributes:
+        name: the distribution's name (``"sparse-momentum"``).
+        version: its installed version.
+        module: its entry-point module (``"package.module"``).
+        registrations: the algorithms and plugins it registered.
+    """
 
     name: str
     version: str

@@ -40,7 +40,13 @@ class CosineDecay:
 
 @dataclass(frozen=True)
 class LinearDecay:
-    """Linear decay from ``initial`` to ``eta_min`` over ``total_steps`` steps."""
+    """Linear decay from ``initial`` to ``eta_min`` over ``total_steps`` steps.
+
+    Attributes:
+        initial: value at step 0.
+        total_steps: step at which the minimum is reached.
+        eta_min: value at and after ``total_steps``.
+    """
 
     initial: float
     total_steps: int
@@ -56,7 +62,11 @@ class LinearDecay:
 
 @dataclass(frozen=True)
 class ConstantRate:
-    """A constant prune rate."""
+    """A constant prune rate.
+
+    Attributes:
+        initial: the rate at every step.
+    """
 
     initial: float
 

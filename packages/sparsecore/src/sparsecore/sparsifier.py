@@ -514,7 +514,7 @@ class Sparsifier:
         return nm
 
     def _nm_group_count(self, layer: SparseLayer) -> int:
-        """Active weights every group of the N:M ``layer`` must hold now (:func:`sparsecore.topology.nm_group_count`)."""
+        """Active weights every group of the N:M ``layer`` must hold now (``topology.nm_group_count``)."""
         return nm_group_count(self, layer)
 
     def _seed_generator(self, seed: int | None) -> None:

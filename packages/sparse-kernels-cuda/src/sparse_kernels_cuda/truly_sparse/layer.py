@@ -100,6 +100,13 @@ class SparseLinear(nn.Module):
         capture_dense_grad: while ``True``, every forward keeps its input and
             (in backward) its output gradient, so :meth:`dense_grad_rows` can
             compute rows of the dense weight gradient (RigL's growth score).
+        crow: CSR row pointers of ``W`` (``out_features + 1`` entries; a buffer).
+        col: CSR column index of each entry of ``values`` (a buffer).
+        crow_t: CSR row pointers of ``Wᵀ`` (``in_features + 1`` entries).
+        row_t: row of ``W`` of each entry of ``Wᵀ`` in CSR order.
+        perm_t: position in ``values`` of each entry of ``Wᵀ`` in CSR order (the
+            three ``Wᵀ`` buffers are not saved in the state dict: they are rebuilt
+            from ``crow`` and ``col``).
     """
 
     crow: Tensor
