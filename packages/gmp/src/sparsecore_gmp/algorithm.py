@@ -12,7 +12,12 @@ a sparsity *target* on a ramp, so the algorithm drives its own updates:
   ``k_l(t)`` the scheduled count (the engine's default ``select_prune``
   removes the smallest ``|w|``); with ``prune="global_magnitude"``, the
   selection of the ``sum(nnz) - sum(k_l(t))`` smallest ``|w|`` over all
-  layers. Growth is always 0, so masks only shrink;
+  layers; in an N:M run (``pattern="N:M"``), the selection that leaves the
+  ``k(t)`` largest ``|w|`` in every group. Growth is always 0, so masks only
+  shrink;
+* ``nm_group_count``: in an N:M run, the per-group count ``k(t)`` the engine
+  holds every group to (``M`` before the first pruning step, ``N`` from the
+  last one on);
 * the engine's default :class:`~sparsecore.MaskingPolicy` zeroes pruned
   weights, their gradients and their optimizer state.
 """
@@ -27,6 +32,7 @@ from typing import Any
 import torch
 
 from sparsecore import Algorithm, CheckpointError, ConfigurationError, MaskingPolicy, UpdatePlan, hookimpl, selection
+from sparsecore.selection import NMPattern
 from sparsecore_gmp.flops import RunFlops, integrate_flops
 from sparsecore_gmp.schedule import ROUNDINGS, PruningSchedule, kept_count
 
@@ -62,6 +68,19 @@ class GMPAlgorithm(Algorithm):
     so the total follows the schedule but layer densities differ (a layer may
     lose all its weights).
 
+    **Gradual N:M** (``pattern="N:M"``): the ramp applies to the count per
+    group. Every group of every layer holds the same count
+
+        k(t) = max(N, rounding(M * d(t))),   d(t) = N/M + (d_i - N/M) * (1 - p) ** power,
+
+    ``M`` before ``t0`` (dense), falling at every pruning step to exactly
+    ``N`` at ``t_end``; each pruning step keeps the ``k(t)`` largest ``|w|``
+    of every group among those still active. ``rounding`` is the option
+    above, so a group counts like an unstructured layer of ``M`` weights.
+    The engine checks every group against :meth:`nm_group_count` after every
+    update. ``prune="global_magnitude"`` cannot apply (every group holds the
+    same count) and is refused.
+
     The engine's ``density`` is the **final** density. Training FLOPs in
     ``sparsifier.report()`` are a snapshot at the current masks (dense before
     ``t0``); :meth:`train_flops` integrates them over the whole run.
@@ -90,12 +109,13 @@ class GMPAlgorithm(Algorithm):
     Raises:
         ConfigurationError: an option of the wrong type or out of range, or a
             fraction and a step given for the same end of the span; at set-up,
-            fractions without ``total_steps``, or a span ending after the run.
+            fractions without ``total_steps``, a span ending after the run,
+            or ``prune="global_magnitude"`` in an N:M run.
     """
 
     name = "gmp"
     masking_policy = MaskingPolicy()
-    patterns = ("unstructured", "block")
+    patterns = ("unstructured", "block", "n:m")
     sets_initial_density = True  # starts dense; the schedule reaches the target density at end_step
 
     def __init__(self, initial_density: float = 1.0, start: float | None = None, end: float | None = None,
@@ -171,11 +191,42 @@ class GMPAlgorithm(Algorithm):
         schedule = self._schedule()
         counts = {}
         for name, layer in layers.items():
+            pattern = getattr(layer, "pattern", None)
+            if isinstance(pattern, NMPattern):
+                counts[name] = self.group_count(pattern, step) * pattern.groups_in(layer.shape)
+                continue
             final = layer.target_density
             density = schedule.density(step, max(self.initial_density, final), final)
             counts[name] = max(kept_count(layer.capacity, density, layer.block_size, self.rounding),
                                kept_count(layer.capacity, final, layer.block_size, self.rounding))
         return counts
+
+    def group_count(self, pattern: NMPattern, step: int) -> int:
+        """Active weights per group of an N:M layer after optimizer step ``step``: ``k(t)`` (see the class docs).
+
+        ``M`` before the first pruning step; ``max(N, rounding(M * d(t)))`` with
+        ``d(t)`` the ramp from ``max(initial_density, N/M)`` to ``N/M`` at the
+        latest pruning step; exactly ``N`` from ``end_step`` on.
+
+        Args:
+            pattern: the run's N:M pattern.
+            step: optimizer steps done (0 = set-up).
+        """
+        final = pattern.density
+        density = self._schedule().density(step, max(self.initial_density, final), final)
+        return max(pattern.n, kept_count(pattern.m, density, 1, self.rounding))
+
+    def nm_group_count(self, sparsifier, layer) -> int:
+        """The count every group of an N:M layer holds now, ``k(t)`` at ``sparsifier.step`` (engine's check)."""
+        if self.pruning_schedule is None:  # asked before init_masks ran (another plugin answered it)
+            self._bind(sparsifier)
+        return self.group_count(layer.pattern, sparsifier.step)
+
+    def _nm_selection(self, layer, mask: torch.Tensor, step: int) -> torch.Tensor:
+        """The active weights to prune so that every group keeps its ``k(t)`` largest ``|w|``."""
+        keep = selection.top_k_per_group(layer.weight.detach().abs(), mask, self.group_count(layer.pattern, step),
+                                         layer.pattern)
+        return mask & ~keep
 
     def _prune_total(self, layers: Mapping[str, Any], masks: Mapping[str, torch.Tensor],
                      step: int) -> tuple[dict[str, int], int]:
@@ -205,7 +256,9 @@ class GMPAlgorithm(Algorithm):
         if not schedule.is_pruning_step(0):
             return masks
         excess, total = self._prune_total(layers, masks, 0)
-        if self.prune == "global_magnitude":
+        if isinstance(sparsifier.pattern, NMPattern):
+            chosen = {name: self._nm_selection(layer, masks[name], 0) for name, layer in layers.items()}
+        elif self.prune == "global_magnitude":
             chosen = self._global_selection(sparsifier, layers, masks, total)
         else:
             chosen = {name: selection.smallest(layer.weight.detach().abs(), masks[name], excess[name], layer.block)
@@ -219,8 +272,12 @@ class GMPAlgorithm(Algorithm):
         Raises:
             ConfigurationError: ``start``/``end`` given as fractions (the
                 defaults are) without ``total_steps``, or a last pruning step
-                after ``total_steps``.
+                after ``total_steps``; ``prune="global_magnitude"`` in an N:M run.
         """
+        if self.prune == "global_magnitude" and isinstance(sparsifier.pattern, NMPattern):
+            raise ConfigurationError(f"gmp: prune='global_magnitude' cannot apply in a pattern="
+                                     f"{str(sparsifier.pattern)!r} run (every group holds the same count, so one "
+                                     "threshold over all layers has nothing to choose); use prune='magnitude'")
         schedule = self._bind(sparsifier)
         self._records = []
         if self.prune == "global_magnitude" and schedule.is_pruning_step(0):
@@ -248,14 +305,18 @@ class GMPAlgorithm(Algorithm):
         blocks in a block-sparse run) chooses which. With
         ``prune="global_magnitude"`` the plan is the selection of the
         ``sum(nnz) - sum(k_l(t))`` smallest ``|w|`` over all layers (ties by
-        layer order, then position). Off the schedule (a direct
+        layer order, then position). In an N:M run it is the selection that
+        leaves the ``k(t)`` largest ``|w|`` among the active weights of every
+        group (ties keep the lower index). Off the schedule (a direct
         ``update_topology`` call) the counts are those of the latest pruning
         step, so nothing changes.
         """
         masks = {name: layer.mask for name, layer in layers.items()}
         excess, total = self._prune_total(layers, masks, update.step)
         prune: Mapping[str, int | torch.Tensor] = excess
-        if self.prune == "global_magnitude":
+        if isinstance(sparsifier.pattern, NMPattern):
+            prune = {name: self._nm_selection(layer, masks[name], update.step) for name, layer in layers.items()}
+        elif self.prune == "global_magnitude":
             prune = self._global_selection(sparsifier, layers, masks, total)
         return UpdatePlan(prune=prune, grow=dict.fromkeys(layers, 0))
 

@@ -32,9 +32,11 @@ The contracts checked:
 * a checkpoint (model, optimizer and sparsifier state dicts, through
   ``torch.save`` / ``torch.load(weights_only=True)``) resumes bit-exactly;
 * the same seed gives the same masks;
-* ``block=`` and ``pattern="N:M"`` are honoured when the algorithm lists
-  ``"block"`` / ``"n:m"`` in its ``patterns`` and refused with a clear error
-  otherwise;
+* ``block=`` and ``pattern="N:M"`` (``"2:4"`` and ``"1:4"``) are honoured
+  when the algorithm lists ``"block"`` / ``"n:m"`` in its ``patterns`` (every
+  group holds exactly N, or the count the algorithm declares with
+  ``nm_group_count``, after set-up, every step and every epoch end) and
+  refused with a clear error naming the pattern otherwise;
 * a run without ``total_steps`` works, or is refused with an error naming
   ``total_steps``, as declared.
 """
@@ -55,6 +57,7 @@ from sparsecore.hookspecs import hookimpl
 from sparsecore.selection import NMPattern
 from sparsecore.sparsifier import Sparsifier
 from sparsecore.testing import make_tiny_model, train_steps
+from sparsecore.topology import nm_group_count
 
 #: Optimizers every weight-masking algorithm is run with: name -> builder over a model's parameters.
 OPTIMIZERS: Mapping[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
@@ -91,8 +94,9 @@ class AlgorithmConformance:
             round-trip test (mid-epoch by default).
         block: the block shape of the block-sparse run (it must divide every
             sparse layer of :meth:`make_model`).
-        nm_pattern: the pattern of the N:M run (every sparse layer's input
-            dimension must divide by M); its density is N/M.
+        nm_patterns: the patterns of the N:M runs, each run in turn (every
+            sparse layer's input dimension must divide by each M); a run's
+            density is N/M. Default ``("2:4", "1:4")``.
         update_rate: the prune rate of the extra update the budget test asks for.
         initial_at_target_density: the initial masks hold exactly
             ``layer.active_count(layer.target_density)`` weights per layer.
@@ -135,7 +139,7 @@ class AlgorithmConformance:
     epochs: ClassVar[int] = 4
     checkpoint_after: ClassVar[int] = 4
     block: ClassVar[tuple[int, int]] = (4, 4)
-    nm_pattern: ClassVar[str] = "2:4"
+    nm_patterns: ClassVar[tuple[str, ...]] = ("2:4", "1:4")
     update_rate: ClassVar[float] = 0.3
     initial_at_target_density: ClassVar[bool] = True
     nnz_scope: ClassVar[str] = "layer"
@@ -464,26 +468,37 @@ class AlgorithmConformance:
         self.train(sparsifier, self.total_steps, observe_blocks)
 
     def test_nm_pattern_is_honoured_or_refused(self) -> None:
-        """``pattern="N:M"`` keeps N active weights per group when ``"n:m"`` is in the patterns, else a clear error.
+        """Each of :attr:`nm_patterns` keeps N active weights per group when ``"n:m"`` is in the patterns, else a
+        clear error naming the algorithm and the pattern.
 
-        A layer may also be wholly dense (an algorithm that trains dense before
-        pruning once), as the engine accepts.
+        An algorithm that declares another count per group
+        (:meth:`sparsecore.Algorithm.nm_group_count`, gradual N:M pruning) is
+        held to that count; a layer may also be wholly dense (an algorithm that
+        trains dense before pruning once), as the engine accepts.
         """
-        nm = NMPattern.parse(self.nm_pattern)
-        if "n:m" not in self._patterns():
-            with pytest.raises(ConfigurationError, match=r"does not support N:M runs.*drop pattern="):
-                self.build(pattern=self.nm_pattern, density=None, distribution=None)
-            return
-        sparsifier = self.build(pattern=self.nm_pattern, density=None, distribution=None)
+        listed = "n:m" in self._patterns()
+        for spec in self.nm_patterns:
+            if not listed:
+                with pytest.raises(ConfigurationError, match=rf"'{self.registered_name()}' does not support N:M runs "
+                                                             rf"such as pattern='{NMPattern.parse(spec)}'.*drop "
+                                                             "pattern="):
+                    self.build(pattern=spec, density=None, distribution=None)
+                continue
+            self._nm_run(NMPattern.parse(spec))
+
+    def _nm_run(self, nm: NMPattern) -> None:
+        """Train a whole ``nm`` run, checking every group's count after set-up, every step and every epoch end."""
+        sparsifier = self.build(pattern=str(nm), density=None, distribution=None)
         initial = {name: layer.nnz for name, layer in sparsifier.layers.items()}
         observe, _ = self._observer(initial, nnz=True)
 
         def observe_groups(s: Sparsifier, when: str) -> None:
             observe(s, when)
             for name, layer in s.layers.items():
-                wrong = int((nm.group_counts(layer.mask) != nm.n).sum())
+                k = nm_group_count(s, layer)
+                wrong = int((nm.group_counts(layer.mask) != k).sum())
                 assert not wrong or bool(layer.mask.all()), (
-                    f"{self.registered_name()} {when}: layer {name!r}: {wrong} groups do not hold exactly {nm.n} "
+                    f"{self.registered_name()} {when}: layer {name!r}: {wrong} groups do not hold exactly {k} "
                     f"active weights ({nm} run)")
 
         observe_groups(sparsifier, "after set-up")

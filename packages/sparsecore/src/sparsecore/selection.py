@@ -1,7 +1,8 @@
 """Tensor helpers for choosing exactly ``n`` entries of a mask, shared by the defaults and every plugin.
 
 Per layer: :func:`smallest`, :func:`largest`, :func:`random_choice`,
-:func:`random_mask`; per N:M group: :func:`top_per_group`, :func:`top_k_per_group`. Over all layers at once: :func:`global_smallest`,
+:func:`random_mask`; per N:M group: :func:`top_per_group`,
+:func:`top_k_per_group`. Over all layers at once: :func:`global_smallest`,
 :func:`global_largest`. Budgets across layers: :func:`spread_overflow`.
 
 Every helper takes an optional pattern as ``block``; pass ``layer.pattern``
