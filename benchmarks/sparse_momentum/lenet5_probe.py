@@ -13,9 +13,11 @@ from there. Around every update the probe records:
   grown weight than a kept one);
 * ``after``: accuracy after 1, 10, 100 and 300 steps and at the end of the next epoch (when reached).
 
-Variants are ``faithful`` or comma-separated sparse-momentum options, e.g. ``warmup_steps=100``,
-``layer_floor=0.5``, ``reset_grown_momentum=true``, ``redistribution=none`` (the robustness options are
-deviations from the paper, off by default; see the plugin README).
+Variants are ``faithful`` or comma-separated sparse-momentum options, e.g. ``warmup_steps=100`` (the
+robustness option, a deviation from the paper that is off by default; see the plugin README) or
+``redistribution=none``. The screening in ``benchmarks/results/sparse_momentum_lenet5.md`` also ran
+``layer_floor=0.5`` and ``reset_grown_momentum=true``, options of the plugin at commit ``fcfbc96`` that
+were dropped because they did not prevent the collapse.
 
 The run stops ``--steps-after-last`` steps after the last update it makes (default 300: the collapse
 of the faithful runs shows right after the second update, after epoch 2). A variant *collapsed* when its
@@ -25,7 +27,7 @@ one JSON line to ``--out`` with everything measured.
 Usage (from the repository root; one torch thread)::
 
     python benchmarks/sparse_momentum/lenet5_probe.py --seed 0 --variants faithful warmup_steps=100 \\
-        layer_floor=0.5 reset_grown_momentum=true --out /work/runs/probe/screen.jsonl
+        --out /work/runs/probe/screen.jsonl
     python benchmarks/sparse_momentum/lenet5_probe.py --seed 1 --updates 3 --variants faithful
     python benchmarks/sparse_momentum/lenet5_probe.py --summarize /work/runs/probe/screen.jsonl   # Markdown table
 """

@@ -19,6 +19,13 @@ engine's cycle like this:
 * ``on_topology_update``: update the drift correction ``adjusted_growth``
   from the new total of active weights.
 
+In an N:M run (``pattern="N:M"``) every layer's count is fixed by the
+pattern, so nothing is redistributed: ``plan_update`` prunes
+``ceil(rate * nnz_l)`` of each layer's smallest ``|w|`` (or, with
+``prune="global_magnitude"``, the smallest over all layers) and each layer
+regrows exactly as many, by ``|momentum|`` within the groups that lost
+weights, so every group keeps exactly N.
+
 Differences from the reference code, all forced by exact counts or guarding
 its crashes, are listed in the package README.
 """
@@ -32,9 +39,11 @@ from typing import Any
 
 import torch
 
-from sparse_momentum.redistribution import adjust_prune_rates, apply_layer_floor, growth_redistribution, layer_shares
+from sparse_momentum.redistribution import adjust_prune_rates, growth_redistribution, layer_shares
 from sparsecore import Algorithm, ConfigurationError, MaskingPolicy, UpdatePlan, UpdateSchedule, hookimpl, selection
+from sparsecore.distributed import full_tensor
 from sparsecore.optim_state import require_momentum
+from sparsecore.selection import NMPattern
 
 #: Statistics by which removed weights are redistributed across layers.
 REDISTRIBUTION_MODES = ("momentum", "magnitude", "nonzero", "none")
@@ -72,6 +81,15 @@ class SparseMomentumAlgorithm(Algorithm):
     starting from 0. The prune rate follows a cosine decay from
     ``prune_rate`` to ``eta_min`` over ``total_steps``.
 
+    **N:M runs** (``pattern="N:M"``): redistribution across layers cannot
+    apply, since every layer holds exactly N of every M weights. Each update
+    prunes ``ceil(rate * nnz_l)`` of the smallest ``|w|`` per layer (or over
+    all layers with ``prune="global_magnitude"``) and every layer regrows
+    exactly what it lost, by ``|momentum|`` (or at random) within the groups
+    that lost weights; the ``redistribution`` option and the drift
+    correction have nothing to do. ``growth="momentum_neuron"`` and
+    ``init="bernoulli"`` are refused.
+
     The sparsifier must be given ``total_steps`` (``steps_per_epoch *
     epochs``), whatever the ``decay``: it is how the last epoch is recognised
     (no update after it) and the length of the prune-rate schedule.
@@ -103,25 +121,15 @@ class SparseMomentumAlgorithm(Algorithm):
             ``round(d * n)`` active weights per layer, default) or
             ``"bernoulli"`` (each weight active with probability ``d``, as the
             reference).
-        layer_floor: a deviation from the paper and the reference code, off
-            (``0``) by default: redistribution never leaves a layer with fewer
-            than ``layer_floor`` × its initial active weights
-            (``round(target_density * n_l)``). After the regrowth is fixed,
-            layers that would end below their floor get the shortfall from
-            the regrowth of the layers above theirs (total unchanged; see
-            :func:`~sparse_momentum.redistribution.apply_layer_floor`). A
-            number in ``[0, 1]``; not with ``growth="momentum_neuron"`` or
-            block-sparse runs.
         warmup_steps: a deviation from the paper and the reference code, off
             (``0``) by default: after every topology update the learning rate
             ramps linearly back to its scheduled value over this many
             optimizer steps (factor ``i / warmup_steps`` on the ``i``-th step
-            after the update, through ``sparsifier.lr_factor``), so the
-            momentum grown weights carry in does not move them all at full
-            rate at once.
-        reset_grown_momentum: a deviation, off by default: grown weights start
-            with zero optimizer state (``MaskingPolicy(reset_grown_state=True)``)
-            instead of the momentum they built while inactive.
+            after the update, through ``sparsifier.lr_factor``), so the first
+            steps after the network lost and gained thousands of weights do
+            not run at full rate. It keeps LeNet-5-Caffe at 5 % from collapsing after
+            the second update, where the faithful algorithm does on some seeds
+            (``benchmarks/results/sparse_momentum_lenet5.md``).
 
     Raises:
         ConfigurationError: an unknown mode or an out-of-range number; at
@@ -133,32 +141,20 @@ class SparseMomentumAlgorithm(Algorithm):
     sets_initial_density = True  # init="bernoulli" draws every weight; init="exact" leaves the masks to the engine
     masking_policy = MaskingPolicy(mask_weights=True, mask_gradients=False, mask_optimizer_state=False,
                                    reset_grown_state=False)
-    patterns = ("unstructured", "block")
+    patterns = ("unstructured", "block", "n:m")
     schedule: UpdateSchedule  # always set: updates follow the prune-rate schedule
 
     def __init__(self, prune_rate: float = 0.5, eta_min: float = 0.005, decay: str = "cosine",
                  redistribution: str = "momentum", growth: str = "momentum", prune: str = "magnitude",
-                 update_every: int | str = "epoch", init: str = "exact", layer_floor: float = 0.0,
-                 warmup_steps: int = 0, reset_grown_momentum: bool = False) -> None:
+                 update_every: int | str = "epoch", init: str = "exact", warmup_steps: int = 0) -> None:
         redistribution = _ALIASES.get(redistribution, redistribution)
         for option, value, allowed in (("redistribution", redistribution, REDISTRIBUTION_MODES),
                                        ("growth", growth, GROWTH_MODES), ("prune", prune, PRUNE_MODES),
                                        ("init", init, INIT_MODES)):
             if value not in allowed:
                 raise ConfigurationError(f"sparse-momentum: unknown {option} {value!r}; choose one of {list(allowed)}")
-        if isinstance(layer_floor, bool) or not isinstance(layer_floor, (int, float)) or not 0 <= layer_floor <= 1:
-            raise ConfigurationError(f"sparse-momentum: layer_floor must be a number in [0, 1], got {layer_floor!r}")
-        if layer_floor and growth == "momentum_neuron":
-            raise ConfigurationError("sparse-momentum: layer_floor works with growth='momentum' or 'random', not "
-                                     "'momentum_neuron' (its per-neuron picks do not follow a count)")
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ConfigurationError(f"sparse-momentum: warmup_steps must be an int >= 0, got {warmup_steps!r}")
-        if not isinstance(reset_grown_momentum, bool):
-            raise ConfigurationError(f"sparse-momentum: reset_grown_momentum must be True or False, got "
-                                     f"{reset_grown_momentum!r}")
-        if reset_grown_momentum:
-            self.masking_policy = MaskingPolicy(mask_weights=True, mask_gradients=False, mask_optimizer_state=False,
-                                                reset_grown_state=True)
         self.schedule = UpdateSchedule(prune_rate, decay, eta_min, update_every, owner=self.name)
         self.prune_rate = self.schedule.prune_rate
         self.eta_min = self.schedule.eta_min
@@ -168,9 +164,7 @@ class SparseMomentumAlgorithm(Algorithm):
         self.growth = growth
         self.prune = prune
         self.init = init
-        self.layer_floor = float(layer_floor)
         self.warmup_steps = warmup_steps
-        self.reset_grown_momentum = reset_grown_momentum
         #: Optimizer steps completed when the last topology update ran (``None`` before the first).
         self.last_update_step: int | None = None
         #: Target number of active weights, ``sum(target_density * numel)`` (set at setup).
@@ -191,6 +185,9 @@ class SparseMomentumAlgorithm(Algorithm):
         if sparsifier.block is not None:
             raise ConfigurationError("sparse-momentum: init='bernoulli' draws single weights; block-sparse runs "
                                      "need init='exact'")
+        if isinstance(sparsifier.pattern, NMPattern):
+            raise ConfigurationError(f"sparse-momentum: init='bernoulli' draws single weights; a pattern="
+                                     f"{str(sparsifier.pattern)!r} run needs init='exact'")
         gen = sparsifier.generator
         return {name: (torch.rand(layer.shape, generator=gen, device=gen.device) < layer.target_density)
                 .to(layer.weight.device) for name, layer in layers.items()}
@@ -212,9 +209,9 @@ class SparseMomentumAlgorithm(Algorithm):
         if self.growth == "momentum_neuron" and sparsifier.block is not None:
             raise ConfigurationError("sparse-momentum: growth='momentum_neuron' chooses single weights per neuron; "
                                      "block-sparse runs need growth='momentum' or 'random'")
-        if self.layer_floor and sparsifier.block is not None:
-            raise ConfigurationError("sparse-momentum: layer_floor counts single weights; block-sparse runs need "
-                                     "layer_floor=0")
+        if self.growth == "momentum_neuron" and isinstance(sparsifier.pattern, NMPattern):
+            raise ConfigurationError(f"sparse-momentum: growth='momentum_neuron' does not keep N per group; a "
+                                     f"pattern={str(sparsifier.pattern)!r} run needs growth='momentum' or 'random'")
         if self._needs_momentum():
             require_momentum(sparsifier.optimizer, "sparse-momentum",
                              "growth/redistribution by momentum need it (or choose growth='random' and "
@@ -253,10 +250,10 @@ class SparseMomentumAlgorithm(Algorithm):
         mask = layer.mask
         if self.redistribution == "momentum":
             values = self._momentum(sparsifier, layer).abs()[mask]
-        elif self.redistribution == "magnitude":
-            values = layer.weight.detach().abs()[mask]
+        elif self.redistribution == "magnitude":  # the whole weight: an FSDP2 weight is a DTensor shard
+            values = full_tensor(layer.weight.detach()).abs()[mask]
         elif self.redistribution == "nonzero":
-            return float((layer.weight.detach() != 0).sum())
+            return float((full_tensor(layer.weight.detach()) != 0).sum())
         else:  # "none": the share is the layer's size
             return layer.capacity / self._baseline()
         return float(values.float().mean()) if values.numel() else float("nan")
@@ -284,6 +281,8 @@ class SparseMomentumAlgorithm(Algorithm):
         nothing) and would grow almost the whole layer for a negative count;
         here both are clamped, which yields the same masks in the first case.
         """
+        if isinstance(sparsifier.pattern, NMPattern):
+            return self._nm_plan(sparsifier, layers, update.rate)
         cycle = self._gather(sparsifier, layers, update.rate)
         prune: dict[str, Any]
         if self.prune == "global_magnitude":
@@ -309,8 +308,6 @@ class SparseMomentumAlgorithm(Algorithm):
         for name, layer in layers.items():
             free = cycle.zeros[name] + counts[name]
             grow[name] = max(0, min(free, _whole_blocks(math.floor, regrowth[name], layer.block_size)))
-        if self.layer_floor:
-            grow = self._floored(layers, cycle, counts, grow)
         if self.growth == "momentum_neuron":
             for name, layer in layers.items():
                 chosen = prune[name] if torch.is_tensor(prune[name]) else \
@@ -319,13 +316,25 @@ class SparseMomentumAlgorithm(Algorithm):
                 grow[name] = self._neuron_growth(sparsifier, layer, layer.mask & ~chosen, grow[name])
         return UpdatePlan(prune=prune, grow=grow)
 
-    def _floored(self, layers, cycle: _Cycle, counts: dict[str, int], grow: dict[str, Any]) -> dict[str, Any]:
-        """``grow`` moved by :func:`apply_layer_floor` towards the layers that would end below their floor."""
-        floors = {name: math.ceil(self.layer_floor * round(layer.target_density * layer.capacity))
-                  for name, layer in layers.items()}
-        free = {name: cycle.zeros[name] + counts[name] for name in layers}
-        after = {name: cycle.nnz[name] - counts[name] + grow[name] for name in layers}
-        return apply_layer_floor(grow, after, free, floors)
+    def _nm_plan(self, sparsifier, layers, rate: float) -> UpdatePlan:
+        """N:M: prune ``ceil(rate * nnz_l)`` smallest ``|w|`` per layer (or over all layers), regrow as many per layer.
+
+        The counts are fixed by the pattern, so nothing is redistributed; the
+        engine's N:M rules make ``select_grow`` refill the groups that lost
+        weights (``selection.largest`` with ``layer.pattern``).
+        """
+        nnz = {name: layer.nnz for name, layer in layers.items()}
+        prune: dict[str, Any]
+        if self.prune == "global_magnitude":
+            total = sum(nnz.values())
+            prune = selection.global_smallest({k: layer.weight.detach().abs() for k, layer in layers.items()},
+                                              {k: layer.mask for k, layer in layers.items()},
+                                              min(total, math.ceil(rate * total)), sparsifier.pattern)
+            grow = {name: int(chosen.sum()) for name, chosen in prune.items()}
+        else:
+            prune = {name: min(count, math.ceil(rate * count)) for name, count in nnz.items()}
+            grow = dict(prune)
+        return UpdatePlan(prune=prune, grow=grow)
 
     def _neuron_growth(self, sparsifier, layer, mask: torch.Tensor, n: int) -> torch.Tensor:
         """The reference's ``momentum_neuron_growth``: budget per output neuron by its mean |momentum|.
@@ -361,10 +370,11 @@ class SparseMomentumAlgorithm(Algorithm):
 
     @hookimpl
     def select_grow(self, sparsifier, layer, n: int) -> torch.Tensor | None:
-        """The ``n`` inactive weights of largest ``|momentum|`` (ties by position); random growth is the default's."""
+        """The ``n`` inactive weights of largest ``|momentum|`` (ties by position; whole blocks, or per group in an
+        N:M run); random growth is the default's."""
         if self.growth == "random":
             return None
-        return selection.largest(self._momentum(sparsifier, layer).abs(), ~layer.mask, n, layer.block)
+        return selection.largest(self._momentum(sparsifier, layer).abs(), ~layer.mask, n, layer.pattern)
 
     @hookimpl
     def before_optimizer_step(self, sparsifier, step: int) -> None:
@@ -399,13 +409,12 @@ class SparseMomentumAlgorithm(Algorithm):
         self.baseline_nonzero = None if baseline is None else float(baseline)
         self.adjusted_growth = float(state["adjusted_growth"])
         self.adjustments = [float(a) for a in state["adjustments"]]
-        self.last_update_step = state.get("last_update_step")  # absent in checkpoints of 0.4.0
+        self.last_update_step = state.get("last_update_step")  # absent in older checkpoints
 
     def __repr__(self) -> str:
         return (f"SparseMomentumAlgorithm(prune_rate={self.prune_rate}, eta_min={self.eta_min}, decay={self.decay!r}, "
                 f"redistribution={self.redistribution!r}, growth={self.growth!r}, prune={self.prune!r}, "
-                f"update_every={self.update_every!r}, init={self.init!r}, layer_floor={self.layer_floor}, "
-                f"warmup_steps={self.warmup_steps}, reset_grown_momentum={self.reset_grown_momentum})")
+                f"update_every={self.update_every!r}, init={self.init!r}, warmup_steps={self.warmup_steps})")
 
 
 #: The name under which earlier releases exported the class.
