@@ -31,7 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 import sparsecore
 from sparsecore import distributed
 
-#: Where a run not driven by ``sparsecore train`` writes when no ``log_dir`` is given (relative to the working directory).
+#: Where a run not driven by ``sparsecore train`` writes without ``log_dir`` (relative to the working directory).
 DEFAULT_LOG_DIR = "runs/tensorboard"
 
 #: The folder inside the run folder that ``sparsecore train`` runs write to when no ``log_dir`` is given.
