@@ -575,18 +575,41 @@ class Sparsifier:
     # ------------------------------------------------------------------
     # optimizer hooks (the per-step hot path)
     # ------------------------------------------------------------------
-    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         self._restore_lrs()  # a previous step that raised never reached the post-hook
         if self._step_was_skipped(optimizer, kwargs):
-            return
-        if self._has_before_step:
-            self.manager.hook.before_optimizer_step(sparsifier=self, step=self.step)
-        if self.policy.mask_gradients:
-            self._masks.apply_to_gradients()
+            return None
+        # torch passes the step's positional arguments with the optimizer first: (optimizer, closure?)
+        position = 1 if args and args[0] is optimizer else 0
+        closure = kwargs.get("closure") if kwargs else None
+        from_args = closure is None and len(args) > position and callable(args[position])
+        if from_args:
+            closure = args[position]
+        replaced = None
+        if closure is not None:
+            # optimizer.step(closure): the gradients exist only once the step calls the closure, so the
+            # gradient work runs after every closure evaluation instead of here (LBFGS evaluates it often)
+            def closure_then_gradient_work() -> Any:
+                loss = closure()
+                self._gradient_work()
+                return loss
+
+            replaced = (((*args[:position], closure_then_gradient_work, *args[position + 1:]), kwargs) if from_args
+                        else (args, {**kwargs, "closure": closure_then_gradient_work}))
+        else:
+            self._gradient_work()
         if self.lr_factor != 1.0:
             self._saved_lrs = [group["lr"] for group in optimizer.param_groups]
             for group, lr in zip(optimizer.param_groups, self._saved_lrs, strict=True):
                 group["lr"] = lr * self.lr_factor
+        return replaced
+
+    def _gradient_work(self) -> None:
+        """Before the optimizer uses the step's gradients: ``before_optimizer_step``, then gradient masking."""
+        if self._has_before_step:
+            self.manager.hook.before_optimizer_step(sparsifier=self, step=self.step)
+        if self.policy.mask_gradients:
+            self._masks.apply_to_gradients()
 
     def _restore_lrs(self) -> None:
         if self._saved_lrs is not None:
