@@ -211,12 +211,13 @@ def test_plugin_object_reused_starts_with_fresh_drift_state():
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     first = sparsecore.Sparsifier(model, optimizer, algorithm=algo, density=0.5, total_steps=10)
-    algo.adjusted_growth, algo.adjustments = 3.0, [3.0]
+    algo.adjusted_growth, algo.adjustments, algo.last_update_step = 3.0, [3.0], 4
     first.remove()
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sparsecore.Sparsifier(model, optimizer, algorithm=algo, density=0.25, total_steps=10)
-    assert algo.state_dict() == {"baseline_nonzero": 86.0, "adjusted_growth": 0.0, "adjustments": []}
+    assert algo.state_dict() == {"baseline_nonzero": 86.0, "adjusted_growth": 0.0, "adjustments": [],
+                                 "last_update_step": None}
 
 
 def test_adam_training_loop_grows_at_largest_normalised_momentum():
