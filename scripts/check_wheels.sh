@@ -102,3 +102,39 @@ assert [layer.kind for layer in sp.layers.values()] == ["transformers.conv1d"] *
 SparsityCallback("set", density=0.5)
 print("check_wheels: sparsecore-transformers selects GPT-2's Conv1D projections from its wheel")
 PY
+
+# The Lightning integration: its wheel brings pytorch-lightning; one epoch of a real Trainer keeps the masks.
+"$work/venv/bin/python" -m pip install --quiet --find-links "$dist" \
+  "$(ls "$dist"/sparsecore_lightning-*-py3-none-any.whl)"
+"$work/venv/bin/python" - <<'PY'
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from sparsecore_lightning import SparsityCallback
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+torch.manual_seed(0)
+data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randint(0, 4, (64,)))
+callback = SparsityCallback("set", density=0.5, dense_first_layer=False, dense_last_layer=False)
+trainer = pl.Trainer(max_epochs=2, accelerator="cpu", callbacks=[callback], logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+trainer.fit(Tiny(), torch.utils.data.DataLoader(data, batch_size=16))
+for layer in callback.sparsifier.layers.values():
+    assert int((layer.weight.detach()[~layer.mask] != 0).sum()) == 0, layer.name
+    assert layer.nnz == layer.active_count(layer.target_density), layer
+print("check_wheels: sparsecore-lightning trains a Lightning module sparse from its wheel")
+PY
