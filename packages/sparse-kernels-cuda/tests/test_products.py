@@ -29,12 +29,12 @@ def test_products_equal_the_dense_products():
     weight = torch.randn(48, 40, dtype=torch.float64)
     mask = torch.rand(48, 40) < 0.15
     x, grad = torch.randn(12, 40, dtype=torch.float64), torch.randn(12, 48, dtype=torch.float64)
-    operand = products.weight_operand(weight, mask, torch.randn(12, 40, dtype=torch.float64))
+    operand = products.weight_operand(weight, lambda: mask, torch.randn(12, 40, dtype=torch.float64), 0.15)
     assert operand is not None
     torch.testing.assert_close(products.mm_weight_t(x, operand), x @ (weight * mask).t(), rtol=0, atol=1e-12)
     torch.testing.assert_close(products.mm_weight(grad, operand), grad @ (weight * mask), rtol=0, atol=1e-12)
     x_sparse = _sparse((12, 40), 0.1, 0)
-    dw = products.grad_weight(grad, x_sparse)
+    dw = products.grad_weight(grad, x_sparse, 0.1)
     assert dw.shape == (48, 40) and dw.is_contiguous()
     torch.testing.assert_close(dw, grad.t() @ x_sparse, rtol=0, atol=1e-12)
     assert products.calls == {"sparse": 2, "dense": 0}
@@ -43,9 +43,10 @@ def test_products_equal_the_dense_products():
 def test_products_step_aside_where_csr_does_not_pay_or_apply():
     products = CsrProducts(max_density=0.2, measure=False)
     weight, x = torch.randn(16, 16), torch.randn(4, 16)
-    assert products.weight_operand(weight, torch.rand(16, 16) < 0.5, x) is None  # too dense
-    assert products.weight_operand(weight.bfloat16(), torch.rand(16, 16) < 0.1, x) is None  # no bf16 CSR product
-    assert products.grad_weight(torch.randn(4, 16), torch.randn(4, 16)) is None  # activations too dense
+    never = lambda: pytest.fail("the mask is built only when CSR runs")  # noqa: E731
+    assert products.weight_operand(weight, never, x, 0.5) is None  # too dense
+    assert products.weight_operand(weight.bfloat16(), never, x, 0.1) is None  # no bf16 CSR product
+    assert products.grad_weight(torch.randn(4, 16), torch.randn(4, 16), 1.0) is None  # activations too dense
     assert products.calls == {"sparse": 0, "dense": 3}
     with pytest.raises(ValueError, match="max_density must be in"):
         CsrProducts(max_density=0.0)
@@ -68,10 +69,17 @@ def test_measured_choice_is_made_once_per_shape_and_kept(monkeypatch, sparse_fas
     weight, x = torch.randn(32, 32, dtype=torch.float64), torch.randn(8, 32, dtype=torch.float64)
     mask = torch.rand(32, 32) < 0.1
     x_sparse, grad = _sparse((8, 32), 0.1, 1), torch.randn(8, 32, dtype=torch.float64)
+    built = []
+
+    def build_mask():
+        built.append(1)
+        return mask
+
     for _ in range(3):
-        operand = products.weight_operand(weight, mask, x)
+        operand = products.weight_operand(weight, build_mask, x, 0.1)
         assert (operand is not None) is sparse_faster
-        assert (products.grad_weight(grad, x_sparse) is not None) is sparse_faster
+        assert (products.grad_weight(grad, x_sparse, 0.1) is not None) is sparse_faster
+    assert len(built) == (4 if sparse_faster else 1)  # measured once; afterwards built only for CSR
     assert len(timed) == 4  # two candidates for each of the two products, measured once
     assert sorted(key[0] for key in products.choices) == ["grad_weight", "weight"]
     assert products.calls == ({"sparse": 6, "dense": 0} if sparse_faster else {"sparse": 0, "dense": 6})

@@ -8,8 +8,8 @@ from torch import nn
 
 
 class Products:
-    def weight_operand(self, weight, mask, x):
-        return weight * mask
+    def weight_operand(self, weight, mask, x, density):
+        return weight * mask()
 
     def mm_weight_t(self, x, operand):
         return x @ operand.t()
@@ -17,7 +17,7 @@ class Products:
     def mm_weight(self, grad, operand):
         return grad @ operand
 
-    def grad_weight(self, grad, x):
+    def grad_weight(self, grad, x, density):
         return None
 
 

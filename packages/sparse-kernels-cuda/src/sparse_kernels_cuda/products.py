@@ -138,37 +138,39 @@ class CsrProducts:
     def _count(self, sparse: bool) -> None:
         self.calls["sparse" if sparse else "dense"] += 1
 
-    def weight_operand(self, weight: Tensor, mask: Tensor, x: Tensor) -> CsrWeight | None:
-        """CSR of ``weight ⊙ mask`` and of its transpose, or ``None`` (dense ops) where CSR does not pay.
+    def weight_operand(self, weight: Tensor, mask: Callable[[], Tensor], x: Tensor,
+                       density: float) -> CsrWeight | None:
+        """CSR of ``weight ⊙ mask()`` and of its transpose, or ``None`` (dense ops) where CSR does not pay.
 
-        ``x`` is the input the operand will multiply (its shape guides the measured choice).
+        ``mask`` is called only when CSR runs; ``density`` is the fraction of
+        the weight it keeps and ``x`` the input the operand will multiply
+        (both guide the choice).
         """
-        if not _supported(weight) or mask.shape != weight.shape or x.dim() != 2:
-            self._count(False)
-            return None
-        density = int(mask.sum()) / max(1, mask.numel())
-        if density > self.max_density:
+        if not _supported(weight) or x.dim() != 2 or density > self.max_density:
             self._count(False)
             return None
         w = weight.detach()
-        grad = x.new_ones(x.shape[0], w.shape[0])
-
-        def sparse() -> None:
-            operand = self._build(w, mask)
-            self.mm_weight_t(x, operand)
-            self.mm_weight(grad, operand)
-
-        def dense() -> None:
-            used = w * mask
-            torch.mm(x, used.t())
-            torch.mm(grad, used)
-
         key = ("weight", tuple(w.shape), x.shape[0], round(density, 2), w.dtype, w.device.type)
-        if not self._decide(key, sparse, dense):
+        if self.measure and key not in self.choices:
+            selected = mask()
+            grad = x.new_ones(x.shape[0], w.shape[0])
+
+            def sparse() -> None:
+                operand = self._build(w, selected)
+                self.mm_weight_t(x, operand)
+                self.mm_weight(grad, operand)
+
+            def dense() -> None:
+                used = w * selected
+                torch.mm(x, used.t())
+                torch.mm(grad, used)
+
+            self._decide(key, sparse, dense)
+        if self.measure and not self.choices[key]:
             self._count(False)
             return None
         self._count(True)
-        return self._build(w, mask)
+        return self._build(w, mask())
 
     @staticmethod
     def _build(weight: Tensor, mask: Tensor) -> CsrWeight:
@@ -182,19 +184,17 @@ class CsrProducts:
         """``grad @ (W ⊙ M)`` for ``grad`` of shape ``(tokens, out)``."""
         return torch.mm(operand.w_t, grad.t().contiguous()).t().contiguous()
 
-    def grad_weight(self, grad: Tensor, x: Tensor) -> Tensor | None:
-        """``gradᵀ @ x`` (dense ``(out, in)``) through the CSR of ``xᵀ``; ``None`` where CSR does not pay."""
-        if not _supported(x) or not _supported(grad) or x.dtype != grad.dtype:
-            self._count(False)
-            return None
-        x_t = x.t()
-        density = int(torch.count_nonzero(x_t)) / max(1, x.numel())
-        if density > self.max_density:
+    def grad_weight(self, grad: Tensor, x: Tensor, density: float) -> Tensor | None:
+        """``gradᵀ @ x`` (dense ``(out, in)``) through the CSR of ``xᵀ``; ``None`` where CSR does not pay.
+
+        ``density`` is the largest fraction of ``x`` that is non-zero (guides the choice).
+        """
+        if not _supported(x) or not _supported(grad) or x.dtype != grad.dtype or density > self.max_density:
             self._count(False)
             return None
 
         def sparse() -> Tensor:
-            return torch.mm(x_t.to_sparse_csr(), grad.contiguous()).t().contiguous()
+            return torch.mm(x.t().to_sparse_csr(), grad.contiguous()).t().contiguous()
 
         key = ("grad_weight", tuple(x.shape), grad.shape[1], round(density, 2), x.dtype, x.device.type)
         if not self._decide(key, sparse, lambda: grad.t() @ x):

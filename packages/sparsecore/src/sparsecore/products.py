@@ -12,6 +12,7 @@ kernel plugin, an unsupported layer) the algorithm runs its dense ops.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
@@ -32,13 +33,16 @@ class SparseProducts(Protocol):
     equals the dense product up to reduction order.
     """
 
-    def weight_operand(self, weight: torch.Tensor, mask: torch.Tensor, x: torch.Tensor) -> Any | None:
-        """``weight ⊙ mask`` in the kernel's format, for :meth:`mm_weight_t` and :meth:`mm_weight`.
+    def weight_operand(self, weight: torch.Tensor, mask: Callable[[], torch.Tensor], x: torch.Tensor,
+                       density: float) -> Any | None:
+        """``weight ⊙ mask()`` in the kernel's format, for :meth:`mm_weight_t` and :meth:`mm_weight`.
 
         Built once per forward (the mask may change every step) and used by
-        both products; ``x`` is the 2-D input the forward multiplies. ``None``
-        where the kernel does not pay or does not support the weight (dtype,
-        device, density): use dense ops then.
+        both products. ``mask`` returns the bool selection and is called only
+        when the kernel takes the product; ``density`` is the fraction it keeps
+        and ``x`` the 2-D input the forward multiplies. ``None`` where the
+        kernel does not pay or does not support the weight (dtype, device,
+        density): use dense ops then.
         """
 
     def mm_weight_t(self, x: torch.Tensor, operand: Any) -> torch.Tensor:
@@ -47,10 +51,11 @@ class SparseProducts(Protocol):
     def mm_weight(self, grad: torch.Tensor, operand: Any) -> torch.Tensor:
         """``grad @ (weight ⊙ mask)``: ``(tokens, out)`` to ``(tokens, in)`` (the input gradient)."""
 
-    def grad_weight(self, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+    def grad_weight(self, grad: torch.Tensor, x: torch.Tensor, density: float) -> torch.Tensor | None:
         """``gradᵀ @ x``, dense ``(out, in)``, for an ``x`` that is mostly zeros (top-K activations).
 
-        ``None`` where the kernel does not pay for this ``x``: use the dense product then.
+        ``density`` is the largest fraction of ``x`` that is non-zero. ``None``
+        where the kernel does not pay for this ``x``: use the dense product then.
         """
 
 

@@ -137,18 +137,19 @@ def _saved(ctx: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | 
 class SwatLinearFunction(torch.autograd.Function):
     """``y = x @ topK(W).T + b`` with SWAT's backward (see the module docstring).
 
-    ``apply(x, weight, bias, weight_threshold, activation_threshold, structure, products)``;
+    ``apply(x, weight, bias, weight_threshold, activation_threshold, structure, products, densities)``;
     a ``None`` threshold keeps that side dense. ``products`` (a
     ``sparsecore.products.SparseProducts`` or ``None``) runs the top-K-weight
     products (forward, input gradient) and the top-K-activation weight
     gradient on a kernel wherever it accepts them; the dense ops run elsewhere
-    and under autocast.
+    and under autocast. ``densities`` is ``(weight density, activation
+    density)``, which guides the kernel's choice.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 w_thr: torch.Tensor | None, x_thr: torch.Tensor | None, structure: str | None,
-                products: Any = None) -> torch.Tensor:
+                products: Any = None, densities: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
         """Linear forward with the top-K weights; saves the compressed top-K input."""
         ctx.structure = structure
         ctx.has_bias = bias is not None
@@ -156,9 +157,11 @@ class SwatLinearFunction(torch.autograd.Function):
         _save(ctx, x, weight, w_thr, x_thr)
         ctx.products = products if dtype is None else None
         ctx.operand = None
+        ctx.activation_density = densities[1]
         x2 = x.reshape(-1, x.shape[-1])
         if ctx.products is not None and w_thr is not None:
-            ctx.operand = ctx.products.weight_operand(weight, topk.weight_mask(weight, w_thr, structure), x2)
+            ctx.operand = ctx.products.weight_operand(
+                weight, lambda: topk.weight_mask(weight, w_thr, structure), x2, densities[0])
         if ctx.operand is None:
             return F.linear(_cast(x, dtype), _used_weight(weight, w_thr, structure, dtype), _cast(bias, dtype))
         y = ctx.products.mm_weight_t(x2, ctx.operand)
@@ -182,13 +185,13 @@ class SwatLinearFunction(torch.autograd.Function):
             assert x is not None  # saved whenever the weight needs a gradient
             x2 = x.reshape(-1, x.shape[-1])
             if ctx.products is not None and ctx.x_mode != "dense":
-                dw = ctx.products.grad_weight(grad2, x2)
+                dw = ctx.products.grad_weight(grad2, x2, ctx.activation_density)
             if dw is None:
                 dw = grad2.t() @ x2
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = grad2.sum(0)
         ctx.operand = None
-        return (*_in_input_dtypes(ctx, dx, dw, db), None, None, None, None)
+        return (*_in_input_dtypes(ctx, dx, dw, db), None, None, None, None, None)
 
 
 class SwatConvFunction(torch.autograd.Function):
@@ -265,7 +268,8 @@ def swat_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if not (training and torch.is_grad_enabled()):
         return F.linear(x, weight * state.inference_weight_mask(weight), bias)
     w_thr, x_thr = state.training_thresholds(weight, x)
-    return SwatLinearFunction.apply(x, weight, bias, w_thr, x_thr, state.structure, products)
+    return SwatLinearFunction.apply(x, weight, bias, w_thr, x_thr, state.structure, products,
+                                    (state.weight_density, state.activation_density))
 
 
 def swat_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: TopKState,
