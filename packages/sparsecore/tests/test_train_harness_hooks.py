@@ -63,7 +63,3 @@ def test_resume_calls_run_start_with_the_checkpoint_epoch(tmp_path, recorder):
     assert recorder[0] == ("start", stopped.run_dir, 2, 4)
     assert [c[:2] for c in recorder[1:]] == [("epoch_end", 2), ("metrics", 2)]
 
-
-def test_dense_runs_call_no_plugin(tmp_path, recorder):
-    run_training(TrainConfig(runs_dir=str(tmp_path), **{**TINY, "algorithm": None}, dense=True))
-    assert recorder == []
