@@ -207,6 +207,7 @@ def cmd_point(args: argparse.Namespace) -> dict:
 
 
 def cmd_curve(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)  # as the configurations run (machine() reports it)
     configs = [(w, args.width_density, False) for w in args.widths]
     configs += [(args.density_width, d, False) for d in args.densities if d != args.width_density]
     configs += [(w, args.width_density, True) for w in args.masked_widths]
@@ -378,7 +379,9 @@ def cmd_render(args: argparse.Namespace) -> None:
         "`sparsecore.Sparsifier(algorithm=\"set\")`. Peak RSS is the process's `ru_maxrss`; the baseline is "
         "its RSS after imports and one batch, before the model is built. Each configuration runs in its own "
         "process. Step = zero_grad + forward + backward + optimizer step (median); update = one SET update at "
-        "rate 0.3 (prune smallest |w|, regrow at random) with structure and optimizer-state rebuild.",
+        "rate 0.3 (prune smallest |w|, regrow at random) with structure and optimizer-state rebuild; random growth "
+        "draws the engine's permutation for layers with up to 2^26 inactive weights and samples by rejection above "
+        "(`growth=\"auto\"`), so the update time is not monotone in nnz.",
         "",
     ]
     for r in huge:
@@ -398,7 +401,7 @@ def cmd_render(args: argparse.Namespace) -> None:
             f"update every {r['update_every']} steps ({r['updates']} updates), per-layer learning rates "
             f"{', '.join(f'{v:.3g}' for v in r['lrs'])} (`min(lr, lr_scale / active fan-in)`): "
             f"**loss {r['loss_first']:.3f} → {r['loss_last']:.3f}** (mean of the first / last logged stretch), "
-            f"**test accuracy {r['test_acc_before']:.1%} → {r['test_acc_after']:.1%}** on the first "
+            f"**test accuracy {r['test_acc_before']:.2%} → {r['test_acc_after']:.2%}** on the first "
             f"{r['eval_images']:,} MNIST test images (chance 10 %).",
             f"* Median step {r['step_s_median']:.2f} s (slowest, with an update, {r['step_s_max']:.1f} s); "
             f"model built in {r['build_s']:.0f} s. Run on {r['date']}.",

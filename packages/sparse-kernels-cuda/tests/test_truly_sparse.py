@@ -219,7 +219,7 @@ def test_conversion_refuses_what_it_cannot_convert_and_changes_nothing():
 # the driver against the masked engine
 # ----------------------------------------------------------------------
 def run_both(algorithm: str, *, growth: str = "auto", optimizer: str = "sgd", steps: int = 12,
-             convert_at: int = 0):
+             convert_at: int = 0, chunk_elements: int = 2**24):
     """Train the same model in masked and truly sparse form; check masks, weights and losses after every step."""
     model = make_mlp()
 
@@ -256,7 +256,8 @@ def run_both(algorithm: str, *, growth: str = "auto", optimizer: str = "sgd", st
         for (name, p), p_copy in zip(model.named_parameters(), sparse_model.parameters(), strict=False):
             if not name.endswith("weight") and p in opt.state:
                 sparse_opt.state[p_copy] = {k: v.clone() for k, v in opt.state[p].items()}
-    trainer = TrulySparseTrainer.from_sparsifier(sp, sparse_model, sparse_opt, growth=growth)
+    trainer = TrulySparseTrainer.from_sparsifier(sp, sparse_model, sparse_opt, growth=growth,
+                                                 chunk_elements=chunk_elements)
     worst = 0.0
     for step, batch in enumerate(batches[convert_at:], start=convert_at + 1):
         loss_masked = train_step(model, opt, batch)
@@ -281,6 +282,11 @@ def test_same_trajectory_as_the_masked_engine(algorithm):
     assert len(sp.history) == expected_updates
     if expected_updates:
         assert sum(u.grown for u in trainer.history[0].layers.values()) > 0
+
+
+def test_rigl_same_trajectory_with_dense_gradient_in_row_blocks():
+    sp, trainer = run_both("rigl", chunk_elements=40)  # blocks of 2, 1 and 1 rows
+    assert len(trainer.history) == 3
 
 
 def test_same_trajectory_with_adam():
