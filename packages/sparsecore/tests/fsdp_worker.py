@@ -33,6 +33,9 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], str]] = {
     "set": ("set", {"update_every": 2, "prune_rate": 0.4}, "sgd"),
     "sparse-momentum": ("sparse-momentum", {"update_every": 2}, "sgd"),
     "sparse-momentum-global": ("sparse-momentum", {"update_every": 2, "prune": "global_magnitude"}, "sgd"),
+    # redistribution statistics read the whole weight (DTensor shards would mix types or count one shard)
+    "sparse-momentum-magnitude": ("sparse-momentum", {"update_every": 2, "redistribution": "magnitude"}, "sgd"),
+    "sparse-momentum-nonzero": ("sparse-momentum", {"update_every": 2, "redistribution": "nonzero"}, "sgd"),
     "rigl": ("rigl", {"update_every": 2, "prune_rate": 0.5, "update_end": 1.0}, "adam"),
 }
 
