@@ -242,7 +242,7 @@ def run_both(algorithm: str, *, growth: str = "auto", optimizer: str = "sgd", st
         loss = F.cross_entropy(m(batch[0]), batch[1])
         loss.backward()
         o.step()
-        return float(loss)
+        return loss.item()
 
     for batch in batches[:convert_at]:
         train_step(model, opt, batch)
