@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cli_queue import Job, append_finished, code_snapshot, run_queue  # noqa: E402
+from cli_queue import Job, append_finished, code_snapshot, resolve_commit, run_queue  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "dsd_recipe.jsonl"
@@ -53,18 +53,35 @@ def jobs(seeds: list[int], arms: list[str]) -> list[Job]:
 
 
 def _mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.fmean(values):.2f} ± {std:.2f}"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def render(rows: list[dict], runs_dir: Path) -> str:
+def measure_rows(path: Path) -> list[str]:
+    """Table rows of ``benchmarks/dsd/measure.py``'s LeNet-300-100 MNIST arms (``dsd.json``), for comparison."""
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    cfg, runs = data["config"], data["results"].get("mnist", [])
+    rows = []
+    for arm in ARM_FLAGS:
+        accs = [100 * r["final_test_acc"] for r in runs if r["arm"] == arm]
+        if accs:
+            rows.append(f"| {arm} | `measure.py` | {cfg['epochs']} ({'/'.join(map(str, cfg['phase_epochs']))}) | "
+                        f"{cfg['lr']} | {len(accs)} | {_mean_std(accs)} |")
+    return rows
+
+
+def render(rows: list[dict], runs_dir: Path, code: str | None = None) -> str:
     """The Markdown page of the finished runs."""
     cpu = platform.processor() or platform.machine()
     lines = [
         "# DSD through `sparsecore train --recipe dsd-mnist`",
         "",
-        "Command: `nice -n 10 python benchmarks/dsd/recipe_runs.py --seeds 0 1 2` (each run is "
-        "`sparsecore train --recipe dsd-mnist [arm flags] --seed S --threads 1`).  ",
+        "Command: `python benchmarks/dsd/recipe_runs.py --seeds 0 1 2 --code COMMIT` (each run is "
+        "`sparsecore train --recipe dsd-mnist [arm flags] --seed S --threads 1`"
+        + (f"; code of commit `{code[:12]}`" if code else "") + ").  ",
         f"Machine: shared 2-core CPU ({cpu}), one torch thread per run, CPU only.  ",
         "Recipe `dsd-mnist`: LeNet-300-100 on MNIST (all 60,000 training images), 60 epochs in dense / sparse / "
         "re-dense thirds (20 each), 70 % of the weights kept in the sparse phase in every layer (fc1 included: "
@@ -100,6 +117,17 @@ def render(rows: list[dict], runs_dir: Path) -> str:
             lines += ["", f"Per-layer density in the sparse phase (seed {dsd_runs[0]['seed']}, epoch "
                           f"{sparse['epoch']}): " + ", ".join(f"{k} {v:.4f}" for k, v in sparse['layer_densities'].items())
                       + f"; overall {sparse['density']:.4f}."]
+    compare = measure_rows(RESULTS.with_name("dsd.json"))
+    if compare:
+        lines += ["", "Beside `benchmarks/dsd/measure.py` (`dsd.md`: its own loop, 15 epochs in 5/5/5 thirds at lr 0.05, "
+                  "cross-entropy, the same 70 % in every layer of LeNet-300-100), final-epoch test accuracy:", "",
+                  "| arm | source | epochs (phases) | lr | seeds | test accuracy (%) |", "|---|---|---|---|---|---|"]
+        for arm, runs in by_arm.items():
+            if runs:
+                accs = [100 * r["test_acc_per_epoch"][-1] for r in runs.values()]
+                lines.append(f"| {arm} | `sparsecore train --recipe dsd-mnist` | {EPOCHS} (20/20/20) | 0.1 | "
+                             f"{len(accs)} | {_mean_std(accs)} |")
+        lines += compare
     lines += ["", "Raw rows (per-epoch test accuracy): `benchmarks/results/dsd_recipe.jsonl`.", ""]
     return "\n".join(lines)
 
@@ -113,19 +141,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=1, help="runs at a time (one torch thread each)")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--code", default=None, metavar="COMMIT",
-                   help="train with the packages of this commit (extracted under RUNS_DIR/../code), not the working tree")
+                   help="train with the packages of this commit (default: the one in RUNS_DIR/CODE)")
     p.add_argument("--render-only", action="store_true")
     args = p.parse_args(argv)
     queue = jobs(args.seeds, args.arms)
+    code_file = args.runs_dir / "CODE"
+    code = resolve_commit(args.code, ROOT) if args.code else \
+        (code_file.read_text().strip() if code_file.is_file() else None)
 
     def record(*_: object) -> None:
         append_finished(queue, args.runs_dir, args.results)
         rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()] \
             if args.results.is_file() else []
-        args.results.with_suffix(".md").write_text(render(rows, args.runs_dir))
+        args.results.with_suffix(".md").write_text(render(rows, args.runs_dir, code))
 
     if not args.render_only:
-        pythonpath = code_snapshot(args.code, ROOT, args.runs_dir.parent / "code") if args.code else None
+        if code is None:
+            p.error("give --code COMMIT the first time (the queue remembers it in RUNS_DIR/CODE)")
+        args.runs_dir.mkdir(parents=True, exist_ok=True)
+        code_file.write_text(code + "\n")
+        pythonpath = code_snapshot(code, ROOT, args.runs_dir.parent / "code")
         failed = run_queue(queue, args.runs_dir, lambda job: job.epochs, args.parallel, record, pythonpath=pythonpath)
         if failed:
             print(f"failed: {', '.join(failed)} (logs in {args.runs_dir})", file=sys.stderr)
