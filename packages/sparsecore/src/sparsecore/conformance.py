@@ -44,6 +44,7 @@ The contracts checked:
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -492,9 +493,9 @@ class AlgorithmConformance:
         listed = "n:m" in self._patterns()
         for spec in self.nm_patterns:
             if not listed:
-                with pytest.raises(ConfigurationError, match=rf"'{self.registered_name()}' does not support N:M runs "
-                                                             rf"such as pattern='{NMPattern.parse(spec)}'.*drop "
-                                                             "pattern="):
+                with pytest.raises(ConfigurationError, match=rf"'{re.escape(self.registered_name())}' does not "
+                                                             rf"support N:M runs such as pattern="
+                                                             rf"'{NMPattern.parse(spec)}'.*drop pattern="):
                     self.build(pattern=spec, density=None, distribution=None)
                 continue
             self._nm_run(NMPattern.parse(spec))
