@@ -150,6 +150,13 @@ def test_default_algorithm_is_sparse_momentum_when_installed(monkeypatch):
     assert resolve_algorithm(TrainConfig(dense=True)) == ("dense", [])
 
 
+def test_a_dense_run_says_its_plugins_do_not_run():
+    algorithm, notices = resolve_algorithm(TrainConfig(dense=True, plugins=["tensorboard"]))
+    assert algorithm == "dense"
+    assert notices == ["note: a --dense run trains without the engine, so the plugins ['tensorboard'] do not run "
+                       "(train sparse to use them)"]
+
+
 class _DataProbe(sparsecore.Algorithm):
     """An algorithm that reads the harness's training batches (like SNIP) and reports a ``phase`` metric."""
 

@@ -121,6 +121,9 @@ def resolve_algorithm(config: TrainConfig) -> tuple[str, list[str]]:
         UnknownAlgorithmError: an explicitly named algorithm nobody registered.
     """
     if config.dense:
+        if config.plugins:
+            return "dense", [f"note: a --dense run trains without the engine, so the plugins {config.plugins} do not "
+                             "run (train sparse to use them)"]
         return "dense", []
     if config.algorithm is None:
         registry.load()
