@@ -138,3 +138,12 @@ for layer in callback.sparsifier.layers.values():
     assert layer.nnz == layer.active_count(layer.target_density), layer
 print("check_wheels: sparsecore-lightning trains a Lightning module sparse from its wheel")
 PY
+
+# The TensorBoard observer: activated by name on a short `sparsecore train`, it writes event files in the run folder.
+"$work/venv/bin/python" -m pip install --quiet --find-links "$dist" \
+  "$(ls "$dist"/sparsecore_tensorboard-*-py3-none-any.whl)"
+"$work/venv/bin/sparsecore" train --algorithm set --epochs 1 --limit-train 1000 --limit-test 500 --no-plots --quiet \
+  --plugins tensorboard --runs-dir "$work/tb-runs" --run-name tb
+ls "$work"/tb-runs/tb/tensorboard/events.out.tfevents.* >/dev/null \
+  || { echo "check_wheels: --plugins tensorboard wrote no event file in the run folder" >&2; exit 1; }
+echo "check_wheels: sparsecore-tensorboard logs a sparsecore train run from its wheel"
