@@ -8,10 +8,10 @@ Arms (each ``sparsecore train --recipe snfs-lenet5 [flags] --seed S --threads 1`
 
 Two stages, both resumable (run folders ``RUNS_DIR/<arm>-s<seed>``, checkpoints every epoch):
 
-* ``--stage early``: every sparse-momentum run to ``--early-epochs`` (3): the second topology update
-  follows epoch 2, where the faithful runs collapse. A run whose test accuracy after epoch 3 is
-  below 50 % (chance is ~10 %) counts as collapsed early; this is a measurement of the early
-  collapse rate, not of the final error.
+* ``--stage early``: the faithful and robust runs to ``--early-epochs`` (3), seed by seed, robust
+  first: the second topology update follows epoch 2, where the faithful runs collapse. A run whose
+  test accuracy after epoch 3 is below 50 % (chance is ~10 %) counts as collapsed early; this is a
+  measurement of the early collapse rate, not of the final error.
 * ``--stage full``: every run to 100 epochs, in an order that makes each finished run a result:
   rounds of one run per arm (robust, faithful, redistribution=none, static, dense) seed by seed,
   the faithful runs that collapsed early last (to see whether any recovers).
@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         code_file.write_text(code + "\n")
         pythonpath = code_snapshot(code, ROOT, args.runs_dir.parent / "code")
         if args.stage == "early":
-            queue = [job for job in jobs if job.labels["arm"] in (FAITHFUL, ROBUST)]
+            queue = sorted((job for job in jobs if job.labels["arm"] in (FAITHFUL, ROBUST)),
+                           key=lambda job: (int(job.name.rsplit("-s", 1)[1]), job.labels["arm"] != ROBUST))
             target = args.early_epochs
         else:
             queue = full_order(jobs, args.runs_dir, args.early_epochs)
