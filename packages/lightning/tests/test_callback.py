@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from lightning_helpers import GradientRecorder, TinyModule, fit, make_loader, make_trainer, masks_of, plain_loop
 
 import sparsecore
 from sparsecore import ConfigurationError
 from sparsecore.sparsifier import attached_sparsifier
-from sparsecore_lightning import ClosureFirstStep, SparsityCallback
+from sparsecore_lightning import SparsityCallback
 
 
 def test_builds_the_sparsifier_at_fit_start_with_the_trainers_steps(tmp_path):
@@ -70,7 +69,7 @@ def test_after_fit_the_engine_stays_attached_and_a_second_fit_continues(tmp_path
     first = callback.sparsifier
     optimizer = first.optimizer
     assert attached_sparsifier(module) is first
-    assert "step" not in vars(optimizer)  # the closure-first wrapper is gone
+    assert "step" not in vars(optimizer)  # the optimizer keeps its own step: only the engine's hooks are on it
     masks = masks_of(first)
 
     fit(make_trainer(tmp_path, [callback], max_epochs=1), module, make_loader())
@@ -141,62 +140,3 @@ def test_two_callbacks_are_refused_by_lightning(tmp_path):
 def test_metrics_before_fit_say_why():
     with pytest.raises(ConfigurationError, match="no sparsifier yet; it is built when Trainer.fit starts"):
         SparsityCallback("set").metrics()
-
-
-# -- ClosureFirstStep ----------------------------------------------------------------------------------------------
-def _quadratic():
-    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
-    return weight, lambda: (weight ** 2).sum()
-
-
-def test_step_pre_hooks_see_the_closures_gradient():
-    weight, loss_fn = _quadratic()
-    optimizer = torch.optim.SGD([weight], lr=0.1)
-    seen = []
-    optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(
-        None if weight.grad is None else weight.grad.clone()))
-    wrapper = ClosureFirstStep(optimizer)
-
-    def closure():
-        optimizer.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        return loss
-
-    assert float(optimizer.step(closure=closure).detach()) == 5.0
-    assert torch.equal(seen[0], torch.tensor([2.0, -4.0]))
-    assert torch.allclose(weight.detach(), torch.tensor([0.8, -1.6]))
-    wrapper.remove()
-    assert not wrapper.installed and "step" not in vars(optimizer)
-    optimizer.step(closure=closure)
-    assert torch.equal(seen[1], seen[0])  # torch's own order: the pre-hook saw the previous step's gradient
-
-
-def test_an_optimizer_that_calls_its_closure_again_gets_fresh_evaluations():
-    weight, loss_fn = _quadratic()
-    optimizer = torch.optim.LBFGS([weight], lr=1, max_iter=5)
-    calls = []
-
-    def closure():
-        optimizer.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        calls.append(float(loss.detach()))
-        return loss
-
-    ClosureFirstStep(optimizer)
-    optimizer.step(closure)
-    assert len(calls) > 1 and calls[-1] < 1e-6 and calls[0] == 5.0
-    assert torch.allclose(weight.detach(), torch.zeros(2), atol=1e-3)
-
-
-def test_wrapping_twice_is_refused():
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    ClosureFirstStep(optimizer)
-    with pytest.raises(TypeError, match="runs its closure first already"):
-        ClosureFirstStep(optimizer)
-
-
-def test_only_torch_optimizers_are_wrapped():
-    with pytest.raises(TypeError, match="expected a torch.optim.Optimizer, got LightningModule"):
-        ClosureFirstStep(pl.LightningModule())  # type: ignore[arg-type]

@@ -11,6 +11,5 @@ identical on every DDP rank::
 
 from sparsecore_lightning.__about__ import __version__
 from sparsecore_lightning.callback import SparsityCallback
-from sparsecore_lightning.closure import ClosureFirstStep
 
-__all__ = ["ClosureFirstStep", "SparsityCallback", "__version__"]
+__all__ = ["SparsityCallback", "__version__"]

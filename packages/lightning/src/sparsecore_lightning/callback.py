@@ -12,7 +12,6 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from sparsecore import CheckpointError, ConfigurationError, Sparsifier
-from sparsecore_lightning.closure import ClosureFirstStep
 
 #: Key of the sparsifier's state inside the callback's checkpoint entry.
 STATE_KEY = "sparsifier"
@@ -37,11 +36,10 @@ class SparsityCallback(Callback):
       ``trainer.estimated_stepping_batches`` (unless given). From then on the
       engine keeps the masks applied through the optimizer's step hooks, and
       step-scheduled updates run from there (counted in optimizer steps, so
-      ``accumulate_grad_batches`` counts one step per accumulated batch). The
-      optimizer's step is wrapped so that Lightning's closure (forward,
-      backward, clipping) runs before the engine's step pre-hook, which then
-      sees the step's gradients as in a plain loop
-      (:class:`~sparsecore_lightning.closure.ClosureFirstStep`).
+      ``accumulate_grad_batches`` counts one step per accumulated batch).
+      Lightning hands the step a closure (forward, backward, clipping); the
+      engine masks the gradients and runs ``before_optimizer_step`` after the
+      closure, so it sees each step's gradients as in a plain loop.
     * ``on_train_epoch_end`` calls :meth:`Sparsifier.epoch_end
       <sparsecore.Sparsifier.epoch_end>` (epoch-scheduled updates), before
       ``ModelCheckpoint`` saves, and logs the overall density and the last
@@ -57,7 +55,7 @@ class SparsityCallback(Callback):
       mask from rank 0, so masks are identical on every rank.
     * At the end of ``fit`` the engine stays attached, so ``validate``, ``test``
       and ``predict`` see the sparse model (also for algorithms whose sparsity
-      lives in a replaced forward); only the step wrapper is taken off. A later
+      lives in a replaced forward). A later
       ``fit`` with this callback continues from the current masks and state
       (its ``total_steps``: the steps done so far plus that fit's remaining
       ones). :meth:`remove` detaches the engine for good (weights the
@@ -101,7 +99,6 @@ class SparsityCallback(Callback):
         self.sparsifier_kwargs = dict(sparsifier_kwargs)
         self.sparsifier: Sparsifier | None = None
         self._pending_state: dict[str, Any] | None = None
-        self._step_wrapper: ClosureFirstStep | None = None
 
     # ------------------------------------------------------------------
     # building the sparsifier
@@ -134,7 +131,6 @@ class SparsityCallback(Callback):
             raise
         self.sparsifier = sparsifier
         self._pending_state = None
-        self._step_wrapper = ClosureFirstStep(optimizer)
 
     @staticmethod
     def _single_optimizer(trainer: pl.Trainer) -> torch.optim.Optimizer:
@@ -189,12 +185,6 @@ class SparsityCallback(Callback):
                 values[name] = float(value)
         return values
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Give the optimizer its own step back; the sparsifier stays attached (see the class notes)."""
-        if self._step_wrapper is not None:
-            self._step_wrapper.remove()
-            self._step_wrapper = None
-
     def remove(self) -> None:
         """Detach the engine from the model and optimizer (:meth:`Sparsifier.remove <sparsecore.Sparsifier.remove>`).
 
@@ -204,9 +194,6 @@ class SparsityCallback(Callback):
         sparsifier stays readable as :attr:`sparsifier` (masks, ``report()``,
         ``state_dict()``).
         """
-        if self._step_wrapper is not None:
-            self._step_wrapper.remove()
-            self._step_wrapper = None
         if self.sparsifier is not None:
             self.sparsifier.remove()
 
