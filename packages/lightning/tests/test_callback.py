@@ -71,9 +71,12 @@ def test_after_fit_the_engine_stays_attached_and_a_second_fit_continues(tmp_path
     assert attached_sparsifier(module) is first
     assert "step" not in vars(optimizer)  # the optimizer keeps its own step: only the engine's hooks are on it
     masks = masks_of(first)
+    first_logged = callback.metrics()
+    assert first_logged["grown"] > 0  # the update after epoch 0
 
     fit(make_trainer(tmp_path, [callback], max_epochs=1), module, make_loader())
     second = callback.sparsifier
+    assert second.history == [] and callback.metrics() == first_logged  # the last update is still the one logged
     assert second is not first and attached_sparsifier(module) is second and attached_sparsifier(optimizer) is None
     assert second.step == 16 + 8 and second.epoch == 0 and second.total_steps == 24
     assert all(torch.equal(second.layers[n].mask, m) for n, m in masks.items())  # one epoch: no update

@@ -110,3 +110,44 @@ def test_resume_with_another_density_is_refused_and_leaves_the_weights(tmp_path)
 def test_a_checkpoint_entry_without_sparsifier_state_is_refused():
     with pytest.raises(CheckpointError, match="'SparsityCallback' entry holds no sparsifier state"):
         SparsityCallback("set").load_state_dict({"masks": {}})
+
+
+def test_a_resumed_run_logs_the_last_update_made_before_the_resume(tmp_path):
+    """3 epochs: updates after epochs 0 and 1; resumed after epoch 1, the final epoch makes none of its own."""
+    straight = SparsityCallback("set", density=0.25, seed=3)
+    trainer = make_trainer(tmp_path / "a", [straight], max_epochs=3)
+    fit(trainer, TinyModule(), make_loader())
+    straight_logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    last = straight.sparsifier.history[-1]
+    assert last.epoch == 1 and straight_logged["sparsity/grown"] == sum(u.grown for u in last.layers.values()) > 0
+
+    first = SparsityCallback("set", density=0.25, seed=3)
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
+    trainer = make_trainer(tmp_path / "b", [first, StopAfterEpoch(1), saver], max_epochs=3,
+                           enable_checkpointing=True)
+    fit(trainer, TinyModule(), make_loader())
+    entry = torch.load(tmp_path / "ckpt" / "epoch=1.ckpt", weights_only=True)["callbacks"]["SparsityCallback"]
+    assert entry["last_update"] == {"pruned": sum(u.pruned for u in last.layers.values()),
+                                    "grown": sum(u.grown for u in last.layers.values())}
+
+    resumed = SparsityCallback("set", density=0.25, seed=3)
+    trainer = make_trainer(tmp_path / "c", [resumed], max_epochs=3)
+    fit(trainer, TinyModule(), make_loader(), ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"))
+    assert resumed.sparsifier.history == []  # the engine's history holds this run's updates only
+    assert {k: float(v) for k, v in trainer.callback_metrics.items()} == straight_logged
+    assert resumed.state_dict()["last_update"] == entry["last_update"]  # and the next checkpoint keeps them
+
+
+def test_a_checkpoint_entry_without_the_last_updates_counts_reads_as_no_update_yet(tmp_path):
+    callback = SparsityCallback("set", density=0.25, seed=3)
+    fit(make_trainer(tmp_path, [callback], max_epochs=2), TinyModule(), make_loader())
+    state = callback.sparsifier.state_dict()
+    older = SparsityCallback("set", density=0.25, seed=3)
+    older.load_state_dict({"sparsifier": state})  # an entry written before the counts were kept
+    assert older.state_dict()["last_update"] == {"pruned": 0, "grown": 0}
+
+
+@pytest.mark.parametrize("counts", [{"pruned": -1, "grown": 0}, {"pruned": 1.5, "grown": 2}, {"grown": 3}, [1, 2]])
+def test_malformed_last_update_counts_are_refused(counts):
+    with pytest.raises(CheckpointError, match=r"'SparsityCallback' entry has 'last_update' = .*; expected \{'pruned'"):
+        SparsityCallback("set").load_state_dict({"sparsifier": {}, "last_update": counts})

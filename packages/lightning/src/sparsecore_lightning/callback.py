@@ -15,6 +15,8 @@ from sparsecore import CheckpointError, ConfigurationError, Sparsifier
 
 #: Key of the sparsifier's state inside the callback's checkpoint entry.
 STATE_KEY = "sparsifier"
+#: Key of the last topology update's pruned and grown totals inside the callback's checkpoint entry.
+LAST_UPDATE_KEY = "last_update"
 #: Sparsifier arguments the callback supplies itself.
 _SUPPLIED = ("model", "optimizer")
 
@@ -43,7 +45,9 @@ class SparsityCallback(Callback):
     * ``on_train_epoch_end`` calls :meth:`Sparsifier.epoch_end
       <sparsecore.Sparsifier.epoch_end>` (epoch-scheduled updates), before
       ``ModelCheckpoint`` saves, and logs the overall density and the last
-      update's pruned and grown counts through ``pl_module.log``.
+      update's pruned and grown counts through ``pl_module.log``. Those
+      counts travel in the checkpoint too, so a resumed run logs the last
+      update before the resume until it makes one of its own.
     * Checkpoints: the sparsifier's state (masks, step, schedule position,
       random generator, algorithm state) is the callback's ``state_dict``, so
       it travels inside every Lightning checkpoint. ``trainer.fit(...,
@@ -99,6 +103,9 @@ class SparsityCallback(Callback):
         self.sparsifier_kwargs = dict(sparsifier_kwargs)
         self.sparsifier: Sparsifier | None = None
         self._pending_state: dict[str, Any] | None = None
+        # the last update's (pruned, grown) totals from before this sparsifier was built (checkpoint or earlier fit)
+        self._earlier_update: tuple[int, int] = (0, 0)
+        self._pending_update: tuple[int, int] = (0, 0)
 
     # ------------------------------------------------------------------
     # building the sparsifier
@@ -108,8 +115,10 @@ class SparsityCallback(Callback):
         optimizer = self._single_optimizer(trainer)
         total_steps = self._total_steps(trainer)
         state = self._pending_state
+        earlier_update = self._pending_update if state is not None else (0, 0)
         if state is None and self.sparsifier is not None:  # a later fit continues this callback's run
             state = self.sparsifier.state_dict()
+            earlier_update = self._last_update(self.sparsifier)
             if total_steps is not None:  # the steps done so far, then this fit's remaining ones
                 total_steps += self.sparsifier.step - trainer.global_step
         if self.sparsifier is not None:
@@ -131,6 +140,8 @@ class SparsityCallback(Callback):
             raise
         self.sparsifier = sparsifier
         self._pending_state = None
+        self._pending_update = (0, 0)
+        self._earlier_update = earlier_update
 
     @staticmethod
     def _single_optimizer(trainer: pl.Trainer) -> torch.optim.Optimizer:
@@ -167,19 +178,17 @@ class SparsityCallback(Callback):
 
     def metrics(self) -> dict[str, float]:
         """What the callback logs: ``density`` (nonzeros over all sparse layers), the last update's ``pruned`` and
-        ``grown`` counts (0 before the first update), and the algorithm's numeric metrics.
+        ``grown`` counts (0 before the first update; after a resume, the last update before it until the run makes
+        one), and the algorithm's numeric metrics.
 
         Raises:
             ConfigurationError: ``fit`` has not built the sparsifier yet.
         """
         sparsifier = self._require_sparsifier()
         capacity = sum(layer.capacity for layer in sparsifier.layers.values())
-        last = next((r for r in reversed(sparsifier.history) if r.reason == "update"), None)
-        values: dict[str, float] = {
-            "density": sparsifier.nnz / capacity,
-            "pruned": float(sum(u.pruned for u in last.layers.values())) if last else 0.0,
-            "grown": float(sum(u.grown for u in last.layers.values())) if last else 0.0,
-        }
+        pruned, grown = self._last_update(sparsifier)
+        values: dict[str, float] = {"density": sparsifier.nnz / capacity, "pruned": float(pruned),
+                                    "grown": float(grown)}
         for name, value in sparsifier.algorithm_metrics().items():
             if isinstance(value, numbers.Real) and name not in values:
                 values[name] = float(value)
@@ -197,6 +206,13 @@ class SparsityCallback(Callback):
         if self.sparsifier is not None:
             self.sparsifier.remove()
 
+    def _last_update(self, sparsifier: Sparsifier) -> tuple[int, int]:
+        """The (pruned, grown) totals of the run's last topology update, also one made before a resume."""
+        last = next((r for r in reversed(sparsifier.history) if r.reason == "update"), None)
+        if last is None:  # the history holds this sparsifier's updates only
+            return self._earlier_update
+        return sum(u.pruned for u in last.layers.values()), sum(u.grown for u in last.layers.values())
+
     def _require_sparsifier(self) -> Sparsifier:
         if self.sparsifier is None:
             raise ConfigurationError("SparsityCallback: no sparsifier yet; it is built when Trainer.fit starts")
@@ -206,23 +222,38 @@ class SparsityCallback(Callback):
     # checkpoints
     # ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The sparsifier's state, stored in Lightning checkpoints (empty before ``fit`` built the sparsifier)."""
+        """The sparsifier's state and the last update's counts, stored in Lightning checkpoints.
+
+        Empty before ``fit`` built the sparsifier (or a checkpoint handed one).
+        """
         if self.sparsifier is not None:
-            return {STATE_KEY: self.sparsifier.state_dict()}
-        if self._pending_state is not None:
-            return {STATE_KEY: self._pending_state}
-        return {}
+            state, (pruned, grown) = self.sparsifier.state_dict(), self._last_update(self.sparsifier)
+        elif self._pending_state is not None:
+            state, (pruned, grown) = self._pending_state, self._pending_update
+        else:
+            return {}
+        return {STATE_KEY: state, LAST_UPDATE_KEY: {"pruned": pruned, "grown": grown}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep a checkpoint's sparsifier state until ``on_fit_start`` has built the sparsifier.
 
+        An entry without the last update's counts (or with ``None``) counts as no update yet.
+
         Raises:
-            CheckpointError: the entry holds no sparsifier state.
+            CheckpointError: the entry holds no sparsifier state, or its last update's counts are not two
+                non-negative integers ``pruned`` and ``grown``.
         """
         if not isinstance(state_dict, Mapping) or not isinstance(state_dict.get(STATE_KEY), Mapping):
             raise CheckpointError(f"the checkpoint's {self.state_key!r} entry holds no sparsifier state "
                                   f"(expected a mapping with key {STATE_KEY!r})")
+        counts = state_dict.get(LAST_UPDATE_KEY) or {"pruned": 0, "grown": 0}
+        if not (isinstance(counts, Mapping) and all(
+                isinstance(counts.get(key), int) and not isinstance(counts.get(key), bool) and counts[key] >= 0
+                for key in ("pruned", "grown"))):
+            raise CheckpointError(f"the checkpoint's {self.state_key!r} entry has {LAST_UPDATE_KEY!r} = {counts!r}; "
+                                  "expected {'pruned': int >= 0, 'grown': int >= 0}")
         self._pending_state = dict(state_dict[STATE_KEY])
+        self._pending_update = (counts["pruned"], counts["grown"])
 
 
 def _parameter_snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
