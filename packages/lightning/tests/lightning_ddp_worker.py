@@ -1,7 +1,8 @@
-"""A 2-process ``ddp_spawn`` fit on gloo for test_distributed.py; each rank writes what it ended with.
+"""A 2-process ``ddp_spawn`` or ``ddp`` fit on gloo for test_distributed.py; each rank writes what it ended with.
 
-:func:`run_ranks` (or ``python lightning_ddp_worker.py OUT_DIR``) fits. The ranks seed torch's global
-generator differently before the sparsifier is built (so it draws a different
+:func:`run_ranks` (or ``python lightning_ddp_worker.py OUT_DIR [STRATEGY]``) fits; under ``ddp``
+Lightning starts this script again for rank 1, so that strategy runs from the command line. The ranks
+seed torch's global generator differently before the sparsifier is built (so it draws a different
 seed on each) and see different halves of the data; each rank writes
 ``rank<N>.json`` with digests of its masks and weights, its step count, its
 updates and whether the engine's step pre-hook saw a gradient at every step.
@@ -58,14 +59,15 @@ class RankReport(pl.Callback):
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 
-def run_ranks(out_dir: str | Path) -> TinyModule:
-    """Fit the tiny module on 2 spawned CPU ranks; each writes ``rank<N>.json`` into ``out_dir``.
+def run_ranks(out_dir: str | Path, strategy: str = "ddp_spawn") -> TinyModule:
+    """Fit the tiny module on 2 CPU ranks; each writes ``rank<N>.json`` into ``out_dir``.
 
-    Returns the module of this process, with the weights Lightning copied back from rank 0.
+    Returns the module of this process: under ``ddp_spawn`` with the weights Lightning copied back from
+    rank 0, under ``ddp`` the rank's own.
     """
     grads = GradientRecorder()
     sparsity = SparsityCallback("set", density=0.25, update_every=2, plugins=[grads])
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=2, logger=False,
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[sparsity, RankReport(str(out_dir), sparsity, grads)])
     with warnings.catch_warnings():
@@ -78,4 +80,4 @@ def run_ranks(out_dir: str | Path) -> TinyModule:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    run_ranks(sys.argv[1])
+    run_ranks(sys.argv[1], *sys.argv[2:3])
