@@ -93,9 +93,11 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                    help="option of a plugin named in --plugins, repeatable; values parse as for --option "
                         "(e.g. sparse-kernels-cuda.backend=csr)")
     g.add_argument("--dense", action="store_true", help="train the same recipe without sparsity (baseline)")
-    g.add_argument("--model", metavar="NAME", help=f"reference model (default {d.model})")
-    g.add_argument("--dataset", metavar="NAME", help=f"mnist, fashion-mnist, cifar10, cifar100, imagenet, random "
-                                                     f"(default {d.dataset})")
+    g.add_argument("--model", metavar="NAME", help=f"reference model, e.g. lenet-300-100, lenet-5-caffe, wrn-16-8, "
+                                                   f"vgg16-d, resnet-50, gpt-tiny (default {d.model})")
+    g.add_argument("--dataset", metavar="NAME", help=f"mnist, fashion-mnist, cifar10, cifar100, imagenet, random, "
+                                                     f"python-stdlib (bytes of the Python standard library's "
+                                                     f"sources, for gpt-tiny) (default {d.dataset})")
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     g.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
