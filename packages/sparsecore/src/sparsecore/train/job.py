@@ -400,8 +400,9 @@ def resume_training(path: str | Path, **overrides: Any) -> RunResult:
     ckpt, run_dir = loaded.state, loaded.run_dir
     config = _checkpoint_config(ckpt["config"], run_dir)
     _check_same_run(ckpt["config"], run_dir)
-    config = config.replace(stop_after=None,
-                            **{k: v for k, v in overrides.items() if v is not None or k == "stop_after"})
+    # a stop_after of the interrupted invocation does not carry over; one given now does
+    config = config.replace(**{"stop_after": None,
+                               **{k: v for k, v in overrides.items() if v is not None or k == "stop_after"}})
     config.validate()
     say = rundir.Printer(config.quiet)
     for notice in loaded.notices:
