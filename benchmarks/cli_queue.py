@@ -178,3 +178,46 @@ def append_finished(jobs: Sequence[Job], runs_dir: Path, results: Path) -> int:
                 f.write(json.dumps(row) + "\n")
             added += 1
     return added
+
+
+#: Parent of the queue scripts' run folders by default (``runs/`` of the repository, ignored by git).
+DEFAULT_RUNS_ROOT = Path(__file__).resolve().parents[1] / "runs"
+
+
+def add_queue_arguments(parser: Any, runs_dir: str, results: Path) -> None:
+    """The options every queue script shares: ``--runs-dir`` (default ``runs/<runs_dir>``), ``--parallel``,
+    ``--code``, ``--results`` and ``--render-only``."""
+    parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_ROOT / runs_dir)
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time (one torch thread each)")
+    parser.add_argument("--code", default=None, metavar="COMMIT",
+                        help="train with the packages of this commit (default: the one in RUNS_DIR/CODE)")
+    parser.add_argument("--results", type=Path, default=results)
+    parser.add_argument("--render-only", action="store_true")
+
+
+def queue_code(args: Any, root: Path) -> str | None:
+    """The commit a queue trains with: ``--code``, else the one remembered in ``RUNS_DIR/CODE`` (``None``: neither)."""
+    code_file = args.runs_dir / "CODE"
+    if args.code:
+        return resolve_commit(args.code, root)
+    return code_file.read_text().strip() if code_file.is_file() else None
+
+
+def prepare_code(parser: Any, args: Any, code: str | None, root: Path) -> str:
+    """Remember ``code`` in ``RUNS_DIR/CODE`` (refusing a runs directory of another commit); its PYTHONPATH."""
+    if code is None:
+        parser.error("give --code COMMIT the first time (the queue remembers it in RUNS_DIR/CODE)")
+    code_file = args.runs_dir / "CODE"
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    if code_file.is_file() and code_file.read_text().strip() != code:
+        parser.error(f"{args.runs_dir} holds runs of commit {code_file.read_text().strip()}; resume them with that "
+                     "code (drop --code) or pass another --runs-dir")
+    code_file.write_text(code + "\n")
+    return code_snapshot(code, root, args.runs_dir.parent / "code")
+
+
+def read_rows(results: Path) -> list[dict[str, Any]]:
+    """The JSON rows of a results file (none if it does not exist)."""
+    if not results.is_file():
+        return []
+    return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]

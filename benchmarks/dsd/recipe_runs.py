@@ -10,7 +10,7 @@ Arms (each ``sparsecore train`` with one torch thread, seeds as given):
 * ``dense-llr``: ``--dense --lr-schedule multistep --lr-milestones 40 --lr-gamma 0.1``:
   the learning rate DSD's re-dense phase gets, without the sparse phase.
 
-Run folders go to ``--runs-dir`` (default ``/work/runs/dsd``); an interrupted queue
+Run folders go to ``--runs-dir`` (default ``runs/dsd`` of the repository); an interrupted queue
 continues where it stopped when run again. Every finished run is appended to
 ``benchmarks/results/dsd_recipe.jsonl`` and ``benchmarks/results/dsd_recipe.md`` is
 re-rendered (final-epoch test accuracy, mean ± sample std; accuracy at the end of each
@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cli_queue import Job, append_finished, code_snapshot, resolve_commit, run_queue  # noqa: E402
+from cli_queue import Job, add_queue_arguments, append_finished, prepare_code, queue_code, read_rows, run_queue  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "dsd_recipe.jsonl"
@@ -143,30 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--arms", nargs="+", default=list(ARM_FLAGS), choices=list(ARM_FLAGS))
-    p.add_argument("--runs-dir", type=Path, default=Path("/work/runs/dsd"))
-    p.add_argument("--parallel", type=int, default=1, help="runs at a time (one torch thread each)")
-    p.add_argument("--results", type=Path, default=RESULTS)
-    p.add_argument("--code", default=None, metavar="COMMIT",
-                   help="train with the packages of this commit (default: the one in RUNS_DIR/CODE)")
-    p.add_argument("--render-only", action="store_true")
+    add_queue_arguments(p, "dsd", RESULTS)
     args = p.parse_args(argv)
     queue = jobs(args.seeds, args.arms)
-    code_file = args.runs_dir / "CODE"
-    code = resolve_commit(args.code, ROOT) if args.code else \
-        (code_file.read_text().strip() if code_file.is_file() else None)
+    code = queue_code(args, ROOT)
 
     def record(*_: object) -> None:
         append_finished(queue, args.runs_dir, args.results)
-        rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()] \
-            if args.results.is_file() else []
-        args.results.with_suffix(".md").write_text(render(rows, args.runs_dir, code))
+        args.results.with_suffix(".md").write_text(render(read_rows(args.results), args.runs_dir, code))
 
     if not args.render_only:
-        if code is None:
-            p.error("give --code COMMIT the first time (the queue remembers it in RUNS_DIR/CODE)")
-        args.runs_dir.mkdir(parents=True, exist_ok=True)
-        code_file.write_text(code + "\n")
-        pythonpath = code_snapshot(code, ROOT, args.runs_dir.parent / "code")
+        pythonpath = prepare_code(p, args, code, ROOT)
         failed = run_queue(queue, args.runs_dir, lambda job: job.epochs, args.parallel, record, pythonpath=pythonpath)
         if failed:
             print(f"failed: {', '.join(failed)} (logs in {args.runs_dir})", file=sys.stderr)

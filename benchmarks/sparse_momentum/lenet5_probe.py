@@ -27,9 +27,9 @@ one JSON line to ``--out`` with everything measured.
 Usage (from the repository root; one torch thread)::
 
     python benchmarks/sparse_momentum/lenet5_probe.py --seed 0 --variants faithful warmup_steps=100 \\
-        --out /work/runs/probe/screen.jsonl
+        --out runs/probe/screen.jsonl
     python benchmarks/sparse_momentum/lenet5_probe.py --seed 1 --updates 3 --variants faithful
-    python benchmarks/sparse_momentum/lenet5_probe.py --summarize /work/runs/probe/screen.jsonl   # Markdown table
+    python benchmarks/sparse_momentum/lenet5_probe.py --summarize runs/probe/screen.jsonl   # Markdown table
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cli_queue import Job, append_finished, code_snapshot, epochs_done, resolve_commit, run_queue  # noqa: E402
+from cli_queue import (  # noqa: E402
+    Job, add_queue_arguments, append_finished, epochs_done, prepare_code, queue_code, read_rows, run_queue)
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "sparse_momentum_lenet5_runs.jsonl"
@@ -165,33 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage", choices=["early", "full"], default="early")
     p.add_argument("--early-epochs", type=int, default=3)
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    p.add_argument("--runs-dir", type=Path, default=Path("/work/runs/lenet5"))
-    p.add_argument("--parallel", type=int, default=1, help="runs at a time (one torch thread each)")
-    p.add_argument("--code", default=None, metavar="COMMIT",
-                   help="train with the packages of this commit (default: the one in RUNS_DIR/CODE)")
-    p.add_argument("--results", type=Path, default=RESULTS)
-    p.add_argument("--render-only", action="store_true")
+    add_queue_arguments(p, "lenet5", RESULTS)
     args = p.parse_args(argv)
     jobs = [job for job in all_jobs() if job.labels["arm"] in args.arms]
-    code_file = args.runs_dir / "CODE"
-    code = resolve_commit(args.code, ROOT) if args.code else \
-        (code_file.read_text().strip() if code_file.is_file() else None)
+    code = queue_code(args, ROOT)
 
     def record(*_: object) -> None:
         append_finished(jobs, args.runs_dir, args.results)
-        rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()] \
-            if args.results.is_file() else []
+        rows = read_rows(args.results)
         args.results.with_suffix(".md").write_text(render(all_jobs(), args.runs_dir, rows, args.early_epochs, code))
 
     if not args.render_only:
-        if code is None:
-            p.error("give --code COMMIT the first time (the queue remembers it in RUNS_DIR/CODE)")
-        args.runs_dir.mkdir(parents=True, exist_ok=True)
-        if code_file.is_file() and code_file.read_text().strip() != code:
-            p.error(f"{args.runs_dir} holds runs of commit {code_file.read_text().strip()}; resume them with that "
-                    "code (drop --code) or pass another --runs-dir")
-        code_file.write_text(code + "\n")
-        pythonpath = code_snapshot(code, ROOT, args.runs_dir.parent / "code")
+        pythonpath = prepare_code(p, args, code, ROOT)
         if args.stage == "early":
             queue = sorted((job for job in jobs if job.labels["arm"] in (FAITHFUL, ROBUST)),
                            key=lambda job: (int(job.name.rsplit("-s", 1)[1]), job.labels["arm"] != ROBUST))

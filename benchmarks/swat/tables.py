@@ -14,7 +14,7 @@ thresholds of the convolutions recomputed every 20 iterations (``period=20``, th
 keeps the top-K weights at test time too). LeNet-300-100 has no convolution, so its structured
 row would equal SWAT-U's (its Linear layers keep element-wise top-K): it is not run.
 
-Run folders go to ``--runs-dir`` (default ``/work/runs/swat``); an interrupted queue continues
+Run folders go to ``--runs-dir`` (default ``runs/swat`` of the repository); an interrupted queue continues
 where it stopped. Finished runs are appended to ``benchmarks/results/swat_tables.jsonl`` and
 ``benchmarks/results/swat_tables.md`` is re-rendered.
 
@@ -28,14 +28,13 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cli_queue import Job, append_finished, code_snapshot, resolve_commit, run_queue  # noqa: E402
+from cli_queue import Job, add_queue_arguments, append_finished, prepare_code, queue_code, read_rows, run_queue  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "swat_tables.jsonl"
@@ -131,33 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part", choices=list(PARTS), default="fashion-mnist")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--runs-dir", type=Path, default=Path("/work/runs/swat"))
-    p.add_argument("--parallel", type=int, default=1, help="runs at a time (one torch thread each)")
-    p.add_argument("--code", default=None, metavar="COMMIT",
-                   help="train with the packages of this commit (default: the one in RUNS_DIR/CODE)")
-    p.add_argument("--results", type=Path, default=RESULTS)
-    p.add_argument("--render-only", action="store_true")
+    add_queue_arguments(p, "swat", RESULTS)
     args = p.parse_args(argv)
     queue = [job for part in PARTS for job in jobs(part, args.seeds, args.epochs)]
-    code_file = args.runs_dir / "CODE"
-    code = resolve_commit(args.code, ROOT) if args.code else \
-        (code_file.read_text().strip() if code_file.is_file() else None)
+    code = queue_code(args, ROOT)
 
     def record(*_: object) -> None:
         append_finished(queue, args.runs_dir, args.results)
-        rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()] \
-            if args.results.is_file() else []
-        args.results.with_suffix(".md").write_text(render(rows, code, args.epochs))
+        args.results.with_suffix(".md").write_text(render(read_rows(args.results), code, args.epochs))
 
     if not args.render_only:
-        if code is None:
-            p.error("give --code COMMIT the first time (the queue remembers it in RUNS_DIR/CODE)")
-        args.runs_dir.mkdir(parents=True, exist_ok=True)
-        if code_file.is_file() and code_file.read_text().strip() != code:
-            p.error(f"{args.runs_dir} holds runs of commit {code_file.read_text().strip()}; resume them with that "
-                    "code (drop --code) or pass another --runs-dir")
-        code_file.write_text(code + "\n")
-        pythonpath = code_snapshot(code, ROOT, args.runs_dir.parent / "code")
+        pythonpath = prepare_code(p, args, code, ROOT)
         part_jobs = [job for job in queue if job.labels["part"] == args.part]
         failed = run_queue(part_jobs, args.runs_dir, lambda job: job.epochs, args.parallel, record,
                            pythonpath=pythonpath)

@@ -92,7 +92,8 @@ def _mlp_conv():
 
 
 def _swat_run(plugins, steps=3):
-    swat = pytest.importorskip("sparsecore_swat", reason="composition with SWAT needs sparsecore-swat installed")
+    import sparsecore_swat as swat  # a package of this repository: its absence is an error, not a skip
+
     model = _mlp_conv()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     sp = sparsecore.Sparsifier(model, opt, algorithm=swat.SwatAlgorithm(), density=0.1, seed=0, plugins=plugins)
