@@ -126,18 +126,10 @@ class SparsityCallback(Callback):
         self.sparsifier = None
         kwargs = dict(self.sparsifier_kwargs)
         kwargs.setdefault("total_steps", total_steps)
-        snapshot = _parameter_snapshot(pl_module) if state is not None else {}
-        sparsifier = None
-        try:
+        if state is None:
             sparsifier = Sparsifier(pl_module, optimizer, self.algorithm, self.density, **kwargs)
-            if state is not None:
-                _restore_parameters(pl_module, snapshot)  # set-up masked the weights with fresh initial masks
-                sparsifier.load_state_dict(state)
-        except BaseException:
-            if sparsifier is not None:
-                sparsifier.remove()
-            _restore_parameters(pl_module, snapshot)  # a refused resume leaves the weights Lightning restored
-            raise
+        else:  # the weights Lightning restored stay; a refused resume leaves them as they are
+            sparsifier = Sparsifier.resume(pl_module, optimizer, state, self.algorithm, self.density, **kwargs)
         self.sparsifier = sparsifier
         self._pending_state = None
         self._pending_update = (0, 0)
@@ -254,16 +246,3 @@ class SparsityCallback(Callback):
                                   "expected {'pruned': int >= 0, 'grown': int >= 0}")
         self._pending_state = dict(state_dict[STATE_KEY])
         self._pending_update = (counts["pruned"], counts["grown"])
-
-
-def _parameter_snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of every parameter, to undo what building a sparsifier does to restored weights."""
-    return {name: p.detach().clone() for name, p in module.named_parameters()}
-
-
-def _restore_parameters(module: torch.nn.Module, snapshot: Mapping[str, torch.Tensor]) -> None:
-    """Copy a :func:`_parameter_snapshot` back in place (an empty one restores nothing)."""
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name in snapshot:
-                p.copy_(snapshot[name])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -48,6 +49,13 @@ def attached_sparsifier(obj: nn.Module | torch.optim.Optimizer) -> Sparsifier | 
     if isinstance(obj, nn.Module):
         obj = unwrap_model(obj)
     return _ATTACHED.get(obj)
+
+
+def _put_back(parameters: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
+    """Copy ``values`` into ``parameters`` in place (see :meth:`Sparsifier.resume`)."""
+    with torch.no_grad():
+        for parameter, value in zip(parameters, values, strict=True):
+            parameter.copy_(value)
 
 
 def _output_positions(kind: str, output: Any, attention: nn.Module | None, seq_first: bool = False) -> int | None:
@@ -320,6 +328,54 @@ class Sparsifier:
             raise
         if self.policy.mask_weights:
             self._masks.apply_to_weights()
+
+    @classmethod
+    def resume(cls, model: nn.Module, optimizer: torch.optim.Optimizer, state: Mapping[str, Any],
+               *args: Any, **kwargs: Any) -> Sparsifier:
+        """Build a sparsifier on a model and optimizer that already hold a resumed run's values, and load ``state``.
+
+        For training stacks that restore the weights and the optimizer state
+        before the sparsifier can be built (Lightning, the Hugging Face
+        ``Trainer``). Set-up runs as it did at the start of the run: the
+        optimizer's state is set aside meanwhile and every parameter is copied
+        and put back afterwards, so nothing set-up does (initial masks applied
+        to the weights, plugins that re-initialise weights at attach time, such
+        as SNIP) touches the resumed values. Then :meth:`load_state_dict` gives
+        the engine the run's masks, schedule position, plugin state and RNG.
+        If set-up or loading fails, the sparsifier is removed and the
+        parameters and optimizer state are exactly as they were.
+
+        Args:
+            model: the model, with the resumed weights.
+            optimizer: its optimizer, with or without the resumed state.
+            state: a :meth:`state_dict` of the run being resumed.
+            *args: the other :class:`Sparsifier` arguments, as the run gave them.
+            **kwargs: the other :class:`Sparsifier` arguments, as the run gave them.
+
+        Raises:
+            CheckpointError: ``state`` does not fit the run these arguments describe.
+        """
+        parameters = list(unwrap_model(model).parameters())
+        kept = [p.detach().clone() if distributed.is_dtensor(p) else p.detach().to("cpu", copy=True)
+                for p in parameters]
+        optimizer_state = optimizer.state
+        optimizer.state = defaultdict(dict)
+        sparsifier = None
+        try:
+            sparsifier = cls(model, optimizer, *args, **kwargs)
+        except BaseException:
+            _put_back(parameters, kept)
+            raise
+        finally:
+            optimizer.state = optimizer_state
+        try:
+            _put_back(parameters, kept)
+            sparsifier.load_state_dict(state)
+        except BaseException:
+            sparsifier.remove()
+            _put_back(parameters, kept)
+            raise
+        return sparsifier
 
     # ------------------------------------------------------------------
     # set-up helpers (none of them changes the model or the optimizer)

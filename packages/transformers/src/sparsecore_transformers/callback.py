@@ -22,11 +22,8 @@ When the callback acts (transformers' ``Trainer``):
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections import defaultdict
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -57,30 +54,6 @@ def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
         raise ConfigurationError(f"the Trainer's optimizer {type(optimizer).__name__} holds no torch optimizer that "
                                  "takes step hooks (DeepSpeed's optimizers are not supported)")
     return inner
-
-
-@contextlib.contextmanager
-def _as_at_start(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[None]:
-    """Build a resumed run's sparsifier as the uninterrupted run built it, then give back the resumed values.
-
-    The Trainer has loaded the checkpoint's weights and optimizer state before
-    the callback can build the sparsifier; building it may mask weights and
-    optimizer state, and plugins may re-initialise weights at attach time
-    (SNIP). Inside the block the optimizer has no state (as at the start of a
-    run); on leaving it, the loaded parameters (kept on the CPU meanwhile) and
-    optimizer state are put back.
-    """
-    params = list(model.parameters())
-    saved = [p.detach().to("cpu", copy=True) for p in params]
-    state = optimizer.state
-    optimizer.state = defaultdict(dict)
-    try:
-        yield
-    finally:
-        optimizer.state = state
-        with torch.no_grad():
-            for param, value in zip(params, saved, strict=True):
-                param.copy_(value)
 
 
 class SparsityCallback(TrainerCallback):
@@ -163,11 +136,15 @@ class SparsityCallback(TrainerCallback):
         options.setdefault("seed", int(args.seed))
         return options
 
-    def _sparsifier(self, model: nn.Module, optimizer: torch.optim.Optimizer, options: dict[str, Any]) -> Sparsifier:
+    def _sparsifier(self, model: nn.Module, optimizer: torch.optim.Optimizer, options: dict[str, Any],
+                    resume_from: dict[str, Any] | None = None) -> Sparsifier:
+        """A new sparsifier, or (``resume_from``: a saved state) one resumed on the weights the Trainer loaded."""
         with warnings.catch_warnings():
             if self.selection is not None:  # it keeps embeddings dense on purpose and lists them in .dense
                 warnings.filterwarnings("ignore", message="these modules stay dense", category=UserWarning)
-            return Sparsifier(model, optimizer, self.algorithm, self.density, **options)
+            if resume_from is None:
+                return Sparsifier(model, optimizer, self.algorithm, self.density, **options)
+            return Sparsifier.resume(model, optimizer, resume_from, self.algorithm, self.density, **options)
 
     def _build(self, model: nn.Module, optimizer: torch.optim.Optimizer, args: TrainingArguments,
                state: TrainerState) -> Sparsifier:
@@ -177,14 +154,7 @@ class SparsityCallback(TrainerCallback):
         directory = find_state_dir([getattr(args, "resume_from_checkpoint", None),
                                     checkpoint_dir(str(args.output_dir), state.global_step)], state.global_step)
         saved = load_state(directory, state.global_step)
-        with _as_at_start(model, optimizer):
-            sparsifier = self._sparsifier(model, optimizer, options)
-            try:
-                sparsifier.load_state_dict(saved)
-            except BaseException:
-                sparsifier.remove()
-                raise
-        return sparsifier
+        return self._sparsifier(model, optimizer, options, resume_from=saved)
 
     def _end_epoch(self, epoch: int) -> None:
         """Report epoch ``epoch`` (0-based) ended, once."""
