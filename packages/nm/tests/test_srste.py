@@ -58,6 +58,23 @@ def test_weights_stay_dense_and_the_forward_uses_the_masked_weight():
     assert torch.allclose(model(x), expected, atol=1e-6)
 
 
+def test_a_deep_copy_computes_with_its_own_weights_and_the_masks_of_copy_time():
+    model, optimizer, sparsifier, in_shape = build("conv")
+    step(model, optimizer, batches(in_shape, 1)[0])
+    x = batches(in_shape, 1, seed=9)[0][0]
+    masks = {name: layer.mask.clone() for name, layer in sparsifier.layers.items()}
+    teacher = copy.deepcopy(model)  # e.g. an EMA or teacher copy
+    expected = model(x).detach()
+    assert torch.equal(teacher(x), expected)
+    for batch in batches(in_shape, 3, seed=4):  # the student trains on and its masks move
+        step(model, optimizer, batch)
+    assert any(not torch.equal(layer.mask, masks[name]) for name, layer in sparsifier.layers.items())
+    assert torch.equal(teacher(x), expected)
+    with torch.no_grad():
+        teacher[6].weight.zero_()
+    assert torch.equal(teacher(x), teacher[6].bias.expand(x.shape[0], -1))
+
+
 def reference_gradients(kind, state, masks, batch, lambda_w):
     """``∂L/∂W̃`` of a fresh model whose weights are ``W ⊙ mask``, plus ``λ_W (1 − mask) ⊙ W``; biases as they are."""
     factory, _ = MODELS[kind]

@@ -22,6 +22,8 @@ the engine never replaces their forwards.
 
 from __future__ import annotations
 
+import copy
+import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -33,6 +35,44 @@ from sparsecore.errors import ConfigurationError, HookResultError
 
 def _keep_python_forward(module: nn.Module, args: Any) -> None:
     """The guard: present, it keeps ``nn.TransformerEncoderLayer`` off its fast path; it changes nothing."""
+
+
+class ClosureForward:
+    """A replaced forward given as a closure, made safe to deep-copy with its model.
+
+    ``copy.deepcopy`` hands back a function itself, so a deep copy of the model
+    (an EMA or teacher copy) would go on calling a closure over the original
+    module's weights and mask. Deep-copying this wrapper copies what the
+    closure captured with the same memo instead: the copy's forward reads the
+    copy's own weights and a copy of the mask as it was at copy time.
+
+    Args:
+        function: the forward, a plain function with a closure.
+    """
+
+    def __init__(self, function: types.FunctionType) -> None:
+        self.function = function
+        self.__wrapped__ = function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ClosureForward:
+        function = self.function
+        cells = tuple(_copied_cell(cell, memo) for cell in function.__closure__ or ())
+        copied = types.FunctionType(function.__code__, function.__globals__, function.__name__,
+                                    copy.deepcopy(function.__defaults__, memo), cells)
+        copied.__kwdefaults__ = copy.deepcopy(function.__kwdefaults__, memo)
+        copied.__qualname__ = function.__qualname__
+        return ClosureForward(copied)
+
+
+def _copied_cell(cell: types.CellType, memo: dict[int, Any]) -> types.CellType:
+    try:
+        contents = cell.cell_contents
+    except ValueError:  # a cell not filled yet
+        return types.CellType()
+    return types.CellType(copy.deepcopy(contents, memo))
 
 
 class ReplacedForwards:
@@ -63,11 +103,16 @@ class ReplacedForwards:
     def install(self, forwards: Iterable[tuple[nn.Module, Callable[..., Any]]]) -> None:
         """Make each callable its module's forward, and guard the encoder layers that hold one.
 
+        A closure is installed wrapped in :class:`ClosureForward`, so that a
+        deep copy of the model computes with its own weights.
+
         Args:
             forwards: ``(module, forward)`` pairs.
         """
         for module, forward in forwards:
             self._originals.append((module, module.__dict__.get("forward")))
+            if isinstance(forward, types.FunctionType) and forward.__closure__:
+                forward = ClosureForward(forward)  # a deep copy of the model must not call the original's weights
             module.forward = forward
         self._guard()
 

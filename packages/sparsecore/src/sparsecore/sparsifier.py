@@ -992,7 +992,13 @@ class Sparsifier:
     def remove(self) -> None:
         """Detach the engine: remove the optimizer hooks, restore replaced forwards and lift their fast-path guard.
 
-        Masks stay applied.
+        Weights stay as they are. Where the policy masks the weights
+        (``policy.mask_weights``, most algorithms) the inactive ones are zero,
+        so the plain model computes what the sparse one did. Algorithms whose
+        sparsity lives in the forward (SR-STE, SWAT) keep dense weights: after
+        ``remove()`` the model computes with all of them. Use
+        :func:`sparsecore.export.squash` (or SWAT's ``hard_prune``) first to keep
+        the sparse model.
 
         Afterwards the model and optimizer may get a new sparsifier. Calling it
         again does nothing.
