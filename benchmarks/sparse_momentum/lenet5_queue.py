@@ -18,7 +18,8 @@ Two stages, both resumable (run folders ``RUNS_DIR/<arm>-s<seed>``, checkpoints 
 
 Every invocation that ends appends the finished runs to ``benchmarks/results/sparse_momentum_lenet5_runs.jsonl``
 and re-renders ``benchmarks/results/sparse_momentum_lenet5_runs.md`` (also with ``--render-only``), which shows
-the early-collapse table from the run folders and the 100-epoch table from the finished rows.
+the early-collapse table from the run folders and the 100-epoch table from the finished rows, and the MNIST
+table ``benchmarks/results/mnist_table.md`` (the docs home page), whose ``[snfs-lenet5]`` rows are these runs.
 The training code is a snapshot of one commit (``--code``, remembered in ``RUNS_DIR/CODE``), so a
 later session resumes the same code whatever the working tree holds.
 
@@ -39,6 +40,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import render_mnist_table  # noqa: E402
 from cli_queue import (  # noqa: E402
     Job, add_queue_arguments, append_finished, epochs_done, prepare_code, queue_code, read_rows, run_queue)
 
@@ -175,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         append_finished(jobs, args.runs_dir, args.results)
         rows = read_rows(args.results)
         args.results.with_suffix(".md").write_text(render(all_jobs(), args.runs_dir, rows, args.early_epochs, code))
+        if args.results == RESULTS:  # the MNIST table (docs home page) shows the finished runs too
+            render_mnist_table.main(["--lenet5-runs", str(args.results)])
 
     if not args.render_only:
         pythonpath = prepare_code(p, args, code, ROOT)
