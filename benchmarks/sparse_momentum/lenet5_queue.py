@@ -54,7 +54,8 @@ ROBUST = "sparse-momentum (warmup_steps=100)"
 ARMS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
     FAITHFUL: ((), tuple(range(10))),
     ROBUST: (("--option", "warmup_steps=100"), tuple(range(10))),
-    "sparse-momentum (redistribution=none)": (("--option", "redistribution=none"), (0, 1, 2)),
+    # quoted: the harness reads a bare none as None, which the snapshot's plugin (f664dbd) refuses
+    "sparse-momentum (redistribution=none)": (("--option", 'redistribution="none"'), (0, 1, 2)),
     "static": (("--algorithm", "static"), (0, 1, 2)),
     "dense": (("--dense",), (0, 1, 2)),
 }

@@ -51,6 +51,15 @@ def test_reachable_by_name_with_options():
                                                          mask_optimizer_state=False, reset_grown_state=False)
 
 
+def test_redistribution_none_as_the_command_line_writes_it():
+    from sparsecore.train import parse_options
+
+    options = parse_options(["redistribution=none"])  # the harness reads "none" as None
+    assert options == {"redistribution": None}
+    sparsifier = make(**options)
+    assert sparsifier.algorithm.redistribution == "none"
+
+
 def test_cosine_prune_rate_with_non_default_eta_min():
     algo = make(steps_per_epoch=25, epochs=4, eta_min=0.1).algorithm  # T_max = 100
     assert algo.rate(0) == 0.5

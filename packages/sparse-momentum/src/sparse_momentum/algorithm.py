@@ -111,7 +111,8 @@ class SparseMomentumAlgorithm(Algorithm):
             ``eta_min=0`` for that).
         redistribution: ``"momentum"`` (default), ``"magnitude"`` (mean |w| of
             active weights), ``"nonzero"`` (count of non-zero weights) or
-            ``"none"`` (share proportional to the layer's size).
+            ``"none"`` (share proportional to the layer's size; ``None`` means
+            the same, so ``--option redistribution=none`` works on the command line).
         growth: ``"momentum"`` (default), ``"random"`` or ``"momentum_neuron"``.
         prune: ``"magnitude"`` (per layer, default) or ``"global_magnitude"``.
         update_every: ``"epoch"`` (after every epoch except the last) or a
@@ -145,9 +146,9 @@ class SparseMomentumAlgorithm(Algorithm):
     schedule: UpdateSchedule  # always set: updates follow the prune-rate schedule
 
     def __init__(self, prune_rate: float = 0.5, eta_min: float = 0.005, decay: str = "cosine",
-                 redistribution: str = "momentum", growth: str = "momentum", prune: str = "magnitude",
+                 redistribution: str | None = "momentum", growth: str = "momentum", prune: str = "magnitude",
                  update_every: int | str = "epoch", init: str = "exact", warmup_steps: int = 0) -> None:
-        redistribution = _ALIASES.get(redistribution, redistribution)
+        redistribution = "none" if redistribution is None else _ALIASES.get(redistribution, redistribution)
         for option, value, allowed in (("redistribution", redistribution, REDISTRIBUTION_MODES),
                                        ("growth", growth, GROWTH_MODES), ("prune", prune, PRUNE_MODES),
                                        ("init", init, INIT_MODES)):
