@@ -131,9 +131,9 @@ def render(rows: list[dict], runs_dir: Path, code: str | None = None) -> str:
         lines += ["", "The two agree on what DSD prunes (every layer of LeNet-300-100, fc1 included, at 70 %; before the "
                   "recipe fix `sparsecore train --recipe dsd-mnist` kept fc1 dense and pruned 3.5 % of the weights) and "
                   "differ in length and rate, so their accuracies are not the same measurement: the recipe's dense "
-                  "and dense-llr rows above, when run, are its like-for-like controls. In `measure.py` DSD's gain "
-                  "over constant-rate dense is matched by dense-llr, i.e. it comes from the lower rate of the "
-                  "re-dense phase, not from the sparse phase."]
+                  "and dense-llr rows above are its like-for-like controls. In both, DSD's gain over constant-rate "
+                  "dense is matched by dense-llr (dense with the re-dense phase's lower rate and no sparse phase): "
+                  "the gain comes from the lower rate of the re-dense phase, not from the sparse phase."]
     lines += ["", "Raw rows (per-epoch test accuracy): `benchmarks/results/dsd_recipe.jsonl`.", ""]
     return "\n".join(lines)
 
