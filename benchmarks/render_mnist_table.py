@@ -223,11 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--lenet5-runs", type=Path, default=LENET5_RUNS,
                         help="finished runs of the LeNet-5-Caffe queue (rows shown as '<arm> [snfs-lenet5]')")
+    parser.add_argument("--quiet", action="store_true", help="write the file without printing the table")
     args = parser.parse_args(argv)
     text = render(load_rows(args.runs) + queue_rows(args.lenet5_runs))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    print(text)
+    if not args.quiet:
+        print(text)
     return 0
 
 

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = read_rows(args.results)
         args.results.with_suffix(".md").write_text(render(all_jobs(), args.runs_dir, rows, args.early_epochs, code))
         if args.results == RESULTS:  # the MNIST table (docs home page) shows the finished runs too
-            render_mnist_table.main(["--lenet5-runs", str(args.results)])
+            render_mnist_table.main(["--lenet5-runs", str(args.results), "--quiet"])
 
     if not args.render_only:
         pythonpath = prepare_code(p, args, code, ROOT)
