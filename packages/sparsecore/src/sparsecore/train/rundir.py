@@ -266,7 +266,8 @@ def result_lines(result: RunResult, algorithm: str) -> list[str]:
         f"epochs: {result.epochs_done}/{c.epochs}{status}",
         f"{quality}test loss: {result.test_loss:.4f}",
         f"density: {result.density:.4f}   training FLOPs (sparse layers): {flops}",
-        f"wall time: {result.wall_seconds:.1f} s   training time: {result.train_seconds:.1f} s",
+        f"wall time (this call): {result.wall_seconds:.1f} s   "
+        f"training time (all epochs): {result.train_seconds:.1f} s",
     ]
 
 
