@@ -13,8 +13,10 @@ Two stages, both resumable (run folders ``RUNS_DIR/<arm>-s<seed>``, checkpoints 
   test accuracy after epoch 3 is below 50 % (chance is ~10 %) counts as collapsed early; this is a
   measurement of the early collapse rate, not of the final error.
 * ``--stage full``: every run to 100 epochs, in an order that makes each finished run a result:
-  rounds of one run per arm (robust, faithful, redistribution=none, static, dense) seed by seed,
-  the faithful runs that collapsed early last (to see whether any recovers).
+  runs already past the early stage first, then the robust arm's ten seeds (its goal, at least 9 of
+  10 seeds at 0.75 % error or less, needs all of them), then rounds of one run per other arm
+  (faithful, redistribution=none, static, dense) seed by seed, the faithful runs that collapsed
+  early last (to see whether any recovers).
 
 Every invocation that ends appends the finished runs to ``benchmarks/results/sparse_momentum_lenet5_runs.jsonl``
 and re-renders ``benchmarks/results/sparse_momentum_lenet5_runs.md`` (also with ``--render-only``), which shows
@@ -86,14 +88,23 @@ def early_collapse(folder: Path, early_epochs: int) -> bool | None:
 
 
 def full_order(jobs: list[Job], runs_dir: Path, early_epochs: int) -> list[Job]:
-    """The order of the full stage: rounds of one run per arm (robust, faithful, baselines), seed by seed;
-    faithful runs that collapsed early come last."""
+    """The order of the full stage: runs already taken past the early stage first (finish what was begun), then
+    the robust arm seed by seed (its goal needs all ten), then rounds of one run per other arm (faithful,
+    baselines) seed by seed; faithful runs that collapsed early come last."""
     arms = [ROBUST, *(arm for arm in ARMS if arm != ROBUST)]
 
-    def key(job: Job) -> tuple[bool, int, int]:
+    def key(job: Job) -> tuple[int, int, int]:
         arm = job.labels["arm"]
-        collapsed = arm == FAITHFUL and bool(early_collapse(runs_dir / job.name, early_epochs))
-        return collapsed, ARMS[arm][1].index(int(job.name.rsplit("-s", 1)[1])), arms.index(arm)
+        done = epochs_done(runs_dir / job.name)
+        if early_epochs < done < EPOCHS:
+            group = 0
+        elif arm == ROBUST:
+            group = 1
+        elif arm == FAITHFUL and bool(early_collapse(runs_dir / job.name, early_epochs)):
+            group = 3
+        else:
+            group = 2
+        return group, ARMS[arm][1].index(int(job.name.rsplit("-s", 1)[1])), arms.index(arm)
     return sorted(jobs, key=key)
 
 
