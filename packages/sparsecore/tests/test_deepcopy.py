@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import io
 
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -94,3 +96,39 @@ def test_a_new_sparsifier_attaches_to_the_copy():
     other = sparsecore.Sparsifier(copied, torch.optim.SGD(copied.parameters(), lr=0.1), "static", 0.5, seed=1)
     assert other.nnz == sum(round(0.5 * layer.capacity) for layer in other.layers.values())
     other.remove()
+
+
+def test_pickling_a_model_with_a_closure_forward_says_what_to_save_instead():
+    model, _, _ = build()
+    with pytest.raises(TypeError, match=r"save model.state_dict\(\) and sparsifier.state_dict\(\) instead"):
+        torch.save(model, io.BytesIO())
+
+
+def plain_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+    sp = sparsecore.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), "static", 0.25, seed=0)
+    return model, sp
+
+
+def test_a_copy_taken_before_the_first_forward_leaves_the_engine_its_own_size_hooks():
+    model, sp = plain_model()
+    copied = copy.deepcopy(model)
+    copied(torch.randn(2, 7, 12))  # 7 positions per example
+    assert all(layer.output_positions is None for layer in sp.layers.values())  # the copy reported nothing
+    assert set(sp._size_hooks) == set(sp.layers)
+    model(torch.randn(2, 5, 12))
+    assert [layer.output_positions for layer in sp.layers.values()] == [5, 5]
+    assert not sp._size_hooks
+
+
+def test_a_model_without_replaced_forwards_pickles_whole_before_its_first_forward():
+    model, sp = plain_model()
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    x = torch.randn(3, 12)
+    assert torch.equal(loaded(x), model(x))
+    for name, layer in sp.layers.items():
+        assert torch.equal(loaded.get_submodule(name).weight, layer.weight)

@@ -57,6 +57,12 @@ class ClosureForward:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.function(*args, **kwargs)
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"cannot pickle a model while sparsecore replaces a forward with the closure "
+            f"{self.function.__qualname__!r}: save model.state_dict() and sparsifier.state_dict() instead, or "
+            "detach the engine first (sparsecore.export.squash keeps the sparse weights and calls remove())")
+
     def __deepcopy__(self, memo: dict[int, Any]) -> ClosureForward:
         function = self.function
         cells = tuple(_copied_cell(cell, memo) for cell in function.__closure__ or ())

@@ -58,6 +58,36 @@ def _put_back(parameters: Sequence[torch.Tensor], values: Sequence[torch.Tensor]
             parameter.copy_(value)
 
 
+def _ignore_output(module: nn.Module, args: Any, output: Any) -> None:
+    """What a copied or unpickled :class:`_OutputSizeHook` becomes: the copy has no engine to report to."""
+
+
+def _ignored_output_hook() -> Callable[..., None]:
+    """:func:`_ignore_output`, as an unpickled :class:`_OutputSizeHook` is rebuilt."""
+    return _ignore_output
+
+
+class _OutputSizeHook:
+    """The engine's one-shot forward hook that records a layer's output size.
+
+    A deep copy or a pickle of the model taken before the first forward carries
+    the hook along; there it becomes :func:`_ignore_output` instead of reporting
+    the copy's calls to this engine (and removing this engine's hook).
+    """
+
+    def __init__(self, record: Callable[[Any], None]) -> None:
+        self.record = record
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.record(output)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Callable[..., None]:
+        return _ignore_output
+
+    def __reduce__(self) -> Any:
+        return _ignored_output_hook, ()
+
+
 def _output_positions(kind: str, output: Any, attention: nn.Module | None, seq_first: bool = False) -> int | None:
     """Output positions per sample in a forward's output, or ``None`` where it does not show them.
 
@@ -612,7 +642,7 @@ class Sparsifier:
         seq_first = _seq_first_modules(self.model)
 
         def make(layer: SparseLayer, attention: nn.Module | None) -> Callable[..., None]:
-            def hook(module: nn.Module, args: Any, output: Any) -> None:
+            def record(output: Any) -> None:
                 positions = _output_positions(layer.kind, output, attention, layer.name in seq_first)
                 if positions is None:  # a nested tensor (padded eval batch): a later forward records it
                     return
@@ -620,7 +650,7 @@ class Sparsifier:
                 handle = self._size_hooks.pop(layer.name, None)
                 if handle is not None:
                     handle.remove()
-            return hook
+            return _OutputSizeHook(record)
 
         for layer in self.layers.values():
             reader = readers.get(id(layer.module))
