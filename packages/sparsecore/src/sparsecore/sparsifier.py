@@ -390,16 +390,12 @@ class Sparsifier:
                 for p in parameters]
         optimizer_state = optimizer.state
         optimizer.state = defaultdict(dict)
-        sparsifier = None
         try:
             sparsifier = cls(model, optimizer, *args, **kwargs)
-        except BaseException:
-            _put_back(parameters, kept)
-            raise
-        finally:
+        finally:  # built or refused, the resumed values come back
             optimizer.state = optimizer_state
-        try:
             _put_back(parameters, kept)
+        try:
             sparsifier.load_state_dict(state)
         except BaseException:
             sparsifier.remove()
