@@ -34,7 +34,7 @@ from sparsecore.train.errors import (
 )
 
 #: Config fields that may change when a run is resumed; everything else comes from the checkpoint.
-RESUME_OVERRIDABLE = ("epochs", "stop_after", "device", "threads", "quiet", "plots")
+RESUME_OVERRIDABLE = ("epochs", "stop_after", "device", "threads", "channels_last", "quiet", "plots")
 
 
 @dataclass
@@ -472,7 +472,10 @@ def _run(config: TrainConfig, checkpoint: dict[str, Any] | None, run_dir: Path |
     job = None
     try:
         with _torch_threads(config.threads):
+            printed = len(notices)
             job = _build_job(config, algorithm, notices, info, device)
+            for notice in notices[printed:]:  # what building the job found to say
+                say.notice(notice)
             if checkpoint is not None:
                 _restore(job, checkpoint, run_dir, say)
             else:
@@ -573,6 +576,8 @@ def _build_job(config: TrainConfig, algorithm: str, notices: list[str], info: An
     dataset = _load_matching_data(config, device, info)
     torch.manual_seed(config.seed)
     model = create_model(config.model, num_classes=dataset.num_classes).to(device)
+    if config.channels_last:
+        _to_channels_last(model, config.model, notices)
     optimizer = make_optimizer(config, model)
     steps_per_epoch = dataset.train.num_batches(config.batch_size)
     if steps_per_epoch == 0:
@@ -591,6 +596,14 @@ def _build_job(config: TrainConfig, algorithm: str, notices: list[str], info: An
     return _Job(config=config, resolved=resolved, algorithm=algorithm, notices=notices, device=device,
                 dataset=dataset, model=model, optimizer=optimizer, scheduler=scheduler, sparsifier=sparsifier,
                 steps_per_epoch=steps_per_epoch, data_generator=torch.Generator().manual_seed(config.seed))
+
+
+def _to_channels_last(model: nn.Module, name: str, notices: list[str]) -> None:
+    """Put the model's 4-D parameters in the channels-last format (before the optimizer and engine see them)."""
+    if not any(p.dim() == 4 for p in model.parameters()):
+        notices.append(f"note: --channels-last changes nothing for {name}: it has no 4-D (convolution) weights")
+        return
+    model.to(memory_format=torch.channels_last)
 
 
 def _restore(job: _Job, checkpoint: dict[str, Any], run_dir: Path | None, say: rundir.Printer) -> None:
