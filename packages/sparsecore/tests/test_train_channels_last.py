@@ -70,3 +70,16 @@ def test_the_flag_reaches_the_config_and_can_be_turned_off_again(tmp_path):
     assert json.loads((run_dir / "config.json").read_text())["config"]["channels_last"] is True
     parsed = cli.build_parser().parse_args([*args, "--no-channels-last"])
     assert parsed.channels_last is False
+
+
+@pytest.mark.parametrize("fmt", ["bitmask", "csr"])
+def test_a_channels_last_run_exports_and_loads_back_exactly(tmp_path, fmt):
+    from sparsecore.export import load_sparse
+
+    result = run_training(TrainConfig(algorithm="set", epochs=1, channels_last=True, runs_dir=str(tmp_path), **TINY))
+    assert cli.main(["export", str(result.run_dir), "--format", fmt]) == 0
+    loaded = load_sparse(result.run_dir / f"model-{fmt}.safetensors")
+    state = result.model.state_dict()
+    assert set(loaded) == set(state)
+    for name, value in state.items():
+        assert torch.equal(loaded[name], value), name
