@@ -122,8 +122,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     g.add_argument("--device", choices=("cpu", "cuda", "auto"), help="default auto")
     g.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                   help="convolution weights in the channels-last memory format (faster on many CPUs and GPUs; "
-                        "default off)")
+                   help="convolution weights in the channels-last memory format (faster convolutions for some "
+                        "models; default off)")
     g = p.add_argument_group("output")
     g.add_argument("--runs-dir", metavar="DIR", help=f"parent of run folders (default {d.runs_dir}/)")
     g.add_argument("--run-name", metavar="NAME", help="run folder name (default <timestamp>-<algorithm>-<model>)")

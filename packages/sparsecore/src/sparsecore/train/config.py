@@ -72,8 +72,9 @@ class TrainConfig:
         quiet: print nothing but errors (no progress bars, no summary).
         threads: ``torch.set_num_threads`` for the run (``None``: leave as is).
         channels_last: keep the model's 4-D weights (convolutions) in the channels-last memory
-            format, which oneDNN and cuDNN run faster for many convolutional networks; the
-            values and the masks are the same, the floating-point results differ in rounding.
+            format, which oneDNN runs faster for some convolutional networks
+            (``benchmarks/results/channels_last.md``); the engine works the same, the
+            convolutions round differently, so a long run drifts from the contiguous one.
         stop_after: stop after this many epochs of the run, leaving a resumable
             checkpoint (schedules still span ``epochs``); ``None`` trains to the end.
     """
