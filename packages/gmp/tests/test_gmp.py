@@ -12,6 +12,7 @@ import torch
 
 import sparsecore
 from sparsecore import CheckpointError, ConfigurationError
+from sparsecore.reporting import RunFlops
 from sparsecore.testing import make_tiny_model, train_steps
 from sparsecore_gmp import GMPAlgorithm
 
@@ -301,6 +302,8 @@ def test_report_is_a_snapshot_and_train_flops_integrates_the_run():
     report = sparsifier.report()
     assert report.train_flops == 6 * sparsifier.nnz and report.train_flops_ratio == pytest.approx(0.1, abs=1e-3)
     assert sparsifier.algorithm.train_flops(sparsifier) == flops
+    # the engine's count of the steps actually trained agrees with the schedule's prediction
+    assert sparsifier.run_flops() == RunFlops(steps=total, train_flops=sparse, dense_train_flops=dense)
 
 
 def test_train_flops_of_a_fine_ramp_match_the_papers_mean_sparsity():

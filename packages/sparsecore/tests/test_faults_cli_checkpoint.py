@@ -121,7 +121,7 @@ def test_the_checkpoint_of_another_run_is_refused(run_dir, runs, capsys, other, 
 def test_flags_that_would_make_it_another_run_are_refused(run_dir, capsys, flag, value):
     assert_refused_and_untouched(
         run_dir, capsys, f"{flag} cannot change when resuming: a resumed run keeps its configuration (changeable: "
-                         f"--epochs, --stop-after, --device, --threads, --quiet, --no-plots)", flag, value)
+                         f"--epochs, --stop-after, --device, --threads, --channels-last, --quiet, --no-plots)", flag, value)
 
 
 def _weights_of(run: Path):

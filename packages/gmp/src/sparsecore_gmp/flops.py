@@ -10,39 +10,27 @@ of rigl-reproducibility (``3 f_D (1 - s̄)``). A dense step costs ``6 numel P``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+from sparsecore import reporting
 
 #: FLOPs per active weight, output position and sample of one training step (forward + backward).
 FLOPS_PER_WEIGHT_STEP = 6
 
 
 @dataclass(frozen=True)
-class RunFlops:
-    """Training cost of a whole run against dense training of the same layers.
+class RunFlops(reporting.RunFlops):
+    """Training cost of a whole GMP run against dense training of the same layers.
 
-    FLOPs are summed over the run's optimizer steps, per sample of each batch
-    (multiply by the batch size for the run's total).
+    The engine's :class:`sparsecore.reporting.RunFlops` (``steps``,
+    ``train_flops``, ``dense_train_flops``, ``ratio``: rigl-reproducibility's
+    "FLOPs train" column), predicted from the schedule, with the mean density.
 
     Attributes:
-        steps: optimizer steps integrated over (``total_steps``).
-        train_flops: sparse training FLOPs of the sparse layers.
-        dense_train_flops: the same run trained dense.
         mean_density: active weights averaged over the steps, over all weights of the sparse layers.
     """
 
-    steps: int
-    train_flops: int
-    dense_train_flops: int
     mean_density: float
-
-    @property
-    def ratio(self) -> float:
-        """``train_flops / dense_train_flops`` (rigl-reproducibility's "FLOPs train" column)."""
-        return self.train_flops / self.dense_train_flops if self.dense_train_flops else 0.0
-
-    def as_dict(self) -> dict:
-        """Plain-data form (JSON-serialisable), with ``ratio``."""
-        return {**asdict(self), "ratio": self.ratio}
 
 
 def integrate_flops(segments: Sequence[tuple[int, Mapping[str, int]]], numel: Mapping[str, int],

@@ -202,8 +202,13 @@ class RigLAlgorithm(Algorithm):
     # ------------------------------------------------------------------
     @hookimpl
     def layer_train_flops(self, sparsifier, layer) -> tuple[int, int]:
-        """RigL's training FLOPs per sample (see :func:`rigl_train_flops`)."""
-        return rigl_train_flops(layer.nnz, layer.capacity, layer.output_positions or 0, self.update_every)
+        """RigL's training FLOPs per sample (see :func:`rigl_train_flops`): the amortised dense weight gradient
+        counts while an update is still ahead (at or after the current step), not after the last one."""
+        step, every = sparsifier.step, self.update_every
+        next_update = max(every, -(-step // every) * every)  # the first multiple of update_every >= step
+        updates_ahead = sparsifier.is_update_step(next_update)
+        return rigl_train_flops(layer.nnz, layer.capacity, layer.output_positions or 0,
+                                every if updates_ahead else None)
 
     def metrics(self, sparsifier) -> dict[str, Any]:
         """``drop_fraction``: the fraction the next scheduled update would drop (0 once no update is left)."""
@@ -216,7 +221,7 @@ class RigLAlgorithm(Algorithm):
                 f"update_every={self.update_every}, update_end={self.update_end})")
 
 
-def rigl_train_flops(nnz: int, numel: int, positions: int, update_every: int) -> tuple[int, int]:
+def rigl_train_flops(nnz: int, numel: int, positions: int, update_every: int | None) -> tuple[int, int]:
     """Forward and backward FLOPs per sample of one RigL layer (a multiply-add counts 2).
 
     Forward ``2 nnz P``; backward ``2 nnz P`` (input gradient) ``+ 2 nnz P``
@@ -230,8 +235,8 @@ def rigl_train_flops(nnz: int, numel: int, positions: int, update_every: int) ->
         nnz: active weights of the layer.
         numel: all weights of the layer.
         positions: output positions ``P``.
-        update_every: optimizer steps between updates.
+        update_every: optimizer steps between updates; ``None`` once no update is left.
     """
     forward = 2 * nnz * positions
-    backward = 4 * nnz * positions + (2 * numel * positions) // update_every
+    backward = 4 * nnz * positions + ((2 * numel * positions) // update_every if update_every else 0)
     return forward, backward

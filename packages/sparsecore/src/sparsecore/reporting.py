@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from sparsecore.layers import SparseLayer
 from sparsecore.policy import MaskingPolicy
@@ -121,6 +122,91 @@ class DensityReport:
             rows.append("")
             rows.extend(f"- `{name}` stays dense: {reason}" for name, reason in self.dense_layers.items())
         return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class RunFlops:
+    """Training FLOPs of the optimizer steps a run has taken, against the same steps trained dense.
+
+    Each step counts the per-sample training FLOPs of the sparse layers that
+    :meth:`Sparsifier.report` gives for the masks in force during that step
+    (``layer_train_flops`` answers included), so a run whose density changes
+    (gradual pruning, DSD's phases) is charged what each step cost. Per
+    sample: multiply by the batch size for the run's total.
+
+    Attributes:
+        steps: optimizer steps counted.
+        train_flops: sparse training FLOPs per sample, summed over the steps.
+        dense_train_flops: the same steps trained dense (3x the dense forward).
+    """
+
+    steps: int
+    train_flops: int
+    dense_train_flops: int
+
+    @property
+    def ratio(self) -> float | None:
+        """``train_flops / dense_train_flops`` (``None`` before the first step)."""
+        return self.train_flops / self.dense_train_flops if self.dense_train_flops else None
+
+    def as_dict(self) -> dict:
+        """Plain-data form (JSON-serialisable), with ``ratio``."""
+        return {**asdict(self), "ratio": self.ratio}
+
+
+#: Per-step ``(sparse, dense)`` training FLOPs per sample, or ``None`` while unknown (before a forward pass).
+PerStepFlops = Callable[[], "tuple[int, int] | None"]
+
+
+class FlopsLedger:
+    """The running sum behind :class:`RunFlops`, kept segment by segment.
+
+    A step's cost changes only when the masks do, so the engine closes the
+    open segment (the steps since the last change, at the cost in force)
+    just before each recorded mask change, and adds the open segment when
+    asked for the total. The cost is computed only for segments with steps.
+    A segment whose cost is unknown (a sparse layer that never ran forward),
+    or a run resumed from a state without the ledger, makes the total unknown.
+    """
+
+    def __init__(self) -> None:
+        self.train_flops = 0
+        self.dense_train_flops = 0
+        self.since_step = 0
+        self.known = True
+
+    def close(self, step: int, per_step: PerStepFlops) -> None:
+        """Charge the steps from ``since_step`` to ``step`` at ``per_step()``'s cost and start a new segment."""
+        self.train_flops, self.dense_train_flops, self.known = self._add(step, per_step)
+        self.since_step = step
+
+    def total(self, step: int, per_step: PerStepFlops) -> RunFlops | None:
+        """The closed segments plus the open one up to ``step``; ``None`` when some cost is unknown."""
+        train, dense, known = self._add(step, per_step)
+        return RunFlops(step, train, dense) if known else None
+
+    def _add(self, step: int, per_step: PerStepFlops) -> tuple[int, int, bool]:
+        length = step - self.since_step
+        if length <= 0 or not self.known:
+            return self.train_flops, self.dense_train_flops, self.known
+        cost = per_step()
+        if cost is None:
+            return self.train_flops, self.dense_train_flops, False
+        return self.train_flops + length * cost[0], self.dense_train_flops + length * cost[1], True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain numbers: the sums, the open segment's first step, whether the sums are known."""
+        return {"train_flops": self.train_flops, "dense_train_flops": self.dense_train_flops,
+                "since_step": self.since_step, "known": self.known}
+
+    def load_state_dict(self, state: Mapping[str, Any] | None, step: int) -> None:
+        """Restore :meth:`state_dict`; ``None`` (a state saved without one) leaves the sums unknown from ``step``."""
+        if state is None:
+            self.train_flops = self.dense_train_flops = 0
+            self.since_step, self.known = step, False
+            return
+        self.train_flops, self.dense_train_flops = int(state["train_flops"]), int(state["dense_train_flops"])
+        self.since_step, self.known = int(state["since_step"]), bool(state["known"])
 
 
 def default_train_flops(layer: SparseLayer, policy: MaskingPolicy) -> tuple[int, int]:

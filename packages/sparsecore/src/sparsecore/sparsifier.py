@@ -21,7 +21,15 @@ from sparsecore.layers import SparseLayer
 from sparsecore.masking import FusedMasks
 from sparsecore.plugins import RunManager, instantiate, plugin_display_name, plugin_entries, registry
 from sparsecore.policy import MaskingPolicy
-from sparsecore.reporting import DensityReport, LayerUpdate, TopologyReport, default_train_flops, layer_stats
+from sparsecore.reporting import (
+    DensityReport,
+    FlopsLedger,
+    LayerUpdate,
+    RunFlops,
+    TopologyReport,
+    default_train_flops,
+    layer_stats,
+)
 from sparsecore.schedules import UpdateSchedule
 from sparsecore.selection import NMPattern
 from sparsecore.topology import AnswerChecks, nm_group_count, run_update
@@ -278,6 +286,7 @@ class Sparsifier:
         self.steps_per_epoch: int | None = None
         self._epoch_start_step = 0
         self.history: list[TopologyReport] = []
+        self._flops = FlopsLedger()  # training FLOPs of the steps taken (run_flops)
         self.lr_factor = 1.0
         self._saved_lrs: list[Any] | None = None
         self._handles: list[Any] = []
@@ -853,6 +862,8 @@ class Sparsifier:
 
     def _commit_masks(self, masks: Mapping[str, torch.Tensor], reason: str, rate: float | None,
                       notify: bool = True) -> TopologyReport:
+        if notify:  # the steps since the last recorded change trained with the masks in force until now
+            self._flops.close(self.step, self._per_step_flops)
         if distributed.is_distributed():
             distributed.broadcast_masks(masks[name] for name, layer in self.layers.items()
                                         if not distributed.is_dtensor(layer.weight))  # shard_like syncs the rest
@@ -904,6 +915,28 @@ class Sparsifier:
             stats.append(layer_stats(layer, flops))
         return DensityReport(tuple(stats), dense_params, dict(self.dense_layers))
 
+    def run_flops(self) -> RunFlops | None:
+        """Training FLOPs per sample of the optimizer steps taken so far, against the same steps dense.
+
+        Every step is charged the per-sample cost :meth:`report` gives for the
+        masks in force during it (it changes only at recorded mask changes:
+        topology updates and :meth:`set_masks`), so a run whose density moves
+        (gradual pruning, DSD) is charged what it trained with. Kept in
+        :meth:`state_dict`, so a resumed run counts its whole history.
+
+        Returns:
+            The :class:`~sparsecore.reporting.RunFlops` so far, or ``None`` when
+            some step's cost is unknown: a sparse layer that never ran forward
+            (its output size decides its FLOPs), or a run resumed from a state
+            saved without the count.
+        """
+        return self._flops.total(self.step, self._per_step_flops)
+
+    def _per_step_flops(self) -> tuple[int, int] | None:
+        report = self.report()
+        sparse, dense = report.train_flops, report.dense_train_flops
+        return None if sparse is None or dense is None else (sparse, dense)
+
     @property
     def nnz(self) -> int:
         """Active weights over all sparse layers."""
@@ -943,6 +976,7 @@ class Sparsifier:
             "versions": {name: layer.version for name, layer in self.layers.items()},
             "target_densities": {name: layer.target_density for name, layer in self.layers.items()},
             "plugins": plugin_states,
+            "run_flops": self._flops.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -980,6 +1014,7 @@ class Sparsifier:
         self._epoch_start_step = int(state["epoch_start_step"])
         self.seed = int(state["seed"])
         self.generator.set_state(state["generator"])
+        self._flops.load_state_dict(state.get("run_flops"), self.step)
         plugin_states = state.get("plugins", {})
         for name, plugin in self.manager.plugins():
             if name in plugin_states and callable(getattr(plugin, "load_state_dict", None)):

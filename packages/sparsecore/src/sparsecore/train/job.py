@@ -48,7 +48,7 @@ class RunResult:
         test_accuracy: final test accuracy in [0, 1] (next-byte accuracy for a language model).
         test_loss: final mean test loss (per target: per byte for a language model).
         density: final density of the sparse layers (1.0 for ``dense``).
-        train_flops_ratio: sparse over dense training FLOPs of the sparse layers.
+        train_flops_ratio: sparse over dense training FLOPs of the sparse layers, per step with the final masks.
         layers: per-layer rows: name, shape, density, nnz, numel, train FLOPs ratio.
         wall_seconds: wall time of this call (data loading to summary).
         train_seconds: time spent in training steps over all epochs of the run.
@@ -59,6 +59,8 @@ class RunResult:
         sparsifier: the engine (``None`` for ``dense``).
         test_bits_per_byte: final test loss in bits (``test_loss / ln 2``) for a
             language-model dataset, else ``None``.
+        run_train_flops_ratio: sparse over dense training FLOPs of the sparse layers summed over every step
+            of the run (:meth:`Sparsifier.run_flops`); 1.0 for ``dense``, ``None`` when unknown.
     """
 
     run_dir: Path
@@ -77,6 +79,7 @@ class RunResult:
     model: nn.Module | None = None
     sparsifier: Sparsifier | None = None
     test_bits_per_byte: float | None = None
+    run_train_flops_ratio: float | None = None
 
     @property
     def test_error(self) -> float:
@@ -666,13 +669,22 @@ def _epoch_record(job: _Job, epoch: int, train_loss: float, train_acc: float, ep
     record = {"epoch": epoch + 1, "step": (epoch + 1) * job.steps_per_epoch, "train_loss": train_loss,
               "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc, "density": overall,
               "layer_densities": densities, "lr": job.optimizer.param_groups[0]["lr"],
-              "epoch_seconds": epoch_seconds, "eval_seconds": eval_seconds}
+              "epoch_seconds": epoch_seconds, "eval_seconds": eval_seconds,
+              "run_train_flops_ratio": _run_flops_ratio(job)}
     if job.dataset.task == LANGUAGE_MODEL:  # byte-level: the mean loss in bits is bits per byte
         record["train_bits_per_byte"] = train_loss / math.log(2)
         record["test_bits_per_byte"] = test_loss / math.log(2)
     for key, value in algorithm_metrics.items():  # the algorithm's own values (DSD's phase); never overwrite ours
         record.setdefault(key, value)
     return record
+
+
+def _run_flops_ratio(job: _Job) -> float | None:
+    """Training FLOPs of the run's steps so far over dense (1.0 for a dense run, ``None`` when unknown)."""
+    if job.sparsifier is None:
+        return 1.0
+    flops = job.sparsifier.run_flops()
+    return None if flops is None else flops.ratio
 
 
 def _checkpoint_state(job: _Job, epochs_done: int) -> dict[str, Any]:
@@ -784,7 +796,7 @@ def _finish(job: _Job, started: float, say: rundir.Printer) -> RunResult:
         test_loss=last.get("test_loss", math.nan), density=density, train_flops_ratio=flops_ratio, layers=rows,
         wall_seconds=0.0, train_seconds=sum(m["epoch_seconds"] for m in metrics), epochs_done=len(metrics),
         completed=len(metrics) >= config.epochs, notices=job.notices, model=job.model, sparsifier=job.sparsifier,
-        test_bits_per_byte=last.get("test_bits_per_byte"))
+        test_bits_per_byte=last.get("test_bits_per_byte"), run_train_flops_ratio=_run_flops_ratio(job))
     if config.plots and metrics:
         _write_plots(job, say)
     result.wall_seconds = time.perf_counter() - started
