@@ -155,7 +155,8 @@ def test_sparsecore_train_logs_the_run_into_its_folder(by_name, tmp_path, capsys
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     events = read_events(run_dir / "tensorboard")
     for tag, key in [("loss/train", "train_loss"), ("loss/test", "test_loss"), ("accuracy/train", "train_acc"),
-                     ("accuracy/test", "test_acc"), ("lr", "lr"), ("density/overall", "density")]:
+                     ("accuracy/test", "test_acc"), ("lr", "lr"), ("density/overall", "density"),
+                     ("flops/run_vs_dense", "run_train_flops_ratio")]:
         assert scalars(events, tag) == [(r["step"], f32(r[key])) for r in records], tag
     for name, density in records[-1]["layer_densities"].items():
         assert scalars(events, f"density_by_layer/{name}")[-1] == (4, f32(density))

@@ -12,7 +12,8 @@ weights or the optimizer, so it runs beside any algorithm. What it writes
   ``pruned_by_layer/<layer>``, ``grown_by_layer/<layer>`` and the histogram
   ``weights_abs/<layer>`` of ``|w|`` over the layer's active weights;
 * per epoch of ``sparsecore train`` (``on_epoch_metrics``): ``loss/train``,
-  ``loss/test``, ``accuracy/train``, ``accuracy/test``, ``lr``, and
+  ``loss/test``, ``accuracy/train``, ``accuracy/test``, ``lr``,
+  ``flops/run_vs_dense`` (training FLOPs of the run so far over dense), and
   ``metrics/<key>`` for every other number of the epoch's record (bits per
   byte, the algorithm's own metrics) except bookkeeping and timings.
 """
@@ -39,7 +40,7 @@ RUN_FOLDER_SUBDIR = "tensorboard"
 
 #: Keys of the harness's epoch record logged under fixed tags.
 HARNESS_TAGS = {"train_loss": "loss/train", "test_loss": "loss/test", "train_acc": "accuracy/train",
-                "test_acc": "accuracy/test", "lr": "lr"}
+                "test_acc": "accuracy/test", "lr": "lr", "run_train_flops_ratio": "flops/run_vs_dense"}
 
 #: Keys of the epoch record that are not logged: bookkeeping, timings, and densities (logged at the epoch end).
 UNLOGGED_KEYS = frozenset({"epoch", "step", "density", "layer_densities", "epoch_seconds", "eval_seconds",
