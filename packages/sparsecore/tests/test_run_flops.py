@@ -127,5 +127,20 @@ def test_the_harness_records_the_run_ratio_each_epoch_and_in_the_summary(tmp_pat
     summary = (result.run_dir / "summary.md").read_text()
     assert (f"training FLOPs (sparse layers): {result.train_flops_ratio:.3f}x dense per step now, "
             f"{result.run_train_flops_ratio:.3f}x dense over the run") in summary
+    report = result.sparsifier.report()  # DSD ends dense: inference costs what dense does
+    assert result.forward_flops_ratio == report.forward_flops_ratio == 1.0
+    assert f"inference FLOPs (sparse layers): {result.forward_flops_ratio:.3f}x dense" in summary
     dense = run_training(TrainConfig(dense=True, **tiny))
     assert dense.run_train_flops_ratio == 1.0 and [m["run_train_flops_ratio"] for m in dense.metrics] == [1.0] * 3
+
+
+def test_the_forward_flops_ratio_counts_each_layers_active_weights_times_its_output_positions():
+    model, optimizer, sparsifier = _engine("set", density=0.3, total_steps=30, update_every=5)
+    _train_with_reference(sparsifier, model, optimizer, 3)
+    layers = sparsifier.layers.values()
+    sparse = sum(2 * layer.nnz * layer.output_positions for layer in layers)
+    dense = sum(2 * layer.capacity * layer.output_positions for layer in layers)
+    report = sparsifier.report()
+    assert report.forward_flops == sparse
+    assert report.forward_flops_ratio == sparse / dense
+    assert report.as_dict()["forward_flops_ratio"] == sparse / dense

@@ -99,11 +99,23 @@ class DensityReport:
         sparse, dense = self.train_flops, self.dense_train_flops
         return None if sparse is None or not dense else sparse / dense
 
+    @property
+    def forward_flops(self) -> int | None:
+        """Sparse forward (inference) FLOPs per sample, or ``None`` before a forward."""
+        return _sum_known([s.forward_flops for s in self.layers])
+
+    @property
+    def forward_flops_ratio(self) -> float | None:
+        """Sparse over dense forward (inference) FLOPs of the sparse layers: the "FLOPs (test)" of RigL's tables."""
+        sparse, dense = self.forward_flops, _sum_known([s.dense_forward_flops for s in self.layers])
+        return None if sparse is None or not dense else sparse / dense
+
     def as_dict(self) -> dict:
         """Plain-data form (JSON-serialisable)."""
         return {"layers": [asdict(s) for s in self.layers], "dense_params": self.dense_params, "nnz": self.nnz,
                 "numel": self.numel, "density": self.density, "train_flops": self.train_flops,
                 "dense_train_flops": self.dense_train_flops, "train_flops_ratio": self.train_flops_ratio,
+                "forward_flops": self.forward_flops, "forward_flops_ratio": self.forward_flops_ratio,
                 "dense_layers": dict(self.dense_layers)}
 
     def table(self) -> str:
@@ -122,6 +134,16 @@ class DensityReport:
             rows.append("")
             rows.extend(f"- `{name}` stays dense: {reason}" for name, reason in self.dense_layers.items())
         return "\n".join(rows)
+
+
+def _sum_known(values: list[int | None]) -> int | None:
+    """The sum, or ``None`` if any value is ``None``."""
+    total = 0
+    for value in values:
+        if value is None:
+            return None
+        total += value
+    return total
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,8 @@ class RunResult:
             language-model dataset, else ``None``.
         run_train_flops_ratio: sparse over dense training FLOPs of the sparse layers summed over every step
             of the run (:meth:`Sparsifier.run_flops`); 1.0 for ``dense``, ``None`` when unknown.
+        forward_flops_ratio: sparse over dense forward (inference) FLOPs of the sparse layers with the final
+            masks; 1.0 for ``dense``, ``None`` before a forward pass.
     """
 
     run_dir: Path
@@ -80,6 +82,7 @@ class RunResult:
     sparsifier: Sparsifier | None = None
     test_bits_per_byte: float | None = None
     run_train_flops_ratio: float | None = None
+    forward_flops_ratio: float | None = None
 
     @property
     def test_error(self) -> float:
@@ -796,7 +799,8 @@ def _finish(job: _Job, started: float, say: rundir.Printer) -> RunResult:
         test_loss=last.get("test_loss", math.nan), density=density, train_flops_ratio=flops_ratio, layers=rows,
         wall_seconds=0.0, train_seconds=sum(m["epoch_seconds"] for m in metrics), epochs_done=len(metrics),
         completed=len(metrics) >= config.epochs, notices=job.notices, model=job.model, sparsifier=job.sparsifier,
-        test_bits_per_byte=last.get("test_bits_per_byte"), run_train_flops_ratio=_run_flops_ratio(job))
+        test_bits_per_byte=last.get("test_bits_per_byte"), run_train_flops_ratio=_run_flops_ratio(job),
+        forward_flops_ratio=1.0 if job.sparsifier is None else job.sparsifier.report().forward_flops_ratio)
     if config.plots and metrics:
         _write_plots(job, say)
     result.wall_seconds = time.perf_counter() - started

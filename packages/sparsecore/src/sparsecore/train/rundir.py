@@ -260,14 +260,15 @@ def result_lines(result: RunResult, algorithm: str) -> list[str]:
     status = "" if result.completed else f" (stopped; resume with `sparsecore train --resume {result.run_dir}`)"
     flops = "n/a" if result.train_flops_ratio is None else f"{result.train_flops_ratio:.3f}x dense"
     run_flops = "n/a" if result.run_train_flops_ratio is None else f"{result.run_train_flops_ratio:.3f}x dense"
+    forward = "n/a" if result.forward_flops_ratio is None else f"{result.forward_flops_ratio:.3f}x dense"
     quality = (f"test accuracy: {result.test_accuracy:.2%}   test error: {result.test_error:.2%}   "
                if result.test_bits_per_byte is None else f"test bits per byte: {result.test_bits_per_byte:.4f}   ")
     return [
         f"algorithm: {'dense' if c.dense else algorithm}   model: {c.model}   dataset: {c.dataset}",
         f"epochs: {result.epochs_done}/{c.epochs}{status}",
         f"{quality}test loss: {result.test_loss:.4f}",
-        f"density: {result.density:.4f}   training FLOPs (sparse layers): {flops} per step now, "
-        f"{run_flops} over the run",
+        f"density: {result.density:.4f}   inference FLOPs (sparse layers): {forward}",
+        f"training FLOPs (sparse layers): {flops} per step now, {run_flops} over the run",
         f"wall time (this call): {result.wall_seconds:.1f} s   "
         f"training time (all epochs): {result.train_seconds:.1f} s",
     ]
