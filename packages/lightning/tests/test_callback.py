@@ -35,6 +35,7 @@ def test_logs_density_and_the_last_updates_counts(tmp_path):
         "sparsity/density": sparsifier.nnz / 1376,
         "sparsity/pruned": float(sum(u.pruned for u in last.layers.values())),
         "sparsity/grown": float(sum(u.grown for u in last.layers.values())),
+        "sparsity/run_train_flops_ratio": pytest.approx(0.25),  # SET: masked gradients, fixed counts (P = 1)
     }
     assert logged["sparsity/pruned"] == logged["sparsity/grown"] > 0
 
@@ -53,6 +54,7 @@ def test_logs_the_algorithms_numeric_metrics(tmp_path):
     fit(trainer, TinyModule(), make_loader())
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     assert logged == {"sparsity/density": 688 / 1376, "sparsity/pruned": 0.0, "sparsity/grown": 0.0,
+                      "sparsity/run_train_flops_ratio": pytest.approx(0.5),
                       "sparsity/steps_seen": 16.0}  # the string is not logged
 
 

@@ -171,7 +171,9 @@ class SparsityCallback(Callback):
     def metrics(self) -> dict[str, float]:
         """What the callback logs: ``density`` (nonzeros over all sparse layers), the last update's ``pruned`` and
         ``grown`` counts (0 before the first update; after a resume, the last update before it until the run makes
-        one), and the algorithm's numeric metrics.
+        one), ``run_train_flops_ratio`` (training FLOPs of the sparse layers over the steps so far against dense,
+        :meth:`Sparsifier.run_flops <sparsecore.Sparsifier.run_flops>`, once known), and the algorithm's numeric
+        metrics.
 
         Raises:
             ConfigurationError: ``fit`` has not built the sparsifier yet.
@@ -181,6 +183,9 @@ class SparsityCallback(Callback):
         pruned, grown = self._last_update(sparsifier)
         values: dict[str, float] = {"density": sparsifier.nnz / capacity, "pruned": float(pruned),
                                     "grown": float(grown)}
+        flops = sparsifier.run_flops()
+        if flops is not None and flops.ratio is not None:
+            values["run_train_flops_ratio"] = flops.ratio
         for name, value in sparsifier.algorithm_metrics().items():
             if isinstance(value, numbers.Real) and name not in values:
                 values[name] = float(value)
