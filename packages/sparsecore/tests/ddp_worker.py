@@ -103,6 +103,11 @@ def worker(rank, world, port, algorithm, result_path):
         with open(result_path, "w") as f:
             json.dump(result, f)
     dist.destroy_process_group()
+    # gloo's worker threads can abort the interpreter's finalization (SIGABRT, "terminate called without an
+    # active exception", pytorch PR #179291); the work is done and the group destroyed, so leave now
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

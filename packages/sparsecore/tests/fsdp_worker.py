@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,11 @@ def _rank_main(rank: int, task: str, out: str, port: int) -> None:
         TASKS[task](Path(out))
     finally:
         dist.destroy_process_group()
+    # gloo's worker threads can abort the interpreter's finalization (SIGABRT, "terminate called without an
+    # active exception", pytorch PR #179291); the work is done and the group destroyed, so leave now
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def free_port() -> int:
