@@ -76,22 +76,14 @@ class DensityReport:
     @property
     def train_flops(self) -> int | None:
         """Sparse training FLOPs per sample (forward + backward), or ``None`` before a forward."""
-        total = 0
-        for s in self.layers:
-            if s.forward_flops is None or s.backward_flops is None:
-                return None
-            total += s.forward_flops + s.backward_flops
-        return total
+        return _sum_known([None if s.forward_flops is None or s.backward_flops is None
+                           else s.forward_flops + s.backward_flops for s in self.layers])
 
     @property
     def dense_train_flops(self) -> int | None:
         """Dense training FLOPs per sample of the same layers (3x forward)."""
-        total = 0
-        for s in self.layers:
-            if s.dense_forward_flops is None:
-                return None
-            total += 3 * s.dense_forward_flops
-        return total
+        dense_forward = _sum_known([s.dense_forward_flops for s in self.layers])
+        return None if dense_forward is None else 3 * dense_forward
 
     @property
     def train_flops_ratio(self) -> float | None:
