@@ -28,7 +28,7 @@ import subprocess
 import tarfile
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,21 +125,29 @@ def read_run(folder: Path, labels: dict[str, Any] | None = None) -> dict[str, An
 
 def run_queue(jobs: Sequence[Job], runs_dir: Path, target: Callable[[Job], int], parallel: int = 1,
               on_progress: Callable[[Job, int], None] | None = None, log: Callable[[str], None] = print,
-              pythonpath: str | None = None) -> list[str]:
+              pythonpath: str | None = None, skip: Collection[str] = (),
+              start_until: float | None = None) -> list[str]:
     """Take every job to ``target(job)`` epochs, ``parallel`` runs at a time, in the order given.
 
     Returns the names of the jobs whose invocation failed (their logs are ``runs_dir/<name>.log``).
     ``on_progress(job, returncode)`` is called after each invocation ends. ``pythonpath`` (from
-    :func:`code_snapshot`) is put first on the training processes' ``PYTHONPATH``.
+    :func:`code_snapshot`) is put first on the training processes' ``PYTHONPATH``. Jobs named in
+    ``skip`` (runs already recorded, see :func:`recorded_runs`) are not run again, whatever their folder
+    holds. No invocation starts after ``start_until`` (a ``time.time()`` value); the running ones finish.
     """
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    pending = [(job, cmd) for job in jobs if (cmd := command(job, runs_dir, target(job))) is not None]
+    pending = [(job, cmd) for job in jobs
+               if job.name not in skip and (cmd := command(job, runs_dir, target(job))) is not None]
     running: list[tuple[Job, subprocess.Popen[bytes], Any]] = []
     failed: list[str] = []
     while pending or running:
+        if pending and start_until is not None and time.time() > start_until:
+            log(f"[{time.strftime('%H:%M:%S')}] past the start deadline: not starting "
+                f"{', '.join(job.name for job, _ in pending)}")
+            pending = []
         while pending and len(running) < parallel:
             job, cmd = pending.pop(0)
             log(f"[{time.strftime('%H:%M:%S')}] start {job.name} -> {target(job)} epochs")
@@ -159,6 +167,11 @@ def run_queue(jobs: Sequence[Job], runs_dir: Path, target: Callable[[Job], int],
             if on_progress is not None:
                 on_progress(job, proc.returncode)
     return failed
+
+
+def recorded_runs(results: Path) -> set[str]:
+    """Names of the completed runs that ``results`` (a JSON-lines file of :func:`read_run` rows) holds."""
+    return {row["run"] for row in read_rows(results) if row.get("completed")}
 
 
 def append_finished(jobs: Sequence[Job], runs_dir: Path, results: Path) -> int:
@@ -186,13 +199,29 @@ DEFAULT_RUNS_ROOT = Path(__file__).resolve().parents[1] / "runs"
 
 def add_queue_arguments(parser: Any, runs_dir: str, results: Path) -> None:
     """The options every queue script shares: ``--runs-dir`` (default ``runs/<runs_dir>``), ``--parallel``,
-    ``--code``, ``--results`` and ``--render-only``."""
+    ``--code``, ``--results``, ``--render-only`` and ``--start-until``."""
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_ROOT / runs_dir)
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time (one torch thread each)")
     parser.add_argument("--code", default=None, metavar="COMMIT",
                         help="train with the packages of this commit (default: the one in RUNS_DIR/CODE)")
     parser.add_argument("--results", type=Path, default=results)
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--start-until", type=clock_time, default=None, metavar="HH:MM",
+                        help="start no run after this local time (today, or tomorrow if already past); "
+                             "the running ones finish")
+
+
+def clock_time(text: str) -> float:
+    """The next moment (a ``time.time()`` value) the local clock reads ``text`` (``HH:MM``)."""
+    try:
+        hours, minutes = (int(part) for part in text.split(":"))
+        if not (0 <= hours < 24 and 0 <= minutes < 60):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"not a clock time HH:MM: {text!r}") from None
+    now = time.localtime()
+    moment = time.mktime((now.tm_year, now.tm_mon, now.tm_mday, hours, minutes, 0, 0, 0, -1))
+    return moment if moment > time.time() else moment + 24 * 3600
 
 
 def queue_code(args: Any, root: Path) -> str | None:

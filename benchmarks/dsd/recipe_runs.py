@@ -32,7 +32,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cli_queue import Job, add_queue_arguments, append_finished, prepare_code, queue_code, read_rows, run_queue  # noqa: E402
+from cli_queue import (  # noqa: E402
+    Job, add_queue_arguments, append_finished, prepare_code, queue_code, read_rows, recorded_runs, run_queue)
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "dsd_recipe.jsonl"
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.render_only:
         pythonpath = prepare_code(p, args, code, ROOT)
-        failed = run_queue(queue, args.runs_dir, lambda job: job.epochs, args.parallel, record, pythonpath=pythonpath)
+        failed = run_queue(queue, args.runs_dir, lambda job: job.epochs, args.parallel, record, pythonpath=pythonpath,
+                           skip=recorded_runs(args.results), start_until=args.start_until)
         if failed:
             print(f"failed: {', '.join(failed)} (logs in {args.runs_dir})", file=sys.stderr)
     record()

@@ -44,10 +44,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import render_mnist_table  # noqa: E402
 from cli_queue import (  # noqa: E402
-    Job, add_queue_arguments, append_finished, epochs_done, prepare_code, queue_code, read_rows, run_queue)
+    Job, add_queue_arguments, append_finished, epochs_done, prepare_code, queue_code, read_rows, recorded_runs,
+    run_queue)
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "sparse_momentum_lenet5_runs.jsonl"
+#: test accuracy of every run after the early stage, kept apart from the run folders (which a new machine lacks)
+EARLY_RESULTS = ROOT / "benchmarks" / "results" / "sparse_momentum_lenet5_early.jsonl"
 EPOCHS = 100
 COLLAPSE_BELOW = 0.5
 FAITHFUL = "sparse-momentum"
@@ -81,13 +84,26 @@ def accuracies(folder: Path) -> list[float]:
     return [json.loads(line)["test_acc"] for line in path.read_text().splitlines() if line.strip()]
 
 
-def early_collapse(folder: Path, early_epochs: int) -> bool | None:
-    """Whether the run's accuracy after ``early_epochs`` is below :data:`COLLAPSE_BELOW` (None: not there yet)."""
-    acc = accuracies(folder)
-    return None if len(acc) < early_epochs else acc[early_epochs - 1] < COLLAPSE_BELOW
+def record_early(jobs: list[Job], runs_dir: Path, path: Path, early_epochs: int) -> None:
+    """Append to ``path`` the accuracy after ``early_epochs`` of every run folder that has reached it and is not
+    yet recorded there (the first recorded value of a run stays)."""
+    seen = {row["run"] for row in read_rows(path)}
+    with open(path, "a", encoding="utf-8") as f:
+        for job in jobs:
+            acc = accuracies(runs_dir / job.name)
+            if job.name in seen or len(acc) < early_epochs:
+                continue
+            f.write(json.dumps({"run": job.name, "arm": job.labels["arm"], "seed": int(job.name.rsplit("-s", 1)[1]),
+                                "early_epochs": early_epochs, "test_acc": acc[early_epochs - 1],
+                                "test_acc_per_epoch": acc[:early_epochs]}) + "\n")
 
 
-def full_order(jobs: list[Job], runs_dir: Path, early_epochs: int) -> list[Job]:
+def early_accuracies(path: Path, early_epochs: int) -> dict[str, float]:
+    """Run name -> test accuracy after ``early_epochs``, from the rows of ``path``."""
+    return {row["run"]: row["test_acc"] for row in read_rows(path) if row["early_epochs"] == early_epochs}
+
+
+def full_order(jobs: list[Job], runs_dir: Path, early_epochs: int, early: dict[str, float]) -> list[Job]:
     """The order of the full stage: runs already taken past the early stage first (finish what was begun), then
     the robust arm seed by seed (its goal needs all ten), then rounds of one run per other arm (faithful,
     baselines) seed by seed; faithful runs that collapsed early come last."""
@@ -100,7 +116,7 @@ def full_order(jobs: list[Job], runs_dir: Path, early_epochs: int) -> list[Job]:
             group = 0
         elif arm == ROBUST:
             group = 1
-        elif arm == FAITHFUL and bool(early_collapse(runs_dir / job.name, early_epochs)):
+        elif arm == FAITHFUL and early.get(job.name, 1.0) < COLLAPSE_BELOW:
             group = 3
         else:
             group = 2
@@ -117,8 +133,10 @@ def _stats(values: list[float]) -> str:
             f"{statistics.stdev(values):.2f}")
 
 
-def render(jobs: list[Job], runs_dir: Path, rows: list[dict], early_epochs: int, code: str | None) -> str:
-    """The Markdown page: early-collapse table from the run folders, 100-epoch table from the rows."""
+def render(jobs: list[Job], runs_dir: Path, rows: list[dict], early: dict[str, float], early_epochs: int,
+           code: str | None) -> str:
+    """The Markdown page: early-collapse table from ``early`` (see :func:`early_accuracies`), 100-epoch table from
+    the rows; the runs in progress from the run folders."""
     cpu = platform.processor() or platform.machine()
     lines = [
         "# LeNet-5-Caffe on MNIST at 5 %: sparse momentum, its robustness option and baselines",
@@ -143,12 +161,8 @@ def render(jobs: list[Job], runs_dir: Path, rows: list[dict], early_epochs: int,
         "|---|---|---|---|",
     ]
     for arm in ARMS:
-        measured = {}
-        for job in jobs:
-            if job.labels["arm"] == arm:
-                acc = accuracies(runs_dir / job.name)
-                if len(acc) >= early_epochs:
-                    measured[int(job.name.rsplit("-s", 1)[1])] = acc[early_epochs - 1]
+        measured = {int(job.name.rsplit("-s", 1)[1]): early[job.name]
+                    for job in jobs if job.labels["arm"] == arm and job.name in early}
         if measured:
             collapsed = sum(a < COLLAPSE_BELOW for a in measured.values())
             per = ", ".join(f"s{s} {100 * a:.1f}" for s, a in sorted(measured.items()))
@@ -166,11 +180,13 @@ def render(jobs: list[Job], runs_dir: Path, rows: list[dict], early_epochs: int,
         per = ", ".join(f"s{s} {e:.2f}" for s, e in errors.items())
         lines.append(f"| {arm} | {len(done)} | {len(done) - len(ok)} | {_stats(ok)} | "
                      f"{sum(e <= 0.75 for e in ok)} of {len(done)} | {per} |")
-    running = [job.name for job in jobs if 0 < epochs_done(runs_dir / job.name) < EPOCHS]
+    finished = {r["run"] for r in rows if r["epochs_done"] >= EPOCHS}
+    running = [job.name for job in jobs if 0 < epochs_done(runs_dir / job.name) < EPOCHS and job.name not in finished]
     if running:
         lines += ["", "Unfinished runs (epochs done): " + ", ".join(
             f"{name} ({epochs_done(runs_dir / name)})" for name in running) + "."]
-    lines += ["", "Raw rows (per-epoch test accuracy): `benchmarks/results/sparse_momentum_lenet5_runs.jsonl`.", ""]
+    lines += ["", "Raw rows (per-epoch test accuracy): `benchmarks/results/sparse_momentum_lenet5_runs.jsonl`; "
+              "accuracy after the early stage: `benchmarks/results/sparse_momentum_lenet5_early.jsonl`.", ""]
     return "\n".join(lines)
 
 
@@ -185,10 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [job for job in all_jobs() if job.labels["arm"] in args.arms]
     code = queue_code(args, ROOT)
 
+    early_path = args.results.with_name(args.results.stem.removesuffix("_runs") + "_early.jsonl")
+
     def record(*_: object) -> None:
         append_finished(jobs, args.runs_dir, args.results)
+        record_early(jobs, args.runs_dir, early_path, args.early_epochs)
         rows = read_rows(args.results)
-        args.results.with_suffix(".md").write_text(render(all_jobs(), args.runs_dir, rows, args.early_epochs, code))
+        early = early_accuracies(early_path, args.early_epochs)
+        args.results.with_suffix(".md").write_text(render(all_jobs(), args.runs_dir, rows, early, args.early_epochs,
+                                                          code))
         if args.results == RESULTS:  # the MNIST table (docs home page) shows the finished runs too
             render_mnist_table.main(["--lenet5-runs", str(args.results), "--quiet"])
 
@@ -199,9 +220,11 @@ def main(argv: list[str] | None = None) -> int:
                            key=lambda job: (int(job.name.rsplit("-s", 1)[1]), job.labels["arm"] != ROBUST))
             target = args.early_epochs
         else:
-            queue = full_order(jobs, args.runs_dir, args.early_epochs)
+            queue = full_order(jobs, args.runs_dir, args.early_epochs,
+                               early_accuracies(early_path, args.early_epochs))
             target = EPOCHS
-        failed = run_queue(queue, args.runs_dir, lambda job: target, args.parallel, record, pythonpath=pythonpath)
+        failed = run_queue(queue, args.runs_dir, lambda job: target, args.parallel, record, pythonpath=pythonpath,
+                           skip=recorded_runs(args.results), start_until=args.start_until)
         if failed:
             print(f"failed: {', '.join(failed)} (logs in {args.runs_dir})", file=sys.stderr)
     record()

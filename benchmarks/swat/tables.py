@@ -34,7 +34,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cli_queue import Job, add_queue_arguments, append_finished, prepare_code, queue_code, read_rows, run_queue  # noqa: E402
+from cli_queue import (  # noqa: E402
+    Job, add_queue_arguments, append_finished, prepare_code, queue_code, read_rows, recorded_runs, run_queue)
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "swat_tables.jsonl"
@@ -173,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         pythonpath = prepare_code(p, args, code, ROOT)
         part_jobs = [job for job in queue if job.labels["part"] == args.part]
         failed = run_queue(part_jobs, args.runs_dir, lambda job: job.epochs, args.parallel, record,
-                           pythonpath=pythonpath)
+                           pythonpath=pythonpath,
+                           skip=recorded_runs(args.results), start_until=args.start_until)
         if failed:
             print(f"failed: {', '.join(failed)} (logs in {args.runs_dir})", file=sys.stderr)
     record()

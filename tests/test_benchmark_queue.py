@@ -1,0 +1,102 @@
+"""benchmarks/cli_queue.py and the LeNet-5 queue: recorded runs are never re-run, the start deadline holds, and the
+early-stage accuracies survive the loss of the run folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str, path: Path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+@pytest.fixture(scope="module")
+def cli_queue():
+    return _load("bench_cli_queue", BENCHMARKS / "cli_queue.py")
+
+
+@pytest.fixture(scope="module")
+def lenet5_queue():
+    return _load("bench_lenet5_queue", BENCHMARKS / "sparse_momentum" / "lenet5_queue.py")
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_recorded_runs_lists_only_completed_rows(cli_queue, tmp_path):
+    results = tmp_path / "runs.jsonl"
+    _write_rows(results, [{"run": "a", "completed": True}, {"run": "b", "completed": False}, {"run": "c"}])
+    assert cli_queue.recorded_runs(results) == {"a"}
+    assert cli_queue.recorded_runs(tmp_path / "missing.jsonl") == set()
+
+
+def test_run_queue_starts_nothing_for_recorded_runs_even_without_their_folders(cli_queue, tmp_path, monkeypatch):
+    started: list[list[str]] = []
+    monkeypatch.setattr(cli_queue.subprocess, "Popen", lambda cmd, **_: started.append(cmd))
+    jobs = [cli_queue.Job("a", ("--seed", "0"), 5), cli_queue.Job("b", ("--seed", "1"), 5)]
+    log: list[str] = []
+    failed = cli_queue.run_queue(jobs, tmp_path / "runs", lambda job: job.epochs, skip={"a", "b"}, log=log.append)
+    assert (failed, started, log) == ([], [], [])
+
+
+def test_run_queue_starts_nothing_past_its_deadline(cli_queue, tmp_path, monkeypatch):
+    started: list[list[str]] = []
+    monkeypatch.setattr(cli_queue.subprocess, "Popen", lambda cmd, **_: started.append(cmd))
+    jobs = [cli_queue.Job("a", ("--seed", "0"), 5), cli_queue.Job("b", ("--seed", "1"), 5)]
+    log: list[str] = []
+    cli_queue.run_queue(jobs, tmp_path / "runs", lambda job: job.epochs, start_until=time.time() - 1,
+                        log=log.append)
+    assert started == []
+    assert len(log) == 1 and log[0].endswith("past the start deadline: not starting a, b")
+
+
+def test_clock_time_is_the_next_such_moment_and_refuses_bad_text(cli_queue):
+    moment = cli_queue.clock_time("00:00")
+    assert 0 < moment - time.time() <= 24 * 3600
+    assert time.localtime(moment)[3:5] == (0, 0)
+    for bad in ("24:00", "7", "ab:cd", "12:60"):
+        with pytest.raises(ValueError, match="not a clock time HH:MM"):
+            cli_queue.clock_time(bad)
+
+
+def test_early_accuracies_are_recorded_once_and_read_back_without_run_folders(lenet5_queue, tmp_path):
+    runs = tmp_path / "runs"
+    early = tmp_path / "early.jsonl"
+    _write_rows(early, [{"run": "sm-s0", "arm": "sparse-momentum", "seed": 0, "early_epochs": 3, "test_acc": 0.113}])
+    for name, accs in {"sm-s0": [0.9, 0.5, 0.2], "sm-s1": [0.9, 0.95, 0.97], "sm-s2": [0.9, 0.95]}.items():
+        (runs / name).mkdir(parents=True)
+        _write_rows(runs / name / "metrics.jsonl", [{"test_acc": a} for a in accs])
+    jobs = [job for job in lenet5_queue.all_jobs() if job.name in {"sm-s0", "sm-s1", "sm-s2"}]
+    lenet5_queue.record_early(jobs, runs, early, 3)
+    lenet5_queue.record_early(jobs, runs, early, 3)  # a second call adds nothing
+    # sm-s0 keeps its first recorded value; sm-s1 is added from its folder; sm-s2 has not reached epoch 3
+    assert lenet5_queue.early_accuracies(early, 3) == {"sm-s0": 0.113, "sm-s1": 0.97}
+    assert len(early.read_text().splitlines()) == 2
+    page = lenet5_queue.render(lenet5_queue.all_jobs(), tmp_path / "gone", [],
+                               lenet5_queue.early_accuracies(early, 3), 3, None)
+    assert "| sparse-momentum | 2 | 1 of 2 | s0 11.3, s1 97.0 |" in page
+
+
+def test_full_order_puts_faithful_runs_that_collapsed_early_last(lenet5_queue, tmp_path):
+    jobs = lenet5_queue.all_jobs()
+    order = [job.name for job in lenet5_queue.full_order(jobs, tmp_path, 3, {"sm-s0": 0.11, "sm-s1": 0.97})]
+    assert order[:10] == [f"sm-warmup100-s{seed}" for seed in range(10)]
+    assert order[-1] == "sm-s0"
+    assert order.index("sm-s1") < order.index("sm-s2")
