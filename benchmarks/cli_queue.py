@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import platform
 import subprocess
 import tarfile
 import sys
@@ -169,13 +170,31 @@ def run_queue(jobs: Sequence[Job], runs_dir: Path, target: Callable[[Job], int],
     return failed
 
 
+def cpu_model() -> str:
+    """This machine's CPU model name (``/proc/cpuinfo``; else what :mod:`platform` says).
+
+    Floating-point results of the same run differ between CPU kinds (their vector kernels differ), so every
+    recorded row names the CPU it finished on.
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def recorded_runs(results: Path) -> set[str]:
     """Names of the completed runs that ``results`` (a JSON-lines file of :func:`read_run` rows) holds."""
     return {row["run"] for row in read_rows(results) if row.get("completed")}
 
 
 def append_finished(jobs: Sequence[Job], runs_dir: Path, results: Path) -> int:
-    """Append a row for every completed job not yet in ``results`` (a JSON-lines file); returns how many."""
+    """Append a row for every completed job not yet in ``results`` (a JSON-lines file); returns how many.
+
+    Each row is :func:`read_run`'s with ``cpu`` (:func:`cpu_model`) added.
+    """
     seen = set()
     if results.is_file():
         seen = {json.loads(line)["run"] for line in results.read_text().splitlines() if line.strip()}
@@ -186,6 +205,7 @@ def append_finished(jobs: Sequence[Job], runs_dir: Path, results: Path) -> int:
             continue
         row = read_run(folder, job.labels)
         if row["completed"]:
+            row["cpu"] = cpu_model()
             results.parent.mkdir(parents=True, exist_ok=True)
             with open(results, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")

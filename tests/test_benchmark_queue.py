@@ -94,6 +94,17 @@ def test_early_accuracies_are_recorded_once_and_read_back_without_run_folders(le
     assert "| sparse-momentum | 2 | 1 of 2 | s0 11.3, s1 97.0 |" in page
 
 
+def test_early_accuracy_comes_from_the_finished_run_then_the_folder_then_the_record(lenet5_queue, tmp_path):
+    early = tmp_path / "early.jsonl"
+    _write_rows(early, [{"run": f"sm-s{seed}", "early_epochs": 3, "test_acc": 0.1} for seed in range(3)])
+    for seed in (1, 2):
+        (tmp_path / f"sm-s{seed}").mkdir()
+        _write_rows(tmp_path / f"sm-s{seed}" / "metrics.jsonl", [{"test_acc": a} for a in (0.9, 0.95, 0.96)])
+    finished = [{"run": "sm-s2", "test_acc_per_epoch": [0.9, 0.95, 0.98, 0.99]}]
+    folders = {f"sm-s{seed}": tmp_path / f"sm-s{seed}" for seed in range(3)}
+    assert lenet5_queue.early_accuracies(early, 3, finished, folders) == {"sm-s0": 0.1, "sm-s1": 0.96, "sm-s2": 0.98}
+
+
 def test_full_order_puts_faithful_runs_that_collapsed_early_last(lenet5_queue, tmp_path):
     jobs = lenet5_queue.all_jobs()
     order = [job.name for job in lenet5_queue.full_order(jobs, tmp_path, 3, {"sm-s0": 0.11, "sm-s1": 0.97})]

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -44,8 +43,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import render_mnist_table  # noqa: E402
 from cli_queue import (  # noqa: E402
-    Job, add_queue_arguments, append_finished, epochs_done, prepare_code, queue_code, read_rows, recorded_runs,
-    run_queue)
+    Job, add_queue_arguments, append_finished, cpu_model, epochs_done, prepare_code, queue_code, read_rows,
+    recorded_runs, run_queue)
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "sparse_momentum_lenet5_runs.jsonl"
@@ -95,12 +94,26 @@ def record_early(jobs: list[Job], runs_dir: Path, path: Path, early_epochs: int)
                 continue
             f.write(json.dumps({"run": job.name, "arm": job.labels["arm"], "seed": int(job.name.rsplit("-s", 1)[1]),
                                 "early_epochs": early_epochs, "test_acc": acc[early_epochs - 1],
-                                "test_acc_per_epoch": acc[:early_epochs]}) + "\n")
+                                "test_acc_per_epoch": acc[:early_epochs], "cpu": cpu_model()}) + "\n")
 
 
-def early_accuracies(path: Path, early_epochs: int) -> dict[str, float]:
-    """Run name -> test accuracy after ``early_epochs``, from the rows of ``path``."""
-    return {row["run"]: row["test_acc"] for row in read_rows(path) if row["early_epochs"] == early_epochs}
+def early_accuracies(path: Path, early_epochs: int, finished: list[dict] | None = None,
+                     folders: dict[str, Path] | None = None) -> dict[str, float]:
+    """Run name -> test accuracy after ``early_epochs``.
+
+    A run's value comes from its row in ``finished`` (the 100-epoch rows) when it has one, so that both tables
+    show one trajectory; else from its run folder in ``folders`` (name -> folder); else from the rows of ``path``.
+    The same seed follows another trajectory on another CPU kind, so the sources can disagree.
+    """
+    out = {row["run"]: row["test_acc"] for row in read_rows(path) if row["early_epochs"] == early_epochs}
+    for name, folder in (folders or {}).items():
+        acc = accuracies(folder)
+        if len(acc) >= early_epochs:
+            out[name] = acc[early_epochs - 1]
+    for row in finished or []:
+        if len(row["test_acc_per_epoch"]) >= early_epochs:
+            out[row["run"]] = row["test_acc_per_epoch"][early_epochs - 1]
+    return out
 
 
 def full_order(jobs: list[Job], runs_dir: Path, early_epochs: int, early: dict[str, float]) -> list[Job]:
@@ -137,14 +150,15 @@ def render(jobs: list[Job], runs_dir: Path, rows: list[dict], early: dict[str, f
            code: str | None) -> str:
     """The Markdown page: early-collapse table from ``early`` (see :func:`early_accuracies`), 100-epoch table from
     the rows; the runs in progress from the run folders."""
-    cpu = platform.processor() or platform.machine()
     lines = [
         "# LeNet-5-Caffe on MNIST at 5 %: sparse momentum, its robustness option and baselines",
         "",
         "Command: `python benchmarks/sparse_momentum/lenet5_queue.py --stage early|full` (each run is "
         "`sparsecore train --recipe snfs-lenet5 [arm flags] --seed S --threads 1`)" +
         (f"; code of commit `{code[:12]}`" if code else "") + ".  ",
-        f"Machine: shared 2-core CPU ({cpu}), one torch thread per run, CPU only.  ",
+        "Machine: shared 2-core CPU VMs, one torch thread per run, CPU only. The same seed follows a different "
+        "trajectory on another CPU kind (their vector kernels round differently), so each finished run names the "
+        "CPU it ran on (rows without one predate that record).  ",
         "Recipe `snfs-lenet5`: LeNet-5-Caffe, MNIST (all 60,000 training images), uniform 5 % on every layer, "
         "SGD lr 0.1, Nesterov momentum 0.9, weight decay 5e-4, batch 100, lr ×0.1 every 25,000 iterations, "
         "100 epochs; sparse momentum: prune rate 0.5 cosine-decayed to 0.005, an update after every epoch but "
@@ -155,7 +169,9 @@ def render(jobs: list[Job], runs_dir: Path, rows: list[dict], early: dict[str, f
         "",
         f"A run counts as collapsed when its test accuracy (10,000 images) after epoch {early_epochs} is below "
         f"{100 * COLLAPSE_BELOW:.0f} % (chance ~10 %): the second topology update follows epoch 2. This measures "
-        "the early collapse rate only; a run that survives it may still collapse later.",
+        "the early collapse rate only; a run that survives it may still collapse later. A seed with a 100-epoch "
+        "row below shows that run's value; the others, the run that measured the early stage "
+        "(`sparse_momentum_lenet5_early.jsonl`, which names its CPU where recorded).",
         "",
         f"| arm | seeds measured | collapsed early | accuracy after epoch {early_epochs} per seed (%) |",
         "|---|---|---|---|",
@@ -177,7 +193,8 @@ def render(jobs: list[Job], runs_dir: Path, rows: list[dict], early: dict[str, f
             continue
         errors = {r["seed"]: r["test_error"] for r in done}
         ok = [e for e in errors.values() if e <= 100 * (1 - COLLAPSE_BELOW)]
-        per = ", ".join(f"s{s} {e:.2f}" for s, e in errors.items())
+        cpus = {r["seed"]: f" ({r['cpu']})" if r.get("cpu") else "" for r in done}
+        per = ", ".join(f"s{s} {e:.2f}{cpus[s]}" for s, e in errors.items())
         lines.append(f"| {arm} | {len(done)} | {len(done) - len(ok)} | {_stats(ok)} | "
                      f"{sum(e <= 0.75 for e in ok)} of {len(done)} | {per} |")
     finished = {r["run"] for r in rows if r["epochs_done"] >= EPOCHS}
@@ -207,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         append_finished(jobs, args.runs_dir, args.results)
         record_early(jobs, args.runs_dir, early_path, args.early_epochs)
         rows = read_rows(args.results)
-        early = early_accuracies(early_path, args.early_epochs)
+        folders = {job.name: args.runs_dir / job.name for job in jobs}
+        early = early_accuracies(early_path, args.early_epochs, rows, folders)
         args.results.with_suffix(".md").write_text(render(all_jobs(), args.runs_dir, rows, early, args.early_epochs,
                                                           code))
         if args.results == RESULTS:  # the MNIST table (docs home page) shows the finished runs too
@@ -220,8 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                            key=lambda job: (int(job.name.rsplit("-s", 1)[1]), job.labels["arm"] != ROBUST))
             target = args.early_epochs
         else:
-            queue = full_order(jobs, args.runs_dir, args.early_epochs,
-                               early_accuracies(early_path, args.early_epochs))
+            queue = full_order(jobs, args.runs_dir, args.early_epochs, early_accuracies(
+                early_path, args.early_epochs, read_rows(args.results),
+                {job.name: args.runs_dir / job.name for job in jobs}))
             target = EPOCHS
         failed = run_queue(queue, args.runs_dir, lambda job: target, args.parallel, record, pythonpath=pythonpath,
                            skip=recorded_runs(args.results), start_until=args.start_until)
