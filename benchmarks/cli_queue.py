@@ -114,6 +114,7 @@ def read_run(folder: Path, labels: dict[str, Any] | None = None) -> dict[str, An
         "algorithm": config.get("algorithm"), "dense": config.get("dense"), "model": config.get("model"),
         "dataset": config.get("dataset"), "density": config.get("density"), "seed": config.get("seed"),
         "epochs": config.get("epochs"), "epochs_done": len(records),
+        "channels_last": bool(config.get("channels_last", False)),
         "completed": len(records) >= int(config.get("epochs", 0)) and (folder / "summary.md").is_file(),
         "test_error": round(100 * (1 - last["test_acc"]), 4) if records else None,
         "best_test_error": round(100 * (1 - max(r["test_acc"] for r in records)), 4) if records else None,
@@ -190,10 +191,10 @@ def recorded_runs(results: Path) -> set[str]:
     return {row["run"] for row in read_rows(results) if row.get("completed")}
 
 
-def append_finished(jobs: Sequence[Job], runs_dir: Path, results: Path) -> int:
+def append_finished(jobs: Sequence[Job], runs_dir: Path, results: Path, extra: dict[str, Any] | None = None) -> int:
     """Append a row for every completed job not yet in ``results`` (a JSON-lines file); returns how many.
 
-    Each row is :func:`read_run`'s with ``cpu`` (:func:`cpu_model`) added.
+    Each row is :func:`read_run`'s with ``cpu`` (:func:`cpu_model`) and the fields of ``extra`` added.
     """
     seen = set()
     if results.is_file():
@@ -205,7 +206,7 @@ def append_finished(jobs: Sequence[Job], runs_dir: Path, results: Path) -> int:
             continue
         row = read_run(folder, job.labels)
         if row["completed"]:
-            row["cpu"] = cpu_model()
+            row.update(cpu=cpu_model(), **(extra or {}))
             results.parent.mkdir(parents=True, exist_ok=True)
             with open(results, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")

@@ -111,3 +111,21 @@ def test_full_order_puts_faithful_runs_that_collapsed_early_last(lenet5_queue, t
     assert order[:10] == [f"sm-warmup100-s{seed}" for seed in range(10)]
     assert order[-1] == "sm-s0"
     assert order.index("sm-s1") < order.index("sm-s2")
+
+
+def test_finished_rows_name_their_cpu_layout_and_code_when_not_the_pages(lenet5_queue, tmp_path):
+    acc = [0.99] * lenet5_queue.EPOCHS
+    rows = [{"run": "static-s0", "arm": "static", "seed": 0, "epochs_done": 100, "test_error": 1.29,
+             "test_acc_per_epoch": acc},
+            {"run": "static-s1", "arm": "static", "seed": 1, "epochs_done": 100, "test_error": 1.1,
+             "test_acc_per_epoch": acc, "cpu": "AMD EPYC", "channels_last": True, "code": "b" * 40},
+            {"run": "static-s2", "arm": "static", "seed": 2, "epochs_done": 100, "test_error": 1.0,
+             "test_acc_per_epoch": acc, "cpu": "AMD EPYC", "channels_last": False, "code": "a" * 40}]
+    page = lenet5_queue.render(lenet5_queue.all_jobs(), tmp_path, rows, {}, 3, "a" * 40)
+    assert ("| static | 3 | 0 | median 1.10, mean 1.13 ± 0.15 | 0 of 3 | s0 1.29, s1 1.10 (AMD EPYC, channels-last, "
+            "code bbbbbbbbbbbb), s2 1.00 (AMD EPYC) |") in page
+
+
+def test_channels_last_queue_adds_the_flag_to_every_job(lenet5_queue):
+    assert all(job.flags[-1] == "--channels-last" for job in lenet5_queue.all_jobs(channels_last=True))
+    assert not any("--channels-last" in job.flags for job in lenet5_queue.all_jobs())

@@ -68,9 +68,10 @@ SLUGS = {FAITHFUL: "sm", ROBUST: "sm-warmup100", "sparse-momentum (redistributio
 PUBLISHED = "0.69 ± 0.02 % (sparse momentum, Dettmers & Zettlemoyer 2019, Table 1)"
 
 
-def all_jobs() -> list[Job]:
-    """Every run of every arm."""
-    return [Job(f"{SLUGS[arm]}-s{seed}", ("--recipe", "snfs-lenet5", *flags, "--seed", str(seed)), EPOCHS,
+def all_jobs(channels_last: bool = False) -> list[Job]:
+    """Every run of every arm (with ``--channels-last`` added to each when ``channels_last``)."""
+    layout = ("--channels-last",) if channels_last else ()
+    return [Job(f"{SLUGS[arm]}-s{seed}", ("--recipe", "snfs-lenet5", *flags, "--seed", str(seed), *layout), EPOCHS,
                 {"arm": arm, "recipe": "snfs-lenet5"})
             for arm, (flags, seeds) in ARMS.items() for seed in seeds]
 
@@ -137,6 +138,14 @@ def full_order(jobs: list[Job], runs_dir: Path, early_epochs: int, early: dict[s
     return sorted(jobs, key=key)
 
 
+def _run_notes(row: dict, page_code: str | None) -> str:
+    """`` (CPU, channels-last, code …)`` for what a row records (its code only where it is not the page's)."""
+    code = row.get("code")
+    notes = [note for note in (row.get("cpu"), "channels-last" if row.get("channels_last") else None,
+                               f"code {code[:12]}" if code and code != page_code else None) if note]
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 def _stats(values: list[float]) -> str:
     if not values:
         return "–"
@@ -158,7 +167,10 @@ def render(jobs: list[Job], runs_dir: Path, rows: list[dict], early: dict[str, f
         (f"; code of commit `{code[:12]}`" if code else "") + ".  ",
         "Machine: shared 2-core CPU VMs, one torch thread per run, CPU only. The same seed follows a different "
         "trajectory on another CPU kind (their vector kernels round differently), so each finished run names the "
-        "CPU it ran on (rows without one predate that record).  ",
+        "CPU it ran on (rows without one predate that record), and `channels-last` where the run used "
+        "`sparsecore train --channels-last` (the queue's `--channels-last`: the same arithmetic with the "
+        "convolution weights in another memory layout, so other rounding, in about 0.77 of the step time; "
+        "`benchmarks/results/channels_last.md`).  ",
         "Recipe `snfs-lenet5`: LeNet-5-Caffe, MNIST (all 60,000 training images), uniform 5 % on every layer, "
         "SGD lr 0.1, Nesterov momentum 0.9, weight decay 5e-4, batch 100, lr ×0.1 every 25,000 iterations, "
         "100 epochs; sparse momentum: prune rate 0.5 cosine-decayed to 0.005, an update after every epoch but "
@@ -193,8 +205,8 @@ def render(jobs: list[Job], runs_dir: Path, rows: list[dict], early: dict[str, f
             continue
         errors = {r["seed"]: r["test_error"] for r in done}
         ok = [e for e in errors.values() if e <= 100 * (1 - COLLAPSE_BELOW)]
-        cpus = {r["seed"]: f" ({r['cpu']})" if r.get("cpu") else "" for r in done}
-        per = ", ".join(f"s{s} {e:.2f}{cpus[s]}" for s, e in errors.items())
+        notes = {r["seed"]: _run_notes(r, code) for r in done}
+        per = ", ".join(f"s{s} {e:.2f}{notes[s]}" for s, e in errors.items())
         lines.append(f"| {arm} | {len(done)} | {len(done) - len(ok)} | {_stats(ok)} | "
                      f"{sum(e <= 0.75 for e in ok)} of {len(done)} | {per} |")
     finished = {r["run"] for r in rows if r["epochs_done"] >= EPOCHS}
@@ -213,15 +225,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage", choices=["early", "full"], default="early")
     p.add_argument("--early-epochs", type=int, default=3)
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--channels-last", action="store_true",
+                   help="start new runs with sparsecore train --channels-last (the code of --code must have it)")
     add_queue_arguments(p, "lenet5", RESULTS)
     args = p.parse_args(argv)
-    jobs = [job for job in all_jobs() if job.labels["arm"] in args.arms]
+    jobs = [job for job in all_jobs(args.channels_last) if job.labels["arm"] in args.arms]
     code = queue_code(args, ROOT)
 
     early_path = args.results.with_name(args.results.stem.removesuffix("_runs") + "_early.jsonl")
 
     def record(*_: object) -> None:
-        append_finished(jobs, args.runs_dir, args.results)
+        append_finished(jobs, args.runs_dir, args.results, {"code": code})
         record_early(jobs, args.runs_dir, early_path, args.early_epochs)
         rows = read_rows(args.results)
         folders = {job.name: args.runs_dir / job.name for job in jobs}
