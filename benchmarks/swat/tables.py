@@ -116,7 +116,8 @@ def render(rows: list[dict], code: str | None, epochs: int) -> str:
         "Command: `python benchmarks/swat/tables.py --part mnist|fashion-mnist` (each run is `sparsecore train "
         "--algorithm swat --density D --option variant=... --option period=20 [recipe flags] --seed S --threads 1`)"
         + (f"; code of commit `{code[:12]}`" if code else "") + ".  ",
-        f"Machine: shared 2-core CPU ({cpu}), one torch thread per run, CPU only.  ",
+        f"Machine: shared 2-core CPU VMs ({cpu}; the rows of `swat_tables.jsonl` name their CPU where recorded), one "
+        "torch thread per run, CPU only.  ",
         f"Recipe: SGD lr 0.1, momentum 0.9 (no Nesterov), weight decay 5e-4, batch 128, {epochs} epochs, lr ×0.1 at "
         f"epochs {epochs // 3} and {2 * epochs // 3} (the reference's CIFAR configuration scaled to these models: no "
         "paper recipe exists for them), top-K thresholds of convolutions recomputed every 20 iterations, weight "
