@@ -124,10 +124,11 @@ def render(rows: list[dict], code: str | None, epochs: int) -> str:
         "sparsity = activation sparsity, last layer sparse; SWAT-U and structured keep the first layer dense, "
         "SWAT-ERK and SWAT-M make it sparse (the reference's choices); the rows \"first layer dense\" (Fashion-MNIST, "
         "90 %) run SWAT-ERK and SWAT-M with `--option sparsify_first_layer=false`, to separate the cost of a sparse "
-        "input layer from the rest of the variant. Structured (channel) diverges in its first epoch at lr 0.1 on "
-        "LeNet-5-Caffe (the per-epoch rows in `swat_tables.jsonl`: training loss 2.5 and 3.0e6 in epoch 1 at 80 % "
-        "and 90 %, seed 0, then a dead network at chance); the rows \"structured (channel), lr 0.02\" rerun it at "
-        "a fifth of the learning rate, everything else alike. Metric: test accuracy after the final "
+        "input layer from the rest of the variant. At lr 0.1, structured (channel) on LeNet-5-Caffe sits at the "
+        "edge of stability: seed 0 diverges in its first epoch (the per-epoch rows in `swat_tables.jsonl`: training "
+        "loss 2.5 and 3.0e6 in epoch 1 at 80 % and 90 %, then a dead network at chance), seed 1 at 80 % trains; "
+        "the rows \"structured (channel), lr 0.02\" rerun it at a fifth of the learning rate, everything else "
+        "alike. Metric: test accuracy after the final "
         "epoch, mean ± sample std over seeds 0, 1, 2 (n per cell). LeNet-300-100 has no convolution, so its "
         "structured row would equal SWAT-U's and is not run.",
         "",
