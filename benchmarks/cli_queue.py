@@ -196,9 +196,7 @@ def append_finished(jobs: Sequence[Job], runs_dir: Path, results: Path, extra: d
 
     Each row is :func:`read_run`'s with ``cpu`` (:func:`cpu_model`) and the fields of ``extra`` added.
     """
-    seen = set()
-    if results.is_file():
-        seen = {json.loads(line)["run"] for line in results.read_text().splitlines() if line.strip()}
+    seen = {row["run"] for row in read_rows(results)}
     added = 0
     for job in jobs:
         folder = runs_dir / job.name

@@ -20,7 +20,9 @@ Two stages, both resumable (run folders ``RUNS_DIR/<arm>-s<seed>``, checkpoints 
 
 Every invocation that ends appends the finished runs to ``benchmarks/results/sparse_momentum_lenet5_runs.jsonl``
 and re-renders ``benchmarks/results/sparse_momentum_lenet5_runs.md`` (also with ``--render-only``), which shows
-the early-collapse table from the run folders and the 100-epoch table from the finished rows, and the MNIST
+the early-collapse table (each run's accuracy after the early stage is also appended to
+``sparse_momentum_lenet5_early.jsonl``, so it outlives the run folders) and the 100-epoch table from the finished
+rows, and the MNIST
 table ``benchmarks/results/mnist_table.md`` (the docs home page), whose ``[snfs-lenet5]`` rows are these runs.
 The training code is a snapshot of one commit (``--code``, remembered in ``RUNS_DIR/CODE``), so a
 later session resumes the same code whatever the working tree holds.
@@ -48,8 +50,6 @@ from cli_queue import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "sparse_momentum_lenet5_runs.jsonl"
-#: test accuracy of every run after the early stage, kept apart from the run folders (which a new machine lacks)
-EARLY_RESULTS = ROOT / "benchmarks" / "results" / "sparse_momentum_lenet5_early.jsonl"
 EPOCHS = 100
 COLLAPSE_BELOW = 0.5
 FAITHFUL = "sparse-momentum"
@@ -232,13 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [job for job in all_jobs(args.channels_last) if job.labels["arm"] in args.arms]
     code = queue_code(args, ROOT)
 
+    # accuracy after the early stage, kept beside the results (run folders do not outlive a machine)
     early_path = args.results.with_name(args.results.stem.removesuffix("_runs") + "_early.jsonl")
+    folders = {job.name: args.runs_dir / job.name for job in jobs}
 
     def record(*_: object) -> None:
         append_finished(jobs, args.runs_dir, args.results, {"code": code})
         record_early(jobs, args.runs_dir, early_path, args.early_epochs)
         rows = read_rows(args.results)
-        folders = {job.name: args.runs_dir / job.name for job in jobs}
         early = early_accuracies(early_path, args.early_epochs, rows, folders)
         args.results.with_suffix(".md").write_text(render(all_jobs(), args.runs_dir, rows, early, args.early_epochs,
                                                           code))
@@ -252,9 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                            key=lambda job: (int(job.name.rsplit("-s", 1)[1]), job.labels["arm"] != ROBUST))
             target = args.early_epochs
         else:
-            queue = full_order(jobs, args.runs_dir, args.early_epochs, early_accuracies(
-                early_path, args.early_epochs, read_rows(args.results),
-                {job.name: args.runs_dir / job.name for job in jobs}))
+            early = early_accuracies(early_path, args.early_epochs, read_rows(args.results), folders)
+            queue = full_order(jobs, args.runs_dir, args.early_epochs, early)
             target = EPOCHS
         failed = run_queue(queue, args.runs_dir, lambda job: target, args.parallel, record, pythonpath=pythonpath,
                            skip=recorded_runs(args.results), start_until=args.start_until)
