@@ -43,6 +43,8 @@ PUBLISHED = {
     ("lenet-300-100", "snip (variance-scaling init)", 0.02): 2.4,
     ("lenet-300-100", "snip (official protocol)", 0.05): 1.6,
     ("lenet-300-100", "snip (official protocol)", 0.02): 2.4,
+    ("lenet-300-100", "snip (official protocol, first release)", 0.05): 1.6,
+    ("lenet-300-100", "snip (official protocol, first release)", 0.02): 2.4,
     ("lenet-300-100", "sparse-momentum", 0.01): 2.36,
     ("lenet-300-100", "sparse-momentum", 0.02): 1.99,
     ("lenet-300-100", "sparse-momentum", 0.05): 1.53,
@@ -63,6 +65,8 @@ EXPECTED = [
     ("lenet-300-100", "snip", 0.05),
     ("lenet-300-100", "snip (official protocol)", 0.02),
     ("lenet-300-100", "snip (official protocol)", 0.05),
+    ("lenet-300-100", "snip (official protocol, first release)", 0.02),
+    ("lenet-300-100", "snip (official protocol, first release)", 0.05),
     ("lenet-5-caffe", "sparse-momentum", 0.05),
     ("lenet-5-caffe", "dense [snfs-lenet5]", 1.0),
     ("lenet-5-caffe", "static [snfs-lenet5]", 0.05),
@@ -84,6 +88,8 @@ COMMANDS = {
                                     "--seeds S",
     "snip (official protocol)": "python benchmarks/snip/reproduce_mnist.py --official --densities 0.05 0.02 "
                                 "--seeds S",
+    "snip (official protocol, first release)": "python benchmarks/snip/reproduce_mnist.py --official "
+                                               "--score-bias-init vs --densities 0.05 0.02 --seeds S",
 }
 
 REQUIRED = ("method", "model", "density", "seed", "epochs", "test_error", "wall_s")

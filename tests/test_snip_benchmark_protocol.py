@@ -58,19 +58,29 @@ def test_official_protocol_builds_plain_momentum_and_snip_public_options(bench, 
 
     def spy(model, optimizer, **kwargs):
         built["nesterov"] = optimizer.param_groups[0]["nesterov"]
-        built["options"] = {k: kwargs[k] for k in ("init", "score_init", "prune_biases", "keep_every_layer")
-                            if k in kwargs}
-        return real(model, optimizer, **kwargs)
+        built["options"] = {k: kwargs[k] for k in ("init", "score_init", "prune_biases", "keep_every_layer",
+                                                   "score_bias_init") if k in kwargs}
+        built["biases kept"] = (sparsifier := real(model, optimizer, **kwargs)).algorithm.result.bias_kept
+        return sparsifier
 
     monkeypatch.setattr(bench.sparsecore, "Sparsifier", spy)
-    bench.run(bench.parse_args(["--official", "--epochs", "1"]), _split(200, 0), _split(100, 1), 0.05, 0)
-    assert built == {"nesterov": False, "options": {"init": "variance_scaling", "score_init": "variance_scaling",
-                                                    "prune_biases": True, "keep_every_layer": False}}
+    official = {"init": "variance_scaling", "score_init": "variance_scaling", "prune_biases": True,
+                "keep_every_layer": False}
+    row = bench.run(bench.parse_args(["--official", "--epochs", "1"]), _split(200, 0), _split(100, 1), 0.05, 0)
+    assert built == {"nesterov": False, "options": {**official, "score_bias_init": "zeros"}, "biases kept": 0}
+    assert row["method"] == "snip (official protocol)"
+    row = bench.run(bench.parse_args(["--official", "--score-bias-init", "vs", "--epochs", "1"]), _split(200, 0),
+                    _split(100, 1), 0.05, 0)
+    assert built["options"] == {**official, "score_bias_init": "variance_scaling"} and built["biases kept"] > 0
+    assert row["method"] == "snip (official protocol, first release)"
     bench.run(bench.parse_args(["--epochs", "1"]), _split(200, 0), _split(100, 1), 0.05, 0)
-    assert built == {"nesterov": True, "options": {"score_init": "actual"}}
+    assert built == {"nesterov": True, "options": {"score_init": "actual"}, "biases kept": 0}
 
 
 def test_official_refuses_its_own_choices_given_twice(bench, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--official", "--init", "vs"])
     assert "--official sets the initialisation and the scored draw itself" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--score-bias-init", "vs"])
+    assert "--score-bias-init applies to the scored draw of --official only" in capsys.readouterr().err

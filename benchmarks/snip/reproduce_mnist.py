@@ -26,9 +26,14 @@ runs: the script prints what it did).
 ``--official`` runs snip-public's own protocol (the recipe ``snip-official``):
 plain momentum (no Nesterov), variance-scaling weights with zero biases
 (SNIP's ``init="variance_scaling"``), masks scored on a separate
-variance-scaling draw of weights and biases (``score_init="variance_scaling"``),
-biases competing with the weights for the budget (``prune_biases=True``) and
-no layer guard; its rows are labelled ``snip (official protocol)``.
+variance-scaling draw of the weights with zero biases
+(``score_init="variance_scaling"``), biases competing with the weights for the
+budget (``prune_biases=True``; scored from zero, they are all pruned) and no
+layer guard; its rows are labelled ``snip (official protocol)``. With
+``--score-bias-init vs`` the scored draw's biases are drawn like its weights,
+as in snip-public's first release (commit b00bef0; f028496 made zeros the
+default), so some biases win places; those rows are labelled
+``snip (official protocol, first release)``.
 
 Every run reports two figures. ``test_error`` is the error after the last
 epoch (what the shared table shows). ``official_error`` is snip-public's
@@ -53,6 +58,7 @@ Usage (from the repository root; CPU is shared, so be nice)::
 
     nice -n 10 python benchmarks/snip/reproduce_mnist.py --densities 0.05 0.02 --seeds 0 1 2
     nice -n 10 python benchmarks/snip/reproduce_mnist.py --official --densities 0.05 0.02 --seeds 0 1 2
+    nice -n 10 python benchmarks/snip/reproduce_mnist.py --official --score-bias-init vs --seeds 0 1 2
     python benchmarks/snip/reproduce_mnist.py --epochs 1 --limit-train 2000 --no-append   # smoke test
 """
 
@@ -80,9 +86,11 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "mnist_runs.jsonl"
 RENDER = ROOT / "benchmarks" / "render_mnist_table.py"
 MODEL = "lenet-300-100"
-#: SNIP options of snip-public's protocol (the recipe ``snip-official``).
+#: SNIP options of snip-public's protocol (the recipe ``snip-official``); ``score_bias_init`` follows ``--score-bias-init``.
 OFFICIAL_OPTIONS = {"init": "variance_scaling", "score_init": "variance_scaling", "prune_biases": True,
                     "keep_every_layer": False}
+#: ``--score-bias-init`` to SNIP's ``score_bias_init``.
+SCORE_BIAS_INITS = {"zeros": "zeros", "vs": "variance_scaling"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,6 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--official", action="store_true",
                    help="snip-public's protocol: plain momentum, variance-scaling init, a separate variance-scaling "
                         "draw scored, biases as candidates, no layer guard (excludes --init, --score-init)")
+    p.add_argument("--score-bias-init", choices=["zeros", "vs"], default="zeros",
+                   help="with --official: the scored draw's biases, zero (snip-public's default since f028496) or "
+                        "variance-scaling like the weights (its first release, b00bef0)")
     p.add_argument("--checkpoint-interval", type=int, default=OFFICIAL_CHECKPOINT_INTERVAL,
                    help="iterations between the test evaluations of the official figure")
     p.add_argument("--checkpoints-kept", type=int, default=OFFICIAL_CHECKPOINTS_KEPT,
@@ -118,6 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.official and (args.init != "default" or args.score_init != "actual"):
         p.error("--official sets the initialisation and the scored draw itself; drop --init and --score-init")
+    if args.score_bias_init != "zeros" and not args.official:
+        p.error("--score-bias-init applies to the scored draw of --official only")
     if args.checkpoint_interval < 1 or args.checkpoints_kept < 1:
         p.error("--checkpoint-interval and --checkpoints-kept must be positive")
     return args
@@ -147,7 +160,8 @@ def run(args: argparse.Namespace, train: DataSplit, test: DataSplit, density: fl
     model = create_model(MODEL)
     if args.init == "vs":
         variance_scaling_init(model)  # from the global generator, seeded above
-    options = dict(OFFICIAL_OPTIONS) if args.official else {"score_init": args.score_init}
+    options = ({**OFFICIAL_OPTIONS, "score_bias_init": SCORE_BIAS_INITS[args.score_bias_init]} if args.official
+               else {"score_init": args.score_init})
     nesterov = args.nesterov and not args.official and args.momentum > 0
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 nesterov=nesterov, weight_decay=args.weight_decay)
@@ -186,7 +200,7 @@ def run(args: argparse.Namespace, train: DataSplit, test: DataSplit, density: fl
           f"(1 - best of the last {len(checkpoints.kept)} checkpoints) "
           f"{'n/a' if official is None else f'{100 * official:.2f} %'}", flush=True)
     if args.official:
-        method = "snip (official protocol)"
+        method = "snip (official protocol" + (", first release)" if args.score_bias_init == "vs" else ")")
     else:
         method = "snip" if args.init == "default" else "snip (variance-scaling init)"
     return {"method": method, "model": MODEL, "density": density, "seed": seed, "epochs": args.epochs,

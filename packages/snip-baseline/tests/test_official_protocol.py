@@ -112,11 +112,15 @@ def test_init_option_trains_the_variance_scaling_draw_and_scores_it(batch):
     assert sparsifier.nnz == kappa
 
 
-def test_score_init_variance_scaling_scores_a_copy_with_drawn_weights_and_biases(batch):
+def test_score_init_variance_scaling_scores_a_copy_with_drawn_weights_and_zero_biases(batch):
     model = make_mlp()
     original = copy.deepcopy(model)
     scored = variance_scaling_copy(model, torch.Generator().manual_seed(SEED))
-    assert all(layer.bias.abs().sum() > 0 for layer in scored if isinstance(layer, nn.Linear))
+    g = torch.Generator().manual_seed(SEED)
+    for layer in scored:
+        if isinstance(layer, nn.Linear):                        # weights drawn in order, biases zero (no draw)
+            assert torch.equal(layer.weight, variance_scaling_(torch.empty_like(layer.weight), g))
+            assert not layer.bias.any()
     sparsifier = _build(model, batch, score_init="variance_scaling")
     wanted = _top_k({n: s for n, s in _hand_scores(scored, batch).items() if "bias" not in n}, round(1376 * 0.2))
     for name in ("0", "2", "4"):
@@ -126,10 +130,45 @@ def test_score_init_variance_scaling_scores_a_copy_with_drawn_weights_and_biases
         assert torch.equal(model.get_submodule(name).bias, original.get_submodule(name).bias)
 
 
+def test_score_bias_init_variance_scaling_draws_the_scored_biases_like_the_weights(batch):
+    model = make_mlp()
+    scored = variance_scaling_copy(model, torch.Generator().manual_seed(SEED), biases="variance_scaling")
+    g = torch.Generator().manual_seed(SEED)
+    for layer in scored:
+        if isinstance(layer, nn.Linear):                        # layer by layer: weight, then bias
+            assert torch.equal(layer.weight, variance_scaling_(torch.empty_like(layer.weight), g))
+            assert torch.equal(layer.bias, variance_scaling_(torch.empty_like(layer.bias), g))
+    kappa = round((1376 + 60) * 0.2)
+    wanted = _top_k(_hand_scores(scored, batch), kappa)
+    sparsifier = _build(model, batch, score_init="variance_scaling", score_bias_init="variance_scaling",
+                        prune_biases=True, keep_every_layer=False)
+    algo = sparsifier.algorithm
+    for name in ("0", "2", "4"):
+        assert torch.equal(sparsifier.layers[name].mask, wanted[name])
+        assert torch.equal(algo.bias_masks[f"{name}.bias"], wanted[f"{name}.bias"])
+    assert 0 < algo.result.bias_kept < 60 and sparsifier.nnz + algo.result.bias_kept == kappa
+
+
+def test_official_options_prune_every_bias_as_snip_public_does(batch):
+    # snip-public (since f028496) scores a draw with zero biases: every bias scores 0, and the global top-k
+    # gives all kappa places to weights, so the network trains without biases
+    model = make_mlp()
+    sparsifier = _build(model, batch, density=0.2, init="variance_scaling", score_init="variance_scaling",
+                        prune_biases=True, keep_every_layer=False)
+    algo = sparsifier.algorithm
+    assert (algo.result.bias_kept, algo.result.bias_total) == (0, 60)
+    assert sparsifier.nnz == round((1376 + 60) * 0.2)
+    assert not any(model.get_submodule(name).bias.any() for name in ("0", "2", "4"))
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"init": "xavier"}, "snip: init must be None or 'variance_scaling', got 'xavier'"),
     ({"score_init": "vs"}, "snip: score_init must be one of 'actual', 'fresh', 'variance_scaling', got 'vs'"),
     ({"prune_biases": "yes"}, "snip: prune_biases must be True or False, got 'yes'"),
+    ({"score_bias_init": "ones"}, "snip: score_bias_init must be one of 'zeros', 'variance_scaling', got 'ones'"),
+    ({"score_bias_init": "variance_scaling"},
+     "snip: score_bias_init='variance_scaling' draws the biases of the variance-scaling copy; it needs "
+     "score_init='variance_scaling', got score_init='actual'"),
     ({"prune_biases": True, "per_layer": True}, "cannot be combined with per_layer=True"),
 ])
 def test_bad_protocol_options_are_refused(options, message, batch):
@@ -294,11 +333,9 @@ def test_snip_official_recipe_trains_and_resumes_with_pruned_biases_at_zero(tmp_
     assert (algo.init, algo.score_init, algo.prune_biases, algo.keep_every_layer) == (
         "variance_scaling", "variance_scaling", True, False)
     assert list(algo.bias_masks) == ["fc1.bias", "fc2.bias", "fc3.bias"]
-    masks = {key: mask.clone() for key, mask in algo.bias_masks.items()}
-    assert any(not m.all() for m in masks.values())
+    assert (algo.result.bias_kept, algo.result.bias_total) == (0, 410)   # zero-bias scored draw: all pruned
     resumed = resume_training(first.run_dir)
     assert resumed.completed and resumed.epochs_done == 2
-    for key, mask in masks.items():
-        assert torch.equal(resumed.sparsifier.algorithm.bias_masks[key], mask)
-        bias = resumed.model.get_parameter(key)
-        assert not bias[~mask].any() and bias[mask].any()
+    for key in algo.bias_masks:
+        assert not resumed.sparsifier.algorithm.bias_masks[key].any()
+        assert not resumed.model.get_parameter(key).any()           # trained a whole epoch, still zero

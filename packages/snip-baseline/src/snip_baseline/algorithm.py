@@ -17,8 +17,8 @@ from snip_baseline.init import INIT_LAYER_TYPES, variance_scaling_init_
 from snip_baseline.scoring import LossFn, connection_sensitivity, fresh_copy, normalize, variance_scaling_copy
 from sparsecore import Algorithm, ConfigurationError, optim_state
 
-__all__ = ["INITS", "SCORE_INITS", "SCORING_BATCHES_OPTION", "SCORING_DATA_OPTION", "Snip", "SnipAlgorithm",
-           "SnipResult"]
+__all__ = ["INITS", "SCORE_BIAS_INITS", "SCORE_INITS", "SCORING_BATCHES_OPTION", "SCORING_DATA_OPTION", "Snip",
+           "SnipAlgorithm", "SnipResult"]
 
 #: The factory option a training harness fills with its training batches (an iterable of ``(x, y)``).
 SCORING_DATA_OPTION = "loader"
@@ -27,6 +27,8 @@ SCORING_BATCHES_OPTION = "num_batches"
 
 #: Values of the ``score_init`` option.
 SCORE_INITS = ("actual", "fresh", "variance_scaling")
+#: Values of the ``score_bias_init`` option.
+SCORE_BIAS_INITS = ("zeros", "variance_scaling")
 #: Values of the ``init`` option.
 INITS = (None, "variance_scaling")
 
@@ -122,11 +124,18 @@ class SnipAlgorithm(Algorithm):
             redrawn with ``xavier_normal_`` from ``sparsifier.generator``, as the
             widely used PyTorch port does (see :func:`snip_baseline.scoring.fresh_copy`);
             ``"variance_scaling"`` scores a deep copy whose linear and
-            convolution weights and biases are all drawn by TF1's
-            variance-scaling initializer, snip-public's scored draw
+            convolution weights are drawn by TF1's variance-scaling
+            initializer and whose biases are zero, snip-public's scored draw
             (:func:`snip_baseline.scoring.variance_scaling_copy`). With either
             copy the model is trained from its own weights: the official code
             prunes one draw and trains another.
+        score_bias_init: the biases of the ``"variance_scaling"`` copy:
+            ``"zeros"`` (snip-public's ``initializer_b_bp`` default since its
+            commit f028496) or ``"variance_scaling"``, drawn like the weights
+            (the default of its first release, b00bef0). With
+            ``prune_biases=True`` it decides the biases' fate: zero biases
+            score 0 and are all pruned, drawn ones compete with the weights.
+            Only ``"zeros"`` is accepted with another ``score_init``.
         init: ``None`` trains the model's own initial weights;
             ``"variance_scaling"`` first redraws every linear and convolution
             layer of the model as snip-public's trained draw: weights from
@@ -161,7 +170,7 @@ class SnipAlgorithm(Algorithm):
     def __init__(self, batch: tuple[Any, torch.Tensor] | None = None, loader: Iterable[Any] | None = None,
                  num_batches: int = 1, loss_fn: LossFn | None = None, per_layer: bool = False,
                  score_init: str = "actual", keep_every_layer: bool = True, init: str | None = None,
-                 prune_biases: bool = False) -> None:
+                 prune_biases: bool = False, score_bias_init: str = "zeros") -> None:
         if batch is not None and loader is not None:
             raise ConfigurationError("snip: pass either batch=(x, y) or loader=..., not both")
         if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
@@ -182,6 +191,13 @@ class SnipAlgorithm(Algorithm):
         if not isinstance(score_init, str) or score_init not in SCORE_INITS:
             raise ConfigurationError(f"snip: score_init must be one of {', '.join(map(repr, SCORE_INITS))}, "
                                      f"got {score_init!r}")
+        if not isinstance(score_bias_init, str) or score_bias_init not in SCORE_BIAS_INITS:
+            raise ConfigurationError(f"snip: score_bias_init must be one of {', '.join(map(repr, SCORE_BIAS_INITS))}, "
+                                     f"got {score_bias_init!r}")
+        if score_bias_init != "zeros" and score_init != "variance_scaling":
+            raise ConfigurationError(f"snip: score_bias_init={score_bias_init!r} draws the biases of the "
+                                     f"variance-scaling copy; it needs score_init='variance_scaling', "
+                                     f"got score_init={score_init!r}")
         if init is not None and (not isinstance(init, str) or init not in INITS):
             raise ConfigurationError(f"snip: init must be None or 'variance_scaling', got {init!r}")
         if not isinstance(prune_biases, bool):
@@ -195,6 +211,7 @@ class SnipAlgorithm(Algorithm):
         self.loss_fn = loss_fn
         self.per_layer = bool(per_layer)
         self.score_init = score_init
+        self.score_bias_init = score_bias_init
         self.keep_every_layer = bool(keep_every_layer)
         self.init = init
         self.prune_biases = prune_biases
@@ -248,7 +265,7 @@ class SnipAlgorithm(Algorithm):
         if self.score_init == "fresh":
             model = fresh_copy(model, list(layers), sparsifier.generator)
         elif self.score_init == "variance_scaling":
-            model = variance_scaling_copy(model, sparsifier.generator)
+            model = variance_scaling_copy(model, sparsifier.generator, biases=self.score_bias_init)
         modules = dict(model.named_modules())
         tensors = {key: getattr(modules[module_name], param)
                    for key, (module_name, param) in self._candidates(sparsifier.model, layers).items()}
@@ -411,7 +428,7 @@ class SnipAlgorithm(Algorithm):
     def __repr__(self) -> str:
         return (f"SnipAlgorithm(per_layer={self.per_layer}, score_init={self.score_init!r}, "
                 f"num_batches={self.num_batches}, keep_every_layer={self.keep_every_layer}, init={self.init!r}, "
-                f"prune_biases={self.prune_biases})")
+                f"prune_biases={self.prune_biases}, score_bias_init={self.score_bias_init!r})")
 
 
 #: The name under which earlier releases exported the class.

@@ -8,9 +8,10 @@ number of inputs each output sees (``in_features`` of a linear weight,
 ``in_channels / groups * kernel size`` of a convolution weight), and for a
 one-dimensional tensor (a bias) it is its length.
 
-snip-public draws two sets of parameters: the ones it scores (``weights_bp``:
-weights and biases both variance-scaling) and the ones it trains
-(``weights_ap``: variance-scaling weights, zero biases).
+snip-public draws two sets of parameters: the ones it scores (``weights_bp``)
+and the ones it trains (``weights_ap``), both variance-scaling weights with
+zero biases. (Its first release, commit b00bef0, drew the scored biases by
+variance scaling too; commit f028496 made zeros the default.)
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def variance_scaling_init_(model: nn.Module, generator: torch.Generator | None =
     Args:
         model: the model, changed in place.
         generator: a CPU :class:`torch.Generator`, or ``None`` for the global one.
-        biases: ``"zeros"`` (the trained parameters, ``initializer_b_ap``) or
-            ``"variance_scaling"`` (the scored ones, ``initializer_b_bp``).
+        biases: ``"zeros"`` (snip-public's ``initializer_b_ap`` and ``initializer_b_bp``) or
+            ``"variance_scaling"`` (``initializer_b_bp`` of its first release).
 
     Returns:
         ``model``.

@@ -169,19 +169,24 @@ def fresh_copy(model: nn.Module, names: Sequence[str], generator: torch.Generato
     return clone
 
 
-def variance_scaling_copy(model: nn.Module, generator: torch.Generator) -> nn.Module:
+def variance_scaling_copy(model: nn.Module, generator: torch.Generator, biases: str = "zeros") -> nn.Module:
     """A deep copy of ``model`` drawn as snip-public draws the parameters it scores (``weights_bp``).
 
-    Every linear and convolution layer's weight *and* bias are drawn by
-    :func:`snip_baseline.init.variance_scaling_` (``initializer_w_bp`` and
-    ``initializer_b_bp`` are both ``"vs"`` by default), layer by layer in
-    model order, from ``generator``; everything else is copied as it is.
+    Every linear and convolution layer's weight is drawn by
+    :func:`snip_baseline.init.variance_scaling_` (``initializer_w_bp="vs"``), layer by layer in model
+    order, from ``generator``; its bias is zero (``initializer_b_bp="zeros"``, snip-public's default
+    since its commit f028496) or, with ``biases="variance_scaling"``, drawn like the weights (the
+    default of its first release, b00bef0). Everything else is copied as it is.
 
     Args:
         model: the model to copy (left untouched).
         generator: a CPU :class:`torch.Generator`.
+        biases: ``"zeros"`` or ``"variance_scaling"``.
 
     Returns:
         The copy.
+
+    Raises:
+        ValueError: an unknown ``biases`` value.
     """
-    return variance_scaling_init_(copy.deepcopy(model), generator, biases="variance_scaling")
+    return variance_scaling_init_(copy.deepcopy(model), generator, biases=biases)
