@@ -49,8 +49,8 @@ PYTHON_RECIPES: dict[str, Recipe] = {r.name: r for r in [
            "momentum 0.9, lr 0.1 x0.1 every 25k iterations, wd 5e-4 on every parameter, batch 100, 100 epochs on the "
            "first 54,000 training images (snip-public holds out a random 10%); weights drawn by TF1's "
            "variance-scaling initializer (variance 1/fan_in) with zero biases, masks scored on a separate "
-           "variance-scaling draw of weights and biases, biases competing with the weights for the budget "
-           "(pruned ones kept at zero), no layer guard. snip-public reports 1 - the best test accuracy of its last "
+           "variance-scaling draw with zero biases, biases competing with the weights for the budget (scored 0, "
+           "they are all pruned and kept at zero), no layer guard. snip-public reports 1 - the best test accuracy of its last "
            "five checkpoints (one every 1,000 iterations); sparsecore train reports the final-epoch error, and "
            "benchmarks/snip/reproduce_mnist.py --official reports both.",
            {**_SNFS_MNIST, "algorithm": "snip", "nesterov": False, "limit_train": 54000,
