@@ -37,3 +37,12 @@ def test_diverged_runs_are_counted_and_left_out_of_the_statistics(tables):
     assert ("| lenet-5-caffe / mnist | structured (channel) | 90 % | – (2 of 2 diverged) | – | 2 | "
             "s0 11.35, s1 11.35 |") in text
     assert "a run below 50 % counts as diverged" in text
+
+
+def test_rows_selects_and_orders_the_queue(tables):
+    names = [job.name for job in tables.jobs("mnist", [2], 30, ["structured (channel), lr 0.02", "SWAT-ERK"])]
+    assert names == ["mnist-channel-lr02-80-s2", "mnist-channel-lr02-90-s2", "mnist-erk-80-s2", "mnist-erk-90-s2"]
+    everything = [job.name for job in tables.jobs("mnist", [2], 30)]
+    assert len(everything) == 11 and everything[0] == "mnist-dense-s2"
+    with pytest.raises(ValueError, match="unknown row.*'SWAT-X'"):
+        tables.jobs("mnist", [2], 30, ["SWAT-X"])

@@ -22,7 +22,11 @@ Usage (from the repository root)::
 
     python benchmarks/swat/tables.py --part fashion-mnist --code <commit>
     python benchmarks/swat/tables.py --part mnist          # LeNet-5-Caffe: ~1 h per run on a shared CPU
+    python benchmarks/swat/tables.py --part mnist --rows SWAT-ERK "structured (channel), lr 0.02"
     python benchmarks/swat/tables.py --render-only
+
+``--rows`` runs only the rows named, in the order named (each row's seeds still go seed by seed): two
+queue processes sharing a runs directory must be given disjoint rows, or they would run the same jobs.
 """
 
 from __future__ import annotations
@@ -85,12 +89,19 @@ def recipe_flags(epochs: int) -> tuple[str, ...]:
             "--lr-milestones", f"{epochs // 3},{2 * epochs // 3}", "--lr-gamma", "0.1")
 
 
-def jobs(part: str, seeds: list[int], epochs: int) -> list[Job]:
-    """Every run of one part, seed-major (each seed's rows finish together), dense first."""
+def jobs(part: str, seeds: list[int], epochs: int, rows: list[str] | None = None) -> list[Job]:
+    """Every run of one part, seed-major (each seed's rows finish together), dense first.
+
+    ``rows`` keeps only those rows, in that order (default: every row of :data:`ROWS`).
+    """
     model, dataset = PARTS[part]
+    unknown = [row for row in rows or () if row not in ROWS]
+    if unknown:
+        raise ValueError(f"unknown row(s) {', '.join(map(repr, unknown))}; the rows are: {', '.join(ROWS)}")
     out = []
     for seed in seeds:
-        for row, options in ROWS.items():
+        for row in rows or ROWS:
+            options = ROWS[row]
             if options is not None and "structure=channel" in options and model == "lenet-300-100":
                 continue
             for sparsity in row_sparsities(row, part):
@@ -173,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part", choices=list(PARTS), default="fashion-mnist")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), default=None, metavar="ROW",
+                   help="run only these rows, in this order (default: all); names as in the table")
     add_queue_arguments(p, "swat", RESULTS)
     args = p.parse_args(argv)
     queue = [job for part in PARTS for job in jobs(part, args.seeds, args.epochs)]
@@ -184,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.render_only:
         pythonpath = prepare_code(p, args, code, ROOT)
-        part_jobs = [job for job in queue if job.labels["part"] == args.part]
+        part_jobs = jobs(args.part, args.seeds, args.epochs, args.rows)
         failed = run_queue(part_jobs, args.runs_dir, lambda job: job.epochs, args.parallel, record,
                            pythonpath=pythonpath,
                            skip=recorded_runs(args.results), start_until=args.start_until)
