@@ -25,8 +25,9 @@ Usage (from the repository root)::
     python benchmarks/swat/tables.py --part mnist --rows SWAT-ERK "structured (channel), lr 0.02"
     python benchmarks/swat/tables.py --render-only
 
-``--rows`` runs only the rows named, in the order named (each row's seeds still go seed by seed): two
-queue processes sharing a runs directory must be given disjoint rows, or they would run the same jobs.
+``--rows`` runs only the rows named, in the order named (the queue stays seed by seed: every seed's
+rows in that order): two queue processes sharing a runs directory must be given disjoint rows, or they
+would run the same jobs.
 """
 
 from __future__ import annotations
