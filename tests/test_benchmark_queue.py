@@ -129,3 +129,18 @@ def test_finished_rows_name_their_cpu_layout_and_code_when_not_the_pages(lenet5_
 def test_channels_last_queue_adds_the_flag_to_every_job(lenet5_queue):
     assert all(job.flags[-1] == "--channels-last" for job in lenet5_queue.all_jobs(channels_last=True))
     assert not any("--channels-last" in job.flags for job in lenet5_queue.all_jobs())
+
+
+def test_collapsed_rows_name_the_epoch_from_which_accuracy_stayed_at_chance(lenet5_queue, tmp_path):
+    fell = [0.93, 0.96, 0.945] + [0.113] * (lenet5_queue.EPOCHS - 3)
+    dipped = [0.93, 0.2, 0.97] + [0.99] * (lenet5_queue.EPOCHS - 3)
+    assert lenet5_queue.collapse_epoch(fell) == 4
+    assert lenet5_queue.collapse_epoch([0.11] * 5) == 1
+    assert lenet5_queue.collapse_epoch([0.9, 0.1, 0.9, 0.1]) == 4  # a recovery in between does not count
+    assert lenet5_queue.collapse_epoch(dipped) is None
+    rows = [{"run": "sm-s2", "arm": "sparse-momentum", "seed": 2, "epochs_done": 100, "test_error": 88.65,
+             "test_acc_per_epoch": fell, "cpu": "AMD EPYC"},
+            {"run": "sm-s3", "arm": "sparse-momentum", "seed": 3, "epochs_done": 100, "test_error": 0.7,
+             "test_acc_per_epoch": dipped}]
+    page = lenet5_queue.render(lenet5_queue.all_jobs(), tmp_path, rows, {}, 3, None)
+    assert "| sparse-momentum | 2 | 1 | 0.70 | 1 of 2 | s2 88.65 (collapsed in epoch 4, AMD EPYC), s3 0.70 |" in page

@@ -138,10 +138,24 @@ def full_order(jobs: list[Job], runs_dir: Path, early_epochs: int, early: dict[s
     return sorted(jobs, key=key)
 
 
+def collapse_epoch(test_acc_per_epoch: list[float]) -> int | None:
+    """The epoch (1-based) after which test accuracy stayed below the collapse threshold to the end; ``None``
+    when the final accuracy is at or above it."""
+    if not test_acc_per_epoch or test_acc_per_epoch[-1] >= COLLAPSE_BELOW:
+        return None
+    epoch = len(test_acc_per_epoch)
+    while epoch > 1 and test_acc_per_epoch[epoch - 2] < COLLAPSE_BELOW:
+        epoch -= 1
+    return epoch
+
+
 def _run_notes(row: dict, page_code: str | None) -> str:
-    """`` (CPU, channels-last, code …)`` for what a row records (its code only where it is not the page's)."""
+    """`` (collapsed in epoch N, CPU, channels-last, code …)`` for what a row records (its code only where it is
+    not the page's)."""
     code = row.get("code")
-    notes = [note for note in (row.get("cpu"), "channels-last" if row.get("channels_last") else None,
+    fell = collapse_epoch(row.get("test_acc_per_epoch", []))
+    notes = [note for note in (f"collapsed in epoch {fell}" if fell else None, row.get("cpu"),
+                               "channels-last" if row.get("channels_last") else None,
                                f"code {code[:12]}" if code and code != page_code else None) if note]
     return f" ({', '.join(notes)})" if notes else ""
 
@@ -196,7 +210,8 @@ def render(jobs: list[Job], runs_dir: Path, rows: list[dict], early: dict[str, f
             per = ", ".join(f"s{s} {100 * a:.1f}" for s, a in sorted(measured.items()))
             lines.append(f"| {arm} | {len(measured)} | {collapsed} of {len(measured)} | {per} |")
     lines += ["", f"## {EPOCHS} epochs (test error after the final epoch)", "",
-              "Collapsed: final test error above 50 %. Statistics are over the runs that did not collapse.", "",
+              "Collapsed: final test error above 50 %; \"collapsed in epoch N\": test accuracy stayed below 50 % from "
+              "epoch N to the end. Statistics are over the runs that did not collapse.", "",
               "| arm | finished seeds | collapsed | test error of the others (%) | ≤ 0.75 % | per seed (%) |",
               "|---|---|---|---|---|---|"]
     for arm in ARMS:
