@@ -11,7 +11,10 @@ job to a few epochs (an early measurement) and later extend each one to the end.
 :func:`run_queue` works through the jobs in order, ``parallel`` processes at a time,
 each with one torch thread, and calls ``on_progress`` after every finished invocation,
 so the caller records results as they land. :func:`read_run` turns a run folder into a
-result row.
+result row. A run that diverged (``sparsecore train`` stops a run whose loss or weights
+become non-finite and keeps the checkpoint of the last good epoch) is an outcome, not a
+failure to retry: resuming it repeats the divergence, so its row records the epoch
+(:func:`diverged_epoch`) and the queue does not start it again.
 
 The working tree of a shared repository changes under a long queue. :func:`code_snapshot`
 extracts one commit's ``packages/`` to a folder and returns the ``PYTHONPATH`` that makes
@@ -25,6 +28,7 @@ import io
 import json
 import os
 import platform
+import re
 import subprocess
 import tarfile
 import sys
@@ -84,6 +88,26 @@ def epochs_done(folder: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.strip())
 
 
+#: The line ``sparsecore train`` prints when it stops a diverged run (``TrainingDivergedError``).
+DIVERGED_LINE = re.compile(r"training diverged in epoch (\d+)/\d+")
+
+
+def diverged_epoch(folder: Path) -> int | None:
+    """The (1-based) epoch in which the run in ``folder`` diverged, or ``None``.
+
+    Read from the run's log (``<folder>.log`` beside it, where :func:`run_queue` writes it): its last
+    divergence line counts only while the folder still ends at the epoch before it (a run resumed past
+    it did not stay diverged).
+    """
+    log = folder.parent / f"{folder.name}.log"
+    if not log.is_file():
+        return None
+    found = DIVERGED_LINE.findall(log.read_text(errors="replace"))
+    if not found or int(found[-1]) != epochs_done(folder) + 1:
+        return None
+    return int(found[-1])
+
+
 def command(job: Job, runs_dir: Path, target: int, threads: int = 1) -> list[str] | None:
     """The command that takes ``job`` to ``target`` epochs, or ``None`` when it is already there."""
     folder = runs_dir / job.name
@@ -103,7 +127,8 @@ def command(job: Job, runs_dir: Path, target: int, threads: int = 1) -> list[str
 def read_run(folder: Path, labels: dict[str, Any] | None = None) -> dict[str, Any]:
     """A result row for the run in ``folder``: its configuration, per-epoch test accuracy and final figures.
 
-    Errors are in percent. ``completed`` says whether the run reached its ``epochs``.
+    Errors are in percent. ``completed`` says whether the run reached its ``epochs``; ``diverged_in_epoch``
+    names the epoch in which it diverged (``None`` when it did not, see :func:`diverged_epoch`).
     """
     stored = json.loads((folder / "config.json").read_text())
     config, environment = stored["config"], stored.get("environment", {})
@@ -116,6 +141,7 @@ def read_run(folder: Path, labels: dict[str, Any] | None = None) -> dict[str, An
         "epochs": config.get("epochs"), "epochs_done": len(records),
         "channels_last": bool(config.get("channels_last", False)),
         "completed": len(records) >= int(config.get("epochs", 0)) and (folder / "summary.md").is_file(),
+        "diverged_in_epoch": diverged_epoch(folder),
         "test_error": round(100 * (1 - last["test_acc"]), 4) if records else None,
         "best_test_error": round(100 * (1 - max(r["test_acc"] for r in records)), 4) if records else None,
         "test_acc_per_epoch": [r["test_acc"] for r in records],
@@ -187,12 +213,14 @@ def cpu_model() -> str:
 
 
 def recorded_runs(results: Path) -> set[str]:
-    """Names of the completed runs that ``results`` (a JSON-lines file of :func:`read_run` rows) holds."""
-    return {row["run"] for row in read_rows(results) if row.get("completed")}
+    """Names of the finished runs (completed or diverged) that ``results`` (a JSON-lines file of :func:`read_run`
+    rows) holds."""
+    return {row["run"] for row in read_rows(results) if row.get("completed") or row.get("diverged_in_epoch")}
 
 
 def append_finished(jobs: Sequence[Job], runs_dir: Path, results: Path, extra: dict[str, Any] | None = None) -> int:
-    """Append a row for every completed job not yet in ``results`` (a JSON-lines file); returns how many.
+    """Append a row for every finished job (completed or diverged) not yet in ``results`` (a JSON-lines file);
+    returns how many.
 
     Each row is :func:`read_run`'s with ``cpu`` (:func:`cpu_model`) and the fields of ``extra`` added.
     """
@@ -203,7 +231,7 @@ def append_finished(jobs: Sequence[Job], runs_dir: Path, results: Path, extra: d
         if job.name in seen or not (folder / "config.json").is_file():
             continue
         row = read_run(folder, job.labels)
-        if row["completed"]:
+        if row["completed"] or row["diverged_in_epoch"]:
             row.update(cpu=cpu_model(), **(extra or {}))
             results.parent.mkdir(parents=True, exist_ok=True)
             with open(results, "a", encoding="utf-8") as f:

@@ -121,22 +121,25 @@ def queue_rows(path: Path) -> list[dict]:
         if not line.strip():
             continue
         run = json.loads(line)
-        if not run.get("completed"):
+        if not run.get("completed") and not run.get("diverged_in_epoch"):
             continue
         rows.append({"method": f"{run['arm']} [snfs-lenet5]", "model": run["model"],
                      "density": 1.0 if run.get("dense") else float(run["density"]), "seed": run["seed"],
                      "epochs": run["epochs"], "test_error": run["test_error"], "wall_s": run["train_seconds"],
+                     "diverged_in_epoch": run.get("diverged_in_epoch"),
                      "machine": "2-core CPU (x86_64), 1 torch threads", "torch": run.get("torch") or "?"})
     return rows
 
 
-def fmt_errors(values: list[float]) -> str:
-    """Mean ± std of the runs that did not collapse, with the collapsed count when there are any."""
+def fmt_errors(values: list[float], diverged: int = 0) -> str:
+    """Mean ± std of the runs that did not collapse, with the count of those that collapsed (and of the
+    ``diverged`` runs, which have no final error and count with them) when there are any."""
     kept = [v for v in values if v <= COLLAPSED_ABOVE]
-    collapsed = len(values) - len(kept)
+    collapsed = len(values) - len(kept) + diverged
     if not collapsed:
         return fmt_mean(values)
-    return f"{fmt_mean(kept) if kept else '–'} ({collapsed} of {len(values)} collapsed)"
+    what = "collapsed or diverged" if diverged else "collapsed"
+    return f"{fmt_mean(kept) if kept else '–'} ({collapsed} of {len(values) + diverged} {what})"
 
 
 def fmt_mean(values: list[float]) -> str:
@@ -176,13 +179,15 @@ def render(rows: list[dict]) -> str:
             lines.append(f"| {model} | {method} | {density:g} | — | 0 | not run | — | {pub} | — | — |")
             continue
         group = sorted(groups[(model, method, density, epochs)], key=lambda r: r["seed"])
-        errors = [float(r["test_error"]) for r in group]
-        per_seed = ", ".join(f"s{r['seed']}: {float(r['test_error']):.2f}" for r in group)
+        ended = [r for r in group if not r.get("diverged_in_epoch")]
+        errors = [float(r["test_error"]) for r in ended]
+        per_seed = ", ".join(f"s{r['seed']}: diverged in epoch {r['diverged_in_epoch']}" if r.get("diverged_in_epoch")
+                             else f"s{r['seed']}: {float(r['test_error']):.2f}" for r in group)
         kept = [e for e in errors if e <= COLLAPSED_ABOVE]
         delta = f"{statistics.mean(kept) - published:+.2f}" if published is not None and kept else "—"
-        wall = statistics.mean(float(r["wall_s"]) for r in group)
-        lines.append(f"| {model} | {method} | {density:g} | {epochs} | {len(group)} | {fmt_errors(errors)} | "
-                     f"{per_seed} | {pub} | {delta} | {wall / 60:.1f} min |")
+        wall = f"{statistics.mean(float(r['wall_s']) for r in ended) / 60:.1f} min" if ended else "—"
+        lines.append(f"| {model} | {method} | {density:g} | {epochs} | {len(group)} | "
+                     f"{fmt_errors(errors, len(group) - len(ended))} | {per_seed} | {pub} | {delta} | {wall} |")
 
     machines = sorted({f"{r.get('machine', 'unknown machine')}, torch {r.get('torch', '?')}" for r in rows})
     lines += ["", "## Notes", ""]
@@ -190,7 +195,9 @@ def render(rows: list[dict]) -> str:
     lines.append("- Rows with fewer than 100 epochs are shorter runs than the paper's and not comparable to it.")
     lines.append("- \"not run\": no run of that row was made (CPU time was the limit); it is not a result.")
     lines.append(f"- Collapsed: a run whose final test error is above {COLLAPSED_ABOVE:.0f} % (chance is 90 %); the "
-                 "mean ± std and Δ are over the other runs, and the count says how many collapsed.")
+                 "mean ± std and Δ are over the other runs, and the count says how many collapsed. Diverged: "
+                 "`sparsecore train` stopped the run in the epoch named because its training loss became "
+                 "non-finite; it has no final error and counts with the collapsed runs.")
     lines.append("- Rows marked [snfs-lenet5]: `sparsecore train --recipe snfs-lenet5` (the reference recipe on all "
                  "60,000 training images, no validation split) through the resumable queue "
                  f"`{QUEUE_COMMAND}`; its page `sparse_momentum_lenet5_runs.md` has the early-collapse table "
@@ -211,7 +218,8 @@ def render(rows: list[dict]) -> str:
                          f"accuracy of the last five checkpoints (one every 1,000 iterations): "
                          f"{fmt_mean([float(r['official_error']) for r in official])} ({figures}); the table shows "
                          "the final-epoch error.")
-    lines.append("- \"wall per run\": mean wall-clock time of the row's runs, each on one torch thread of a shared "
+    lines.append("- \"wall per run\": mean wall-clock time of the row's runs (diverged runs left out), each on one "
+                 "torch thread of a shared "
                  "2-core machine with other runs beside it; a cost indication, not a speed measurement.")
     lines.append("")
     lines.append("## Commands")

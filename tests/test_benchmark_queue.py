@@ -40,11 +40,47 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def test_recorded_runs_lists_only_completed_rows(cli_queue, tmp_path):
+def test_recorded_runs_lists_only_completed_or_diverged_rows(cli_queue, tmp_path):
     results = tmp_path / "runs.jsonl"
-    _write_rows(results, [{"run": "a", "completed": True}, {"run": "b", "completed": False}, {"run": "c"}])
-    assert cli_queue.recorded_runs(results) == {"a"}
+    _write_rows(results, [{"run": "a", "completed": True}, {"run": "b", "completed": False}, {"run": "c"},
+                          {"run": "d", "completed": False, "diverged_in_epoch": 4},
+                          {"run": "e", "completed": False, "diverged_in_epoch": None}])
+    assert cli_queue.recorded_runs(results) == {"a", "d"}
     assert cli_queue.recorded_runs(tmp_path / "missing.jsonl") == set()
+
+
+def _run_folder(root: Path, name: str, epochs_done: int, log: str) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"config": {"epochs": 100, "seed": 0, "density": 0.05}}))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"test_acc": 0.9, "epoch_seconds": 1.0}) + "\n"
+                                                  for _ in range(epochs_done)))
+    (root / f"{name}.log").write_text(log)
+    return folder
+
+
+DIVERGED = ("sparsecore train: error: training diverged in epoch 4/100: the training loss became nan within the "
+            "first 26 steps of the epoch; /r/sm-s0 keeps the checkpoint of epoch 3/100 (a lower --lr usually helps)\n")
+
+
+def test_a_diverged_run_is_recorded_once_with_its_epoch_and_not_started_again(cli_queue, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    _run_folder(runs, "sm-s0", 3, DIVERGED)
+    _run_folder(runs, "sm-s1", 7, DIVERGED)  # resumed past the divergence: not diverged
+    _run_folder(runs, "sm-s2", 3, "")  # stopped early (--stop-after), not diverged
+    assert [cli_queue.diverged_epoch(runs / name) for name in ("sm-s0", "sm-s1", "sm-s2", "absent")] == [
+        4, None, None, None]
+    results = tmp_path / "results.jsonl"
+    jobs = [cli_queue.Job(name, ("--seed", "0"), 100) for name in ("sm-s0", "sm-s1", "sm-s2")]
+    assert cli_queue.append_finished(jobs, runs, results) == 1
+    assert cli_queue.append_finished(jobs, runs, results) == 0
+    (row,) = cli_queue.read_rows(results)
+    assert (row["run"], row["completed"], row["diverged_in_epoch"], row["epochs_done"]) == ("sm-s0", False, 4, 3)
+    started: list[list[str]] = []
+    monkeypatch.setattr(cli_queue.subprocess, "Popen", lambda cmd, **_: started.append(cmd))
+    cli_queue.run_queue(jobs[:1], runs, lambda job: job.epochs, skip=cli_queue.recorded_runs(results),
+                        log=lambda _: None)
+    assert started == []
 
 
 def test_run_queue_starts_nothing_for_recorded_runs_even_without_their_folders(cli_queue, tmp_path, monkeypatch):
@@ -144,3 +180,34 @@ def test_collapsed_rows_name_the_epoch_from_which_accuracy_stayed_at_chance(lene
              "test_acc_per_epoch": dipped}]
     page = lenet5_queue.render(lenet5_queue.all_jobs(), tmp_path, rows, {}, 3, None)
     assert "| sparse-momentum | 2 | 1 | 0.70 | 1 of 2 | s2 88.65 (collapsed in epoch 4, AMD EPYC), s3 0.70 |" in page
+
+
+def test_diverged_runs_count_with_the_collapsed_and_have_no_final_error(lenet5_queue, tmp_path):
+    ok = [0.99] * lenet5_queue.EPOCHS
+    rows = [{"run": "sm-s0", "arm": "sparse-momentum", "seed": 0, "epochs_done": 3, "test_error": 34.42,
+             "test_acc_per_epoch": [0.94, 0.96, 0.6558], "diverged_in_epoch": 4, "cpu": "AMD EPYC"},
+            {"run": "sm-s1", "arm": "sparse-momentum", "seed": 1, "epochs_done": 3, "test_error": 88.7,
+             "test_acc_per_epoch": [0.94, 0.96, 0.113], "diverged_in_epoch": 4},
+            {"run": "sm-s3", "arm": "sparse-momentum", "seed": 3, "epochs_done": 100, "test_error": 0.7,
+             "test_acc_per_epoch": ok}]
+    page = lenet5_queue.render(lenet5_queue.all_jobs(), tmp_path, rows, {}, 3, None)
+    assert ("| sparse-momentum | 3 | 2 | 0.70 | 1 of 3 | s0 diverged in epoch 4 (AMD EPYC), s1 diverged in epoch 4, "
+            "s3 0.70 |") in page
+    assert "Unfinished" not in page
+
+
+def test_mnist_table_counts_diverged_queue_runs_with_the_collapsed(tmp_path):
+    render_mnist_table = _load("bench_render_mnist_table", BENCHMARKS / "render_mnist_table.py")
+    runs = tmp_path / "lenet5.jsonl"
+    base = {"arm": "sparse-momentum", "model": "lenet-5-caffe", "density": 0.05, "epochs": 100, "torch": "2.14.1"}
+    _write_rows(runs, [{**base, "seed": 0, "completed": False, "diverged_in_epoch": 4, "test_error": 34.42,
+                        "train_seconds": 60.0},
+                       {**base, "seed": 1, "completed": True, "test_error": 0.7, "train_seconds": 1800.0},
+                       {**base, "seed": 2, "completed": True, "test_error": 0.8, "train_seconds": 1200.0},
+                       {**base, "seed": 3, "completed": False, "test_error": 1.0, "train_seconds": 600.0}])
+    rows = render_mnist_table.queue_rows(runs)
+    assert [row["seed"] for row in rows] == [0, 1, 2]
+    (line,) = [line for line in render_mnist_table.render(rows).splitlines()
+               if line.startswith("| lenet-5-caffe | sparse-momentum [snfs-lenet5] |")]
+    assert line == ("| lenet-5-caffe | sparse-momentum [snfs-lenet5] | 0.05 | 100 | 3 | 0.75 ± 0.07 (1 of 3 collapsed "
+                    "or diverged) | s0: diverged in epoch 4, s1: 0.70, s2: 0.80 | 0.69 | +0.06 | 25.0 min |")

@@ -18,6 +18,9 @@ Two stages, both resumable (run folders ``RUNS_DIR/<arm>-s<seed>``, checkpoints 
   (faithful, redistribution=none, static, dense) seed by seed, the faithful runs that collapsed
   early last (to see whether any recovers).
 
+A run that diverges (``sparsecore train`` stops it when its loss becomes non-finite) is finished too: its row names
+the epoch, counts with the collapsed runs, and the queue does not start it again (resuming repeats the divergence).
+
 Every invocation that ends appends the finished runs to ``benchmarks/results/sparse_momentum_lenet5_runs.jsonl``
 and re-renders ``benchmarks/results/sparse_momentum_lenet5_runs.md`` (also with ``--render-only``), which shows
 the early-collapse table (each run's accuracy after the early stage is also appended to
@@ -153,11 +156,23 @@ def _run_notes(row: dict, page_code: str | None) -> str:
     """`` (collapsed in epoch N, CPU, channels-last, code …)`` for what a row records (its code only where it is
     not the page's)."""
     code = row.get("code")
-    fell = collapse_epoch(row.get("test_acc_per_epoch", []))
+    fell = None if row.get("diverged_in_epoch") else collapse_epoch(row.get("test_acc_per_epoch", []))
     notes = [note for note in (f"collapsed in epoch {fell}" if fell else None, row.get("cpu"),
                                "channels-last" if row.get("channels_last") else None,
                                f"code {code[:12]}" if code and code != page_code else None) if note]
     return f" ({', '.join(notes)})" if notes else ""
+
+
+def _finished(row: dict) -> bool:
+    """Whether a result row is a finished run: all epochs trained, or stopped by a divergence."""
+    return row["epochs_done"] >= EPOCHS or bool(row.get("diverged_in_epoch"))
+
+
+def _seed_result(row: dict, page_code: str | None) -> str:
+    """``s<seed> <final error>`` or ``s<seed> diverged in epoch N``, with the row's notes."""
+    outcome = (f"diverged in epoch {row['diverged_in_epoch']}" if row.get("diverged_in_epoch")
+               else f"{row['test_error']:.2f}")
+    return f"s{row['seed']} {outcome}{_run_notes(row, page_code)}"
 
 
 def _stats(values: list[float]) -> str:
@@ -211,20 +226,22 @@ def render(jobs: list[Job], runs_dir: Path, rows: list[dict], early: dict[str, f
             lines.append(f"| {arm} | {len(measured)} | {collapsed} of {len(measured)} | {per} |")
     lines += ["", f"## {EPOCHS} epochs (test error after the final epoch)", "",
               "Collapsed: final test error above 50 %; \"collapsed in epoch N\": test accuracy stayed below 50 % from "
-              "epoch N to the end. Statistics are over the runs that did not collapse.", "",
-              "| arm | finished seeds | collapsed | test error of the others (%) | ≤ 0.75 % | per seed (%) |",
+              "epoch N to the end. Diverged: `sparsecore train` stopped the run because its training loss became "
+              "non-finite in the epoch named (it keeps the checkpoint of the epoch before; resuming repeats the "
+              "divergence), so it has no final error. Statistics are over the runs that neither collapsed nor "
+              "diverged.", "",
+              "| arm | finished seeds | collapsed or diverged | test error of the others (%) | ≤ 0.75 % | per seed (%) |",
               "|---|---|---|---|---|---|"]
     for arm in ARMS:
-        done = sorted((r for r in rows if r.get("arm") == arm and r["epochs_done"] >= EPOCHS), key=lambda r: r["seed"])
+        done = sorted((r for r in rows if r.get("arm") == arm and _finished(r)), key=lambda r: r["seed"])
         if not done:
             continue
-        errors = {r["seed"]: r["test_error"] for r in done}
-        ok = [e for e in errors.values() if e <= 100 * (1 - COLLAPSE_BELOW)]
-        notes = {r["seed"]: _run_notes(r, code) for r in done}
-        per = ", ".join(f"s{s} {e:.2f}{notes[s]}" for s, e in errors.items())
+        ok = [r["test_error"] for r in done
+              if not r.get("diverged_in_epoch") and r["test_error"] <= 100 * (1 - COLLAPSE_BELOW)]
+        per = ", ".join(_seed_result(r, code) for r in done)
         lines.append(f"| {arm} | {len(done)} | {len(done) - len(ok)} | {_stats(ok)} | "
                      f"{sum(e <= 0.75 for e in ok)} of {len(done)} | {per} |")
-    finished = {r["run"] for r in rows if r["epochs_done"] >= EPOCHS}
+    finished = {r["run"] for r in rows if _finished(r)}
     running = [job.name for job in jobs if 0 < epochs_done(runs_dir / job.name) < EPOCHS and job.name not in finished]
     if running:
         lines += ["", "Unfinished runs (epochs done): " + ", ".join(
