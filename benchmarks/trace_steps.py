@@ -98,11 +98,11 @@ def trace(run_dir: Path, steps: int, threads: int = 1) -> tuple[list[dict[str, A
     return [r for r in records if "max_abs_weight" in r][:steps], ended
 
 
-def render(run_dir: Path, records: list[dict[str, Any]], ended: str | None) -> str:
-    """A Markdown table of the trace."""
+def render(run_dir: Path, records: list[dict[str, Any]], ended: str | None, steps: int) -> str:
+    """A Markdown table of the trace of ``steps`` steps (fewer rows when the run stopped first)."""
     shapes = list(records[0]["max_abs_weight"]) if records else []
     lines = [f"Steps after the checkpoint of `{run_dir}` (`python benchmarks/trace_steps.py {run_dir} "
-             f"--steps {len(records)}`):", "",
+             f"--steps {steps}`):", "",
              "| step | training loss | max \\|logit\\| | "
              + " | ".join(f"{s}: max \\|Δw\\| / max \\|w\\| after" for s in shapes) + " |",
              "|---|---|---|" + "---|" * len(shapes)]
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         records, ended = trace(args.run_dir, args.steps, args.threads)
     except (ValueError, FileNotFoundError) as exc:
         p.error(str(exc))
-    page = render(args.run_dir, records, ended)
+    page = render(args.run_dir, records, ended, args.steps)
     if args.out:
         args.out.write_text(page)
     else:
