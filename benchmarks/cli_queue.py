@@ -212,10 +212,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def is_finished(row: dict[str, Any]) -> bool:
+    """Whether a :func:`read_run` row is a finished run: it completed, or it diverged."""
+    return bool(row.get("completed") or row.get("diverged_in_epoch"))
+
+
 def recorded_runs(results: Path) -> set[str]:
-    """Names of the finished runs (completed or diverged) that ``results`` (a JSON-lines file of :func:`read_run`
+    """Names of the finished runs (:func:`is_finished`) that ``results`` (a JSON-lines file of :func:`read_run`
     rows) holds."""
-    return {row["run"] for row in read_rows(results) if row.get("completed") or row.get("diverged_in_epoch")}
+    return {row["run"] for row in read_rows(results) if is_finished(row)}
 
 
 def append_finished(jobs: Sequence[Job], runs_dir: Path, results: Path, extra: dict[str, Any] | None = None) -> int:
@@ -231,7 +236,7 @@ def append_finished(jobs: Sequence[Job], runs_dir: Path, results: Path, extra: d
         if job.name in seen or not (folder / "config.json").is_file():
             continue
         row = read_run(folder, job.labels)
-        if row["completed"] or row["diverged_in_epoch"]:
+        if is_finished(row):
             row.update(cpu=cpu_model(), **(extra or {}))
             results.parent.mkdir(parents=True, exist_ok=True)
             with open(results, "a", encoding="utf-8") as f:

@@ -44,7 +44,8 @@ def test_trace_is_the_runs_own_continuation_and_leaves_the_run_folder_as_it_was(
     assert all(0 < r["max_abs_step"]["300×784"] < r["max_abs_weight"]["300×784"] for r in three)
     assert _digest(run) == before
     page = trace_steps.render(run, three, "training diverged in epoch 2/2", 5)  # header and three steps
-    assert "--steps 5`" in page and page.count("\n| ") == 4 and page.rstrip().endswith("The run stopped: training diverged in epoch 2/2")
+    assert "--steps 5`" in page and page.count("\n| ") == 4
+    assert page.rstrip().endswith("The run stopped: training diverged in epoch 2/2")
 
 
 def test_bad_arguments_are_refused_with_what_is_wrong(trace_steps, tmp_path):
